@@ -1,0 +1,174 @@
+//! What the storage server hands in to be told of each round, and the
+//! per-store thread that calls it.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::engine::{KvId, Snapshot};
+use crate::error::{CallbackError, Error, Result};
+use crate::metadata::MetadataWriter;
+
+/// One file in a backup dir, as a round reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BackupFile {
+    /// Its name in the backup dir: the engine's file name, or `name~k` when
+    /// that name was already taken there by a different file.
+    pub name: String,
+    /// Length in bytes.
+    pub len: u64,
+    /// Lowest seqno it covers.
+    pub low_seqno: u64,
+    /// Highest seqno it covers.
+    pub high_seqno: u64,
+}
+
+/// Called once per round of one store, on a thread of that store's own (never
+/// an actor's mailbox thread), so it may block without delaying other stores.
+///
+/// `files` are the files placed in the backup dir that no successful round
+/// has reported yet; the list is empty when nothing is new. The snapshot is
+/// held until the call returns. Returning an error (or panicking) fails the
+/// round: its files are reported again by the next one.
+///
+/// Any `Fn(KvId, &dyn Snapshot, &[BackupFile], MetadataWriter) -> Result<(),
+/// CallbackError>` closure is a callback; [`callback`] helps the compiler
+/// infer a closure's argument types.
+pub trait BackupCallback: Send + Sync + 'static {
+    /// Handles one round.
+    fn on_round(
+        &self,
+        kv: KvId,
+        snapshot: &dyn Snapshot,
+        files: &[BackupFile],
+        metadata: MetadataWriter,
+    ) -> std::result::Result<(), CallbackError>;
+}
+
+impl<F> BackupCallback for F
+where
+    F: Fn(KvId, &dyn Snapshot, &[BackupFile], MetadataWriter) -> std::result::Result<(), CallbackError>
+        + Send
+        + Sync
+        + 'static,
+{
+    fn on_round(
+        &self,
+        kv: KvId,
+        snapshot: &dyn Snapshot,
+        files: &[BackupFile],
+        metadata: MetadataWriter,
+    ) -> std::result::Result<(), CallbackError> {
+        self(kv, snapshot, files, metadata)
+    }
+}
+
+/// Wraps a closure as a shareable callback, inferring its argument types.
+pub fn callback<F>(f: F) -> Arc<dyn BackupCallback>
+where
+    F: Fn(KvId, &dyn Snapshot, &[BackupFile], MetadataWriter) -> std::result::Result<(), CallbackError>
+        + Send
+        + Sync
+        + 'static,
+{
+    Arc::new(f)
+}
+
+/// Makes the callback of a vBucket-driven backup when its vBucket becomes
+/// active.
+pub type CallbackFactory = Arc<dyn Fn(KvId) -> Arc<dyn BackupCallback> + Send + Sync>;
+
+/// What one callback call came to, and how long it took.
+pub(crate) struct CallbackOutcome {
+    pub result: Result<()>,
+    pub took: Duration,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The thread that runs one store's callbacks, started on first use and
+/// ended when the runner drops (after the call in progress, if any).
+///
+/// A thread per store, not a shared pool: a callback that blocks forever then
+/// holds only its own store, and process exit does not wait for it (it is
+/// not joined, unlike tokio's blocking pool at runtime shutdown).
+pub(crate) struct CallbackRunner {
+    kv: KvId,
+    jobs: Option<mpsc::Sender<Job>>,
+}
+
+impl CallbackRunner {
+    pub fn new(kv: KvId) -> Self {
+        CallbackRunner { kv, jobs: None }
+    }
+
+    /// Calls `cb` on the store's callback thread; the receiver gets the
+    /// outcome (a panic becomes [`Error::Panicked`]). The snapshot is dropped
+    /// only after the call returns.
+    pub fn run(
+        &mut self,
+        cb: Arc<dyn BackupCallback>,
+        snapshot: Box<dyn Snapshot>,
+        files: Vec<BackupFile>,
+        writer: MetadataWriter,
+    ) -> oneshot::Receiver<CallbackOutcome> {
+        let (tx, rx) = oneshot::channel();
+        let kv = self.kv;
+        let job: Job = Box::new(move || {
+            let start = Instant::now();
+            let result = catch_unwind(AssertUnwindSafe(|| cb.on_round(kv, &*snapshot, &files, writer)));
+            let took = start.elapsed();
+            drop(snapshot);
+            let result = match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(source)) => Err(Error::Callback { kv, source }),
+                Err(panic) => Err(Error::Panicked {
+                    kv,
+                    what: "callback",
+                    message: panic_message(&*panic),
+                }),
+            };
+            let _ = tx.send(CallbackOutcome { result, took });
+        });
+        if let Err(mpsc::SendError(job)) = self.sender().send(job) {
+            // The thread is gone (it cannot panic, but it can fail to start);
+            // start a new one.
+            self.jobs = None;
+            let _ = self.sender().send(job);
+        }
+        rx
+    }
+
+    fn sender(&mut self) -> &mpsc::Sender<Job> {
+        let kv = self.kv;
+        self.jobs.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::channel::<Job>();
+            let spawned = std::thread::Builder::new()
+                .name(format!("cbk-callback-{kv}"))
+                .spawn(move || {
+                    while let Ok(job) = rx.recv() {
+                        job();
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(kv_store = kv.0, error = %e, "cannot start the callback thread");
+            }
+            tx
+        })
+    }
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(non-string panic payload)".to_owned()
+    }
+}

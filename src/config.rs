@@ -1,0 +1,93 @@
+//! Configuration of the component, validated once at start.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// How the component runs. Every field has a default (see [`Config::default`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Root of the backup dirs of vBucket-driven backups: a vBucket that
+    /// becomes active backs up into `<backup_root>/<kv_id>`. Default: none,
+    /// and then an `Active` vBucket state is refused with [`Error::Config`].
+    pub backup_root: Option<PathBuf>,
+    /// Time between two rounds of one store, when start names none.
+    /// Default: 120 s, as production engines use.
+    pub interval: Duration,
+    /// Threads of the `LinkerActor` pool that do every link and fsync of a
+    /// round. Default: 2.
+    pub linker_threads: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            backup_root: None,
+            interval: Duration::from_secs(120),
+            linker_threads: 2,
+        }
+    }
+}
+
+impl Config {
+    /// Checks every field against its range.
+    pub fn validate(&self) -> Result<()> {
+        if self.interval.is_zero() {
+            return Err(Error::Config {
+                field: "interval",
+                reason: "must be above zero",
+            });
+        }
+        if !(1..=256).contains(&self.linker_threads) {
+            return Err(Error::Config {
+                field: "linker_threads",
+                reason: "must be between 1 and 256",
+            });
+        }
+        if let Some(root) = &self.backup_root {
+            if !root.is_absolute() {
+                return Err(Error::Config {
+                    field: "backup_root",
+                    reason: "must be an absolute path",
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_as_documented() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.interval, Duration::from_secs(120));
+        assert_eq!(c.linker_threads, 2);
+    }
+
+    #[test]
+    fn out_of_range_fields_are_refused() {
+        let zero = Config {
+            interval: Duration::ZERO,
+            ..Config::default()
+        };
+        assert!(matches!(zero.validate(), Err(Error::Config { field: "interval", .. })));
+        let no_threads = Config {
+            linker_threads: 0,
+            ..Config::default()
+        };
+        assert!(no_threads.validate().is_err());
+        let relative = Config {
+            backup_root: Some("backups".into()),
+            ..Config::default()
+        };
+        assert!(relative.validate().is_err());
+    }
+}

@@ -1,0 +1,236 @@
+//! The engine-facing API: what a storage engine implements so its KV stores can
+//! be backed up.
+//!
+//! An engine keeps, per KV store, a *seqno index*: immutable files, each
+//! covering a range of 48-bit sequence numbers. The component only needs one
+//! thing from it: a [`Snapshot`] of one store, which lists those files and
+//! keeps every listed file on disk while it is alive.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The largest sequence number an engine may hand out: seqnos are 48-bit.
+pub const MAX_SEQNO: u64 = (1 << 48) - 1;
+
+/// Prefix of the names the component gives its own files in a backup dir
+/// (`metadata.<n>.dat`). Seqno-index files may not use it.
+pub(crate) const METADATA_PREFIX: &str = "metadata.";
+
+/// Identifier of one KV store. Engines number their stores with 16 bits, as
+/// vBucket ids are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct KvId(pub u16);
+
+impl fmt::Display for KvId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl From<u16> for KvId {
+    fn from(id: u16) -> Self {
+        KvId(id)
+    }
+}
+
+/// Checks that `seqno` fits in 48 bits; `path` names the file it came from.
+pub fn check_seqno(path: &Path, seqno: u64) -> Result<u64> {
+    if seqno > MAX_SEQNO {
+        return Err(Error::SeqnoOutOfRange {
+            path: path.to_path_buf(),
+            seqno,
+        });
+    }
+    Ok(seqno)
+}
+
+/// One seqno-index file of a KV store, as an engine lists it in a snapshot.
+///
+/// Built only through [`IndexFile::new`], which rejects what the component
+/// could not back up faithfully: a relative path, a file name that is not a
+/// plain UTF-8 name (or collides with the component's own `metadata.` and
+/// dot-file names), a seqno above [`MAX_SEQNO`], or `low > high`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct IndexFile {
+    path: PathBuf,
+    len: u64,
+    low_seqno: u64,
+    high_seqno: u64,
+}
+
+impl IndexFile {
+    /// Describes the file at absolute `path`, `len` bytes long, holding the
+    /// seqnos `low_seqno..=high_seqno`.
+    pub fn new(path: impl Into<PathBuf>, len: u64, low_seqno: u64, high_seqno: u64) -> Result<Self> {
+        let path = path.into();
+        if !path.is_absolute() {
+            return Err(Error::InvalidIndexFile {
+                path,
+                reason: "the path is relative; engines must list absolute paths",
+            });
+        }
+        check_file_name(&path)?;
+        check_seqno(&path, low_seqno)?;
+        check_seqno(&path, high_seqno)?;
+        if low_seqno > high_seqno {
+            return Err(Error::SeqnoRangeInverted {
+                path,
+                low: low_seqno,
+                high: high_seqno,
+            });
+        }
+        Ok(IndexFile {
+            path,
+            len,
+            low_seqno,
+            high_seqno,
+        })
+    }
+
+    /// Absolute path of the file in the engine's data dir.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's name (its last path component), which is the name it gets
+    /// in the backup dir unless that name is taken by another file.
+    pub fn name(&self) -> &str {
+        // Checked to be present and UTF-8 by `new`.
+        self.path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the file is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Lowest seqno the file covers.
+    pub fn low_seqno(&self) -> u64 {
+        self.low_seqno
+    }
+
+    /// Highest seqno the file covers.
+    pub fn high_seqno(&self) -> u64 {
+        self.high_seqno
+    }
+}
+
+fn check_file_name(path: &Path) -> Result<()> {
+    let invalid = |reason| Error::InvalidIndexFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    // `Path::file_name` is None for paths ending in `..`.
+    let name = path
+        .file_name()
+        .ok_or_else(|| invalid("the path has no file name (it ends in `..` or `/`)"))?;
+    let name = name
+        .to_str()
+        .ok_or_else(|| invalid("the file name is not UTF-8"))?;
+    if name.starts_with('.') {
+        return Err(invalid(
+            "the file name starts with `.`, which the component reserves for its temp files",
+        ));
+    }
+    if name.starts_with(METADATA_PREFIX) {
+        return Err(invalid(
+            "the file name starts with `metadata.`, which the component reserves for metadata files",
+        ));
+    }
+    if name.contains('~') {
+        return Err(invalid(
+            "the file name contains `~`, which the component uses for renamed duplicates",
+        ));
+    }
+    Ok(())
+}
+
+/// A consistent view of one KV store that keeps every listed file on disk
+/// while it is alive.
+///
+/// The component holds a snapshot from the moment it lists the files until the
+/// round's callback returns, so compaction cannot delete a file between listing
+/// and linking.
+pub trait Snapshot: Send + Sync {
+    /// The KV store this is a snapshot of.
+    fn kv_id(&self) -> KvId;
+
+    /// Every seqno-index file of the store at the time of the snapshot.
+    fn files(&self) -> &[IndexFile];
+}
+
+/// What a storage engine implements so its KV stores can be backed up.
+///
+/// Called from the component's linker threads, never from an actor's mailbox
+/// thread, so an implementation may block briefly (take a lock, read a
+/// manifest).
+pub trait Engine: Send + Sync + 'static {
+    /// Takes a snapshot of the KV store `kv`. Fails with
+    /// [`Error::UnknownKvStore`] when the engine has no such store.
+    fn snapshot(&self, kv: KvId) -> Result<Box<dyn Snapshot>>;
+
+    /// The engine's data dir, if it has one; a backup dir may not lie inside it.
+    fn data_dir(&self) -> Option<&Path> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seqno_above_48_bits_is_rejected_not_truncated() {
+        let err = IndexFile::new("/d/1.sqi", 10, 1, MAX_SEQNO + 1).unwrap_err();
+        assert!(
+            matches!(err, Error::SeqnoOutOfRange { seqno, .. } if seqno == MAX_SEQNO + 1),
+            "{err}"
+        );
+        let ok = IndexFile::new("/d/1.sqi", 10, MAX_SEQNO, MAX_SEQNO).unwrap();
+        assert_eq!(ok.high_seqno(), MAX_SEQNO);
+    }
+
+    #[test]
+    fn inverted_range_is_rejected() {
+        let err = IndexFile::new("/d/1.sqi", 10, 5, 4).unwrap_err();
+        assert!(matches!(err, Error::SeqnoRangeInverted { low: 5, high: 4, .. }));
+    }
+
+    #[test]
+    fn names_the_component_reserves_are_rejected() {
+        for bad in [
+            "rel/1.sqi",
+            "/d/..",
+            "/d/.hidden",
+            "/d/metadata.1.dat",
+            "/d/a~1",
+        ] {
+            assert!(
+                matches!(
+                    IndexFile::new(bad, 1, 1, 1),
+                    Err(Error::InvalidIndexFile { .. })
+                ),
+                "{bad} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn name_is_the_last_component() {
+        let f = IndexFile::new("/data/kv-3/000007.sqi", 4096, 10, 20).unwrap();
+        assert_eq!(f.name(), "000007.sqi");
+        assert_eq!((f.len(), f.low_seqno(), f.high_seqno()), (4096, 10, 20));
+    }
+}

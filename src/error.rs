@@ -1,0 +1,206 @@
+//! The crate's error type.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::engine::KvId;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The error a callback may return to fail its round (the round's files are
+/// then reported again by the next round).
+pub type CallbackError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong. Each variant names the operation and the path
+/// or KV store it concerns.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file-system call failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// The operation, e.g. `link`, `fsync dir`, `open backup dir`.
+        op: &'static str,
+        /// The path it was applied to.
+        path: PathBuf,
+        /// What the kernel said.
+        #[source]
+        source: io::Error,
+    },
+
+    /// An engine listed a seqno that does not fit in 48 bits.
+    #[error("seqno {seqno} of {path} is above the 48-bit limit 2^48-1; the engine must not hand it out")]
+    SeqnoOutOfRange {
+        /// The file it came from.
+        path: PathBuf,
+        /// The offending value, untruncated.
+        seqno: u64,
+    },
+
+    /// An engine listed a file whose low seqno is above its high seqno.
+    #[error("{path} covers seqnos {low}..={high}, but low is above high")]
+    SeqnoRangeInverted {
+        /// The file.
+        path: PathBuf,
+        /// Its low seqno.
+        low: u64,
+        /// Its high seqno.
+        high: u64,
+    },
+
+    /// An engine listed a file the component cannot back up under its name.
+    #[error("seqno-index file {path} is not acceptable: {reason}")]
+    InvalidIndexFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: &'static str,
+    },
+
+    /// A backup dir was given that cannot be used.
+    #[error("backup dir {path} cannot be used: {reason}")]
+    InvalidBackupDir {
+        /// The dir.
+        path: PathBuf,
+        /// Why, and what to do instead.
+        reason: &'static str,
+    },
+
+    /// Two KV stores were given the same backup dir.
+    #[error("backup dir {path} is already in use by KV store {holder}; give each store its own dir")]
+    BackupDirInUse {
+        /// The dir.
+        path: PathBuf,
+        /// The store already backing up into it.
+        holder: KvId,
+    },
+
+    /// Start was asked for a store that is already backing up elsewhere.
+    #[error("KV store {kv} is already backing up into {dir}; stop it first")]
+    AlreadyRunning {
+        /// The store.
+        kv: KvId,
+        /// Where it backs up now.
+        dir: PathBuf,
+    },
+
+    /// Stop was asked for a store that is not backing up.
+    #[error("KV store {kv} is not backing up")]
+    NotRunning {
+        /// The store.
+        kv: KvId,
+    },
+
+    /// A metadata write came after its backup was stopped.
+    #[error("backup of KV store {kv} was stopped; its metadata writer no longer writes")]
+    BackupStopped {
+        /// The store.
+        kv: KvId,
+    },
+
+    /// A metadata write with nothing in it.
+    #[error("metadata for KV store {kv} is empty; write at least one byte")]
+    MetadataEmpty {
+        /// The store.
+        kv: KvId,
+    },
+
+    /// A metadata write above [`crate::MAX_METADATA_LEN`].
+    #[error("metadata for KV store {kv} is {len} bytes, above the limit of {max}")]
+    MetadataTooLarge {
+        /// The store.
+        kv: KvId,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+
+    /// `MetadataWriter::write` was called on a thread that runs async tasks,
+    /// where blocking would stall every actor on it.
+    #[error("MetadataWriter::write blocks and was called from an async context; use write_async there")]
+    BlockingInAsyncContext,
+
+    /// The actor system the component runs on has stopped.
+    #[error("the backup component has shut down")]
+    ComponentStopped,
+
+    /// The engine has no KV store with this id.
+    #[error("the engine has no KV store {kv}")]
+    UnknownKvStore {
+        /// The store.
+        kv: KvId,
+    },
+
+    /// An engine call failed for a reason of its own.
+    #[error("engine failed for KV store {kv}: {source}")]
+    Engine {
+        /// The store.
+        kv: KvId,
+        /// The engine's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+
+    /// A file of the reference engine is damaged.
+    #[error("{path} is corrupt: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A file could not be linked under any free name.
+    #[error("no free name for {name} in {dir} after {tries} tries")]
+    NoFreeName {
+        /// The backup dir.
+        dir: PathBuf,
+        /// The wanted name.
+        name: String,
+        /// How many names were tried.
+        tries: u32,
+    },
+
+    /// Code of the component or the engine panicked during a round.
+    #[error("{what} panicked for KV store {kv}: {message}")]
+    Panicked {
+        /// The store.
+        kv: KvId,
+        /// `callback` or `linker`.
+        what: &'static str,
+        /// The panic message.
+        message: String,
+    },
+
+    /// The backup callback returned an error.
+    #[error("backup callback for KV store {kv} failed: {source}")]
+    Callback {
+        /// The store.
+        kv: KvId,
+        /// What the callback said.
+        #[source]
+        source: CallbackError,
+    },
+
+    /// A configuration value is out of its range.
+    #[error("configuration {field}: {reason}")]
+    Config {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        reason: &'static str,
+    },
+}
+
+impl Error {
+    /// Wraps an `io::Error` with the operation and path it concerns.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}

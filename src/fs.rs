@@ -1,0 +1,518 @@
+//! The file-system work of a backup dir: open it once, then link, copy and
+//! write durably relative to its handle.
+//!
+//! Everything here blocks; it runs on the linker pool and the metadata thread,
+//! never on an actor's mailbox thread. Names the component creates are opened
+//! relative to the backup dir's descriptor without following symlinks, and
+//! nothing existing is ever replaced (`O_EXCL`, `RENAME_NOREPLACE`,
+//! `linkat` failing with `EEXIST`).
+
+use std::fs::{DirBuilder, File};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, CWD};
+use rustix::io::Errno;
+
+use crate::engine::IndexFile;
+use crate::error::{Error, Result};
+
+/// Prefix of every temp file the component creates in a backup dir. Files
+/// with it are incomplete writes of an earlier run and are removed on open.
+pub(crate) const TEMP_PREFIX: &str = ".cbk-tmp.";
+
+/// How many `name~k` alternatives are tried before a clash is an error.
+const MAX_CLASH_TRIES: u32 = 10_000;
+
+/// Mode of directories the component creates.
+const DIR_MODE: u32 = 0o700;
+
+/// Mode of files the component creates (metadata files and copies).
+const FILE_MODE: u32 = 0o600;
+
+/// An open backup dir: its path (for messages) and a descriptor that every
+/// operation is relative to.
+#[derive(Debug)]
+pub(crate) struct BackupDir {
+    path: PathBuf,
+    fd: OwnedFd,
+    /// Set once a link failed with `EXDEV`: later files are copied without
+    /// trying to link first.
+    cross_device: AtomicBool,
+}
+
+/// How a file got into the backup dir.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Placed {
+    /// Its name in the backup dir.
+    pub name: String,
+    /// Whether it was copied (the backup dir is on another file system).
+    pub copied: bool,
+    /// Whether this call created it (false: it was already there, the same
+    /// file, from an earlier run).
+    pub created: bool,
+}
+
+fn errno_io(e: Errno) -> io::Error {
+    io::Error::from_raw_os_error(e.raw_os_error())
+}
+
+impl BackupDir {
+    /// Creates `path` (and missing parents, mode 0700, each new entry made
+    /// durable by an fsync of its parent) and opens it without following a
+    /// symlink at its last component.
+    pub fn open(path: &Path) -> Result<BackupDir> {
+        if !path.is_absolute() {
+            return Err(Error::InvalidBackupDir {
+                path: path.to_path_buf(),
+                reason: "the path is relative; give an absolute path",
+            });
+        }
+        create_dirs(path)?;
+        let fd = rustix::fs::openat(
+            CWD,
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            Errno::NOTDIR => Error::InvalidBackupDir {
+                path: path.to_path_buf(),
+                reason: "it exists and is not a directory",
+            },
+            Errno::LOOP => Error::InvalidBackupDir {
+                path: path.to_path_buf(),
+                reason: "it is a symlink; give the real directory",
+            },
+            e => Error::io("open backup dir", path, errno_io(e)),
+        })?;
+        Ok(BackupDir {
+            path: path.to_path_buf(),
+            fd,
+            cross_device: AtomicBool::new(false),
+        })
+    }
+
+    /// The dir's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn at(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Whether links into this dir fail with `EXDEV`.
+    pub fn is_cross_device(&self) -> bool {
+        self.cross_device.load(Ordering::Relaxed)
+    }
+
+    /// Makes every entry created in the dir so far durable.
+    pub fn sync(&self) -> Result<()> {
+        rustix::fs::fsync(&self.fd).map_err(|e| Error::io("fsync dir", &self.path, errno_io(e)))
+    }
+
+    /// The names in the dir.
+    pub fn names(&self) -> Result<Vec<String>> {
+        let dir = rustix::fs::Dir::read_from(&self.fd)
+            .map_err(|e| Error::io("read dir", &self.path, errno_io(e)))?;
+        let mut names = Vec::new();
+        for entry in dir {
+            let entry = entry.map_err(|e| Error::io("read dir", &self.path, errno_io(e)))?;
+            if let Ok(name) = entry.file_name().to_str() {
+                if name != "." && name != ".." {
+                    names.push(name.to_owned());
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    /// Removes the temp files an interrupted earlier run left behind, and
+    /// returns how many there were.
+    pub fn remove_stale_temps(&self) -> Result<usize> {
+        let mut removed = 0;
+        for name in self.names()? {
+            if name.starts_with(TEMP_PREFIX) {
+                self.remove_temp(&name)?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            self.sync()?;
+        }
+        Ok(removed)
+    }
+
+    fn remove_temp(&self, name: &str) -> Result<()> {
+        debug_assert!(name.starts_with(TEMP_PREFIX));
+        match rustix::fs::unlinkat(&self.fd, name, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Err(e) => Err(Error::io("remove temp file", self.at(name), errno_io(e))),
+        }
+    }
+
+    /// Whether `name` exists in the dir (as anything, symlinks not followed).
+    pub fn exists(&self, name: &str) -> Result<bool> {
+        match rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(_) => Ok(true),
+            Err(Errno::NOENT) => Ok(false),
+            Err(e) => Err(Error::io("stat", self.at(name), errno_io(e))),
+        }
+    }
+
+    /// Creates `temp` exclusively (replacing a stale temp of the same name).
+    fn create_temp(&self, temp: &str) -> Result<File> {
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        let mode = Mode::from_raw_mode(FILE_MODE);
+        let fd = match rustix::fs::openat(&self.fd, temp, flags, mode) {
+            Err(Errno::EXIST) => {
+                self.remove_temp(temp)?;
+                rustix::fs::openat(&self.fd, temp, flags, mode)
+            }
+            other => other,
+        }
+        .map_err(|e| Error::io("create temp file", self.at(temp), errno_io(e)))?;
+        Ok(File::from(fd))
+    }
+
+    /// Renames `temp` to `name` unless `name` exists. Ok(false) when it does
+    /// (the temp file is then removed).
+    fn publish(&self, temp: &str, name: &str) -> Result<bool> {
+        match rustix::fs::renameat_with(&self.fd, temp, &self.fd, name, RenameFlags::NOREPLACE) {
+            Ok(()) => Ok(true),
+            Err(Errno::EXIST) => {
+                self.remove_temp(temp)?;
+                Ok(false)
+            }
+            Err(e) => {
+                let _ = self.remove_temp(temp);
+                Err(Error::io("rename into place", self.at(name), errno_io(e)))
+            }
+        }
+    }
+
+    /// Stores `bytes` as the new file `name`, durably: temp file, write,
+    /// fsync, rename (never over an existing file), fsync of the dir. Only
+    /// when this returns Ok is the file durable. A failed fsync is never
+    /// retried: the temp file is dropped and the error returned.
+    pub fn write_new_file(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let temp = format!("{TEMP_PREFIX}{name}");
+        let mut file = self.create_temp(&temp)?;
+        let written = file
+            .write_all(bytes)
+            .map_err(|e| Error::io("write", self.at(&temp), e))
+            .and_then(|()| file.sync_all().map_err(|e| Error::io("fsync", self.at(&temp), e)));
+        drop(file);
+        if let Err(e) = written {
+            let _ = self.remove_temp(&temp);
+            return Err(e);
+        }
+        if !self.publish(&temp, name)? {
+            return Err(Error::io(
+                "rename into place",
+                self.at(name),
+                io::Error::new(io::ErrorKind::AlreadyExists, "the name is taken; nothing was overwritten"),
+            ));
+        }
+        self.sync()
+    }
+
+    /// Places `src` in the dir under its own name, or under `name~k` for the
+    /// smallest free `k` when that name is taken by a different file. A name
+    /// already holding the same file (same inode, or for copies the same
+    /// bytes) counts as done, so placing is idempotent across restarts.
+    ///
+    /// Links where it can; copies (temp, fsync, rename) when the dir is on
+    /// another file system. The caller fsyncs the dir before reporting.
+    pub fn place(&self, src: &IndexFile) -> Result<Placed> {
+        let mut src_id = None;
+        for k in 0..MAX_CLASH_TRIES {
+            let name = if k == 0 {
+                src.name().to_owned()
+            } else {
+                format!("{}~{k}", src.name())
+            };
+            if !self.is_cross_device() {
+                match rustix::fs::linkat(CWD, src.path(), &self.fd, name.as_str(), AtFlags::empty()) {
+                    Ok(()) => {
+                        return Ok(Placed {
+                            name,
+                            copied: false,
+                            created: true,
+                        })
+                    }
+                    Err(Errno::EXIST) => {
+                        let id = match src_id {
+                            Some(id) => id,
+                            None => *src_id.insert(file_id_of(src.path())?),
+                        };
+                        if self.file_id(&name)? == Some(id) {
+                            return Ok(Placed {
+                                name,
+                                copied: false,
+                                created: false,
+                            });
+                        }
+                        continue;
+                    }
+                    Err(Errno::XDEV) => self.cross_device.store(true, Ordering::Relaxed),
+                    Err(e) => return Err(link_error(src.path(), &self.at(&name), e)),
+                }
+            }
+            match self.copy_in(src, &name)? {
+                CopyOutcome::Created => {
+                    return Ok(Placed {
+                        name,
+                        copied: true,
+                        created: true,
+                    })
+                }
+                CopyOutcome::AlreadyThere => {
+                    return Ok(Placed {
+                        name,
+                        copied: true,
+                        created: false,
+                    })
+                }
+                CopyOutcome::Taken => continue,
+            }
+        }
+        Err(Error::NoFreeName {
+            dir: self.path.clone(),
+            name: src.name().to_owned(),
+            tries: MAX_CLASH_TRIES,
+        })
+    }
+
+    /// (device, inode) of `name` in the dir, None if it does not exist.
+    fn file_id(&self, name: &str) -> Result<Option<(u64, u64)>> {
+        match rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Some((st.st_dev, st.st_ino))),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(Error::io("stat", self.at(name), errno_io(e))),
+        }
+    }
+
+    fn copy_in(&self, src: &IndexFile, name: &str) -> Result<CopyOutcome> {
+        if self.exists(name)? {
+            return Ok(if same_bytes(src.path(), &self.at(name))? {
+                CopyOutcome::AlreadyThere
+            } else {
+                CopyOutcome::Taken
+            });
+        }
+        let temp = format!("{TEMP_PREFIX}copy.{name}");
+        let mut out = self.create_temp(&temp)?;
+        let copied = File::open(src.path())
+            .map_err(|e| Error::io("open for copy", src.path(), e))
+            .and_then(|mut input| {
+                io::copy(&mut input, &mut out).map_err(|e| Error::io("copy", self.at(&temp), e))
+            })
+            .and_then(|n| {
+                if n == src.len() {
+                    Ok(())
+                } else {
+                    Err(Error::Corrupt {
+                        path: src.path().to_path_buf(),
+                        reason: format!("the engine listed {} bytes but {n} were read", src.len()),
+                    })
+                }
+            })
+            .and_then(|()| out.sync_all().map_err(|e| Error::io("fsync", self.at(&temp), e)));
+        drop(out);
+        if let Err(e) = copied {
+            let _ = self.remove_temp(&temp);
+            return Err(e);
+        }
+        Ok(if self.publish(&temp, name)? {
+            CopyOutcome::Created
+        } else {
+            CopyOutcome::Taken
+        })
+    }
+}
+
+enum CopyOutcome {
+    Created,
+    AlreadyThere,
+    Taken,
+}
+
+fn file_id_of(path: &Path) -> Result<(u64, u64)> {
+    let st = rustix::fs::stat(path).map_err(|e| Error::io("stat", path, errno_io(e)))?;
+    Ok((st.st_dev, st.st_ino))
+}
+
+fn link_error(src: &Path, dst: &Path, e: Errno) -> Error {
+    let op = match e {
+        Errno::NOENT => "link (the engine deleted the file while a snapshot held it)",
+        Errno::MLINK => "link (the file has the most hard links the file system allows)",
+        Errno::PERM | Errno::ACCESS => {
+            "link (permission denied: check the backup dir's mode and fs.protected_hardlinks)"
+        }
+        _ => "link",
+    };
+    Error::io(op, format!("{} -> {}", src.display(), dst.display()), errno_io(e))
+}
+
+fn same_bytes(a: &Path, b: &Path) -> Result<bool> {
+    let mut fa = File::open(a).map_err(|e| Error::io("open", a, e))?;
+    let mut fb = File::open(b).map_err(|e| Error::io("open", b, e))?;
+    let la = fa.metadata().map_err(|e| Error::io("stat", a, e))?.len();
+    let lb = fb.metadata().map_err(|e| Error::io("stat", b, e))?.len();
+    if la != lb {
+        return Ok(false);
+    }
+    let (mut ba, mut bb) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    loop {
+        let n = fa.read(&mut ba).map_err(|e| Error::io("read", a, e))?;
+        if n == 0 {
+            return Ok(true);
+        }
+        fb.read_exact(&mut bb[..n]).map_err(|e| Error::io("read", b, e))?;
+        if ba[..n] != bb[..n] {
+            return Ok(false);
+        }
+    }
+}
+
+/// Creates `path` and every missing parent with mode 0700, fsyncing each
+/// new entry's parent so the new dirs survive a crash.
+fn create_dirs(path: &Path) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut cur = path;
+    loop {
+        match std::fs::symlink_metadata(cur) {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                missing.push(cur);
+                match cur.parent() {
+                    Some(p) => cur = p,
+                    None => break,
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(libc_enotdir()) => {
+                return Err(Error::InvalidBackupDir {
+                    path: path.to_path_buf(),
+                    reason: "a component of the path is a file, not a directory",
+                })
+            }
+            Err(e) => return Err(Error::io("stat", cur, e)),
+        }
+    }
+    for dir in missing.into_iter().rev() {
+        match DirBuilder::new().mode(DIR_MODE).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) if e.raw_os_error() == Some(libc_enotdir()) => {
+                return Err(Error::InvalidBackupDir {
+                    path: path.to_path_buf(),
+                    reason: "a component of the path is a file, not a directory",
+                })
+            }
+            Err(e) => return Err(Error::io("create backup dir", dir, e)),
+        }
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
+fn libc_enotdir() -> i32 {
+    Errno::NOTDIR.raw_os_error()
+}
+
+/// fsyncs the directory at `path`.
+pub(crate) fn sync_dir(path: &Path) -> Result<()> {
+    let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| Error::io("open dir", path, errno_io(e)))?;
+    rustix::fs::fsync(fd.as_fd()).map_err(|e| Error::io("fsync dir", path, errno_io(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index_file(dir: &Path, name: &str, bytes: &[u8]) -> IndexFile {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        IndexFile::new(path, bytes.len() as u64, 1, 1).unwrap()
+    }
+
+    #[test]
+    fn place_links_then_counts_the_same_inode_as_done() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = index_file(tmp.path(), "1.sqi", b"abc");
+        let dir = BackupDir::open(&tmp.path().join("backup")).unwrap();
+        let first = dir.place(&src).unwrap();
+        assert_eq!((first.name.as_str(), first.created, first.copied), ("1.sqi", true, false));
+        let again = dir.place(&src).unwrap();
+        assert_eq!((again.name.as_str(), again.created), ("1.sqi", false));
+    }
+
+    #[test]
+    fn place_never_overwrites_a_different_file_of_the_same_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = BackupDir::open(&tmp.path().join("backup")).unwrap();
+        std::fs::write(tmp.path().join("backup/1.sqi"), b"old").unwrap();
+        let src = index_file(tmp.path(), "1.sqi", b"new");
+        let placed = dir.place(&src).unwrap();
+        assert_eq!(placed.name, "1.sqi~1");
+        assert_eq!(std::fs::read(tmp.path().join("backup/1.sqi")).unwrap(), b"old");
+        assert_eq!(std::fs::read(tmp.path().join("backup/1.sqi~1")).unwrap(), b"new");
+        assert_eq!(dir.place(&src).unwrap().name, "1.sqi~1", "idempotent under the new name");
+    }
+
+    #[test]
+    fn write_new_file_is_exclusive_and_leaves_no_temp() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = BackupDir::open(tmp.path()).unwrap();
+        dir.write_new_file("metadata.1.dat", b"one").unwrap();
+        assert!(dir.write_new_file("metadata.1.dat", b"two").is_err());
+        assert_eq!(std::fs::read(tmp.path().join("metadata.1.dat")).unwrap(), b"one");
+        assert_eq!(dir.names().unwrap(), vec!["metadata.1.dat".to_owned()]);
+    }
+
+    #[test]
+    fn stale_temps_are_removed_and_nothing_else() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join(".cbk-tmp.metadata.3.dat"), b"torn").unwrap();
+        std::fs::write(tmp.path().join("1.sqi"), b"data").unwrap();
+        let dir = BackupDir::open(tmp.path()).unwrap();
+        assert_eq!(dir.remove_stale_temps().unwrap(), 1);
+        assert_eq!(dir.names().unwrap(), vec!["1.sqi".to_owned()]);
+    }
+
+    #[test]
+    fn a_file_or_relative_path_is_not_a_backup_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(matches!(BackupDir::open(&file), Err(Error::InvalidBackupDir { .. })));
+        assert!(matches!(
+            BackupDir::open(&file.join("sub")),
+            Err(Error::InvalidBackupDir { .. })
+        ));
+        assert!(matches!(
+            BackupDir::open(Path::new("rel/dir")),
+            Err(Error::InvalidBackupDir { .. })
+        ));
+    }
+
+    #[test]
+    fn created_dirs_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("a/b");
+        BackupDir::open(&path).unwrap();
+        for p in [tmp.path().join("a"), path] {
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", p.display());
+        }
+    }
+}

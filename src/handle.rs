@@ -1,0 +1,87 @@
+//! [`ContinuousBackup`]: the typed handle over the supervisor's address.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, Addr, SyncArbiter};
+
+use crate::callback::{BackupCallback, CallbackFactory};
+use crate::config::Config;
+use crate::engine::{Engine, KvId};
+use crate::error::{Error, Result};
+use crate::linker::LinkerActor;
+use crate::messages::{GetStatus, SetVbucketState, Shutdown, StartBackup, StopBackup, VbucketState};
+use crate::metadata::MetadataActor;
+use crate::status::Status;
+use crate::supervisor::Supervisor;
+
+/// The running component. Cheap to clone; every method is a message to the
+/// [`Supervisor`], so the plain actix messages of [`crate::messages`] sent to
+/// [`addr`](Self::addr) do the same.
+#[derive(Clone)]
+pub struct ContinuousBackup {
+    addr: Addr<Supervisor>,
+}
+
+impl ContinuousBackup {
+    /// Starts the actors: the supervisor, the linker pool
+    /// (`config.linker_threads` threads) and the metadata thread. Must be
+    /// called from within a running actix `System`. `factory` makes the
+    /// callback of vBucket-driven backups; without it, `Active` is refused.
+    pub fn start(engine: Arc<dyn Engine>, config: Config, factory: Option<CallbackFactory>) -> Result<Self> {
+        config.validate()?;
+        let linker_engine = Arc::clone(&engine);
+        let linker = SyncArbiter::start(config.linker_threads, move || {
+            LinkerActor::new(Arc::clone(&linker_engine))
+        });
+        let metadata = SyncArbiter::start(1, MetadataActor::new);
+        let addr = Supervisor::new(engine, config, factory, linker, metadata).start();
+        Ok(ContinuousBackup { addr })
+    }
+
+    /// The supervisor's address, for sending the messages directly.
+    pub fn addr(&self) -> &Addr<Supervisor> {
+        &self.addr
+    }
+
+    /// Starts backing up `kv` into `dir` (see [`StartBackup`]).
+    pub async fn start_backup(
+        &self,
+        kv: KvId,
+        dir: impl Into<PathBuf>,
+        callback: Arc<dyn BackupCallback>,
+        interval: Option<Duration>,
+    ) -> Result<()> {
+        let msg = StartBackup {
+            kv,
+            dir: dir.into(),
+            callback,
+            interval,
+        };
+        self.addr.send(msg).await.map_err(|_| Error::ComponentStopped)?
+    }
+
+    /// Stops backing up `kv`, optionally after one final round (see
+    /// [`StopBackup`]).
+    pub async fn stop_backup(&self, kv: KvId, final_round: bool) -> Result<()> {
+        let msg = StopBackup { kv, final_round };
+        self.addr.send(msg).await.map_err(|_| Error::ComponentStopped)?
+    }
+
+    /// Tells the component a vBucket's new state (see [`SetVbucketState`]).
+    pub async fn set_vbucket_state(&self, kv: KvId, state: VbucketState) -> Result<()> {
+        let msg = SetVbucketState { kv, state };
+        self.addr.send(msg).await.map_err(|_| Error::ComponentStopped)?
+    }
+
+    /// The status of every store seen so far.
+    pub async fn status(&self) -> Result<Status> {
+        self.addr.send(GetStatus).await.map_err(|_| Error::ComponentStopped)
+    }
+
+    /// Stops every store; returns when their metadata writers are closed.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.addr.send(Shutdown).await.map_err(|_| Error::ComponentStopped)
+    }
+}

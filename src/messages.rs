@@ -1,0 +1,178 @@
+//! Every actix message of the component: who sends it, how, and what order it
+//! is handled in.
+//!
+//! Public messages go to the [`Supervisor`](crate::Supervisor); the storage
+//! server sends them with `send().await` (or through
+//! [`ContinuousBackup`](crate::ContinuousBackup)). The supervisor handles them
+//! one at a time in arrival order, so the last vBucket state sent for a store
+//! is the one that holds.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Message;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::backup::state::BackupState;
+use crate::callback::{BackupCallback, BackupFile};
+use crate::engine::{KvId, Snapshot};
+use crate::error::Result;
+use crate::fs::BackupDir;
+use crate::status::{Status, StoreCounters};
+
+/// Start backing up one KV store into `dir`: link every seqno-index file now,
+/// call `callback`, and repeat every `interval` with what is new.
+///
+/// Replies once the backup dir is open and the first round is under way
+/// (not finished). Starting a store that already backs up into the same dir
+/// is a no-op; into another dir, [`Error::AlreadyRunning`](crate::Error).
+#[derive(Message)]
+#[rtype(result = "Result<()>")]
+pub struct StartBackup {
+    /// The store.
+    pub kv: KvId,
+    /// Its backup dir: absolute, used by no other store, outside the
+    /// engine's data dir. Created (mode 0700) if missing.
+    pub dir: PathBuf,
+    /// Called every round.
+    pub callback: Arc<dyn BackupCallback>,
+    /// Time between rounds; `None` takes the configured default.
+    pub interval: Option<Duration>,
+}
+
+/// Stop backing up one KV store. With `final_round`, one more full round runs
+/// first (waiting for one in flight), as a storage server does before it
+/// deletes a vBucket. Without it, a round in flight is abandoned (its files
+/// stay in the backup dir; a running callback finishes on its own thread).
+/// Replies when the store's metadata writer is closed: writes after that
+/// fail with [`Error::BackupStopped`](crate::Error).
+#[derive(Message)]
+#[rtype(result = "Result<()>")]
+pub struct StopBackup {
+    /// The store.
+    pub kv: KvId,
+    /// Whether to run one last round before stopping.
+    pub final_round: bool,
+}
+
+/// The state of a vBucket, as the storage server's state machine has it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum VbucketState {
+    /// Takes writes: backed up.
+    Active,
+    /// Follows an active copy elsewhere: not backed up here.
+    Replica,
+    /// Being moved: not backed up.
+    Pending,
+    /// Going away: not backed up.
+    Dead,
+}
+
+/// A vBucket changed state. `Active` starts its backup into
+/// `<backup_root>/<kv_id>` with the configured callback factory and interval;
+/// any other state stops it (no final round). Repeats are no-ops.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "Result<()>")]
+pub struct SetVbucketState {
+    /// The vBucket's KV store.
+    pub kv: KvId,
+    /// Its new state.
+    pub state: VbucketState,
+}
+
+/// Asks for the status of every store seen so far.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "Status")]
+pub struct GetStatus;
+
+/// Stops every store (no final round) and replies when all metadata writers
+/// are closed. Stop the actix `System` after it.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+// ---- internal messages ----
+
+/// Identifies one start of one store at the metadata actor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct SessionId(pub u64);
+
+/// Backup actor → metadata actor, with `send`, from `started()`: open (create)
+/// the dir, remove stale temps, find the largest metadata `n`.
+#[derive(Message)]
+#[rtype(result = "Result<OpenedDir>")]
+pub(crate) struct OpenDir {
+    pub kv: KvId,
+    pub path: PathBuf,
+    pub counters: Arc<StoreCounters>,
+}
+
+pub(crate) struct OpenedDir {
+    pub dir: Arc<BackupDir>,
+    pub session: SessionId,
+}
+
+/// MetadataWriter → metadata actor, with `do_send` from any thread; the reply
+/// comes on `reply`. Writes are applied in the order they reach the mailbox.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct WriteMetadata {
+    pub kv: KvId,
+    pub session: SessionId,
+    pub data: String,
+    pub reply: oneshot::Sender<Result<u64>>,
+}
+
+/// Backup actor → metadata actor, with `send`, when stopping: later writes of
+/// the session are refused. Handled after every write queued before it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct CloseSession {
+    pub session: SessionId,
+}
+
+/// Backup actor → linker pool, with `send`: take a snapshot, link what is
+/// new, fsync the dir. The state travels with the job and comes back in the
+/// reply, so two rounds of a store cannot overlap.
+#[derive(Message)]
+#[rtype(result = "RoundLinked")]
+pub(crate) struct LinkRound {
+    pub kv: KvId,
+    pub dir: Arc<BackupDir>,
+    pub state: Box<BackupState>,
+    pub span: tracing::Span,
+}
+
+/// The linker's reply: the state back, and what the round linked.
+pub(crate) struct RoundLinked {
+    pub state: Box<BackupState>,
+    pub outcome: Result<Linked>,
+}
+
+/// A round's links, durable, ready to be reported.
+pub(crate) struct Linked {
+    pub snapshot: Box<dyn Snapshot>,
+    pub report: Vec<BackupFile>,
+    pub files_linked: u64,
+    pub bytes_linked: u64,
+    pub files_copied: u64,
+    pub bytes_copied: u64,
+}
+
+/// Supervisor → backup actor, with `send`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct StopStore {
+    pub final_round: bool,
+}
+
+/// Backup actor → supervisor, with `do_send` from `stopped()`: the actor of
+/// this generation is gone.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct BackupEnded {
+    pub kv: KvId,
+    pub generation: u64,
+}

@@ -1,0 +1,332 @@
+//! Metadata files: `metadata.<n>.dat`, numbered 1, 2, 3… per backup dir, in
+//! the order the writes were made, never reused, continuing across restarts.
+//!
+//! [`MetadataLog`] owns the numbering and the durable write of one dir and is
+//! plain Rust; the `MetadataActor` (one thread of its own) holds the logs of
+//! every open dir and applies writes in mailbox order; [`MetadataWriter`] is
+//! the handle callbacks get.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use actix::{Actor, Addr, Handler, MessageResult, SyncContext};
+use tokio::sync::oneshot;
+
+use crate::engine::{KvId, METADATA_PREFIX};
+use crate::error::{Error, Result};
+use crate::fs::BackupDir;
+use crate::messages::{CloseSession, OpenDir, OpenedDir, SessionId, WriteMetadata};
+use crate::status::StoreCounters;
+
+/// The largest metadata record a write accepts, in bytes (1 MiB).
+pub const MAX_METADATA_LEN: usize = 1 << 20;
+
+/// The file name of metadata record `n`.
+pub fn metadata_file_name(n: u64) -> String {
+    format!("{METADATA_PREFIX}{n}.dat")
+}
+
+/// The `n` of a metadata file name, if it is one.
+pub fn parse_metadata_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix(METADATA_PREFIX)?.strip_suffix(".dat")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The numbering and durable writes of one backup dir's metadata files.
+pub(crate) struct MetadataLog {
+    dir: Arc<BackupDir>,
+    next_n: u64,
+}
+
+impl MetadataLog {
+    /// Opens the log of `dir`: removes stale temp files and continues after
+    /// the largest `n` found (1 for an empty dir).
+    pub fn open(dir: Arc<BackupDir>) -> Result<Self> {
+        let removed = dir.remove_stale_temps()?;
+        if removed > 0 {
+            tracing::info!(dir = %dir.path().display(), removed, "removed temp files of an interrupted run");
+        }
+        let max = dir
+            .names()?
+            .iter()
+            .filter_map(|n| parse_metadata_file_name(n))
+            .max()
+            .unwrap_or(0);
+        Ok(MetadataLog { dir, next_n: max + 1 })
+    }
+
+    /// The `n` the next write gets.
+    pub fn next_n(&self) -> u64 {
+        self.next_n
+    }
+
+    /// Stores `data` as `metadata.<n>.dat` durably and returns `n`. A failed
+    /// write keeps `n` for the next one only if no file of that name became
+    /// visible, so numbers are never reused and have no holes.
+    pub fn write(&mut self, kv: KvId, data: &str) -> Result<u64> {
+        if data.is_empty() {
+            return Err(Error::MetadataEmpty { kv });
+        }
+        if data.len() > MAX_METADATA_LEN {
+            return Err(Error::MetadataTooLarge {
+                kv,
+                len: data.len(),
+                max: MAX_METADATA_LEN,
+            });
+        }
+        let n = self.next_n;
+        let name = metadata_file_name(n);
+        match self.dir.write_new_file(&name, data.as_bytes()) {
+            Ok(()) => {
+                self.next_n += 1;
+                Ok(n)
+            }
+            Err(e) => {
+                if self.dir.exists(&name).unwrap_or(true) {
+                    self.next_n += 1;
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+struct OpenLog {
+    log: MetadataLog,
+    sessions: usize,
+}
+
+struct Session {
+    path: PathBuf,
+    counters: Arc<StoreCounters>,
+}
+
+/// Serialises every metadata write of the node on one thread (a
+/// `SyncArbiter` of size 1), in mailbox order.
+pub(crate) struct MetadataActor {
+    logs: HashMap<PathBuf, OpenLog>,
+    sessions: HashMap<SessionId, Session>,
+    next_session: u64,
+}
+
+impl MetadataActor {
+    pub fn new() -> Self {
+        MetadataActor {
+            logs: HashMap::new(),
+            sessions: HashMap::new(),
+            next_session: 1,
+        }
+    }
+}
+
+impl Actor for MetadataActor {
+    type Context = SyncContext<Self>;
+}
+
+impl Handler<OpenDir> for MetadataActor {
+    type Result = Result<OpenedDir>;
+
+    fn handle(&mut self, msg: OpenDir, _: &mut SyncContext<Self>) -> Self::Result {
+        let _span = tracing::info_span!("open_backup_dir", kv_store = msg.kv.0).entered();
+        // A dir still open for an earlier start of a store (stopping while
+        // the next start opens it) keeps its log, so numbering stays unique.
+        let open = match self.logs.entry(msg.path.clone()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let dir = Arc::new(BackupDir::open(&msg.path)?);
+                e.insert(OpenLog {
+                    log: MetadataLog::open(dir)?,
+                    sessions: 0,
+                })
+            }
+        };
+        open.sessions += 1;
+        msg.counters.next_metadata_n.store(open.log.next_n(), Relaxed);
+        let session = SessionId(self.next_session);
+        self.next_session += 1;
+        let dir = Arc::clone(&open.log.dir);
+        self.sessions.insert(
+            session,
+            Session {
+                path: msg.path,
+                counters: msg.counters,
+            },
+        );
+        Ok(OpenedDir { dir, session })
+    }
+}
+
+impl Handler<WriteMetadata> for MetadataActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: WriteMetadata, _: &mut SyncContext<Self>) {
+        let result = match self.sessions.get(&msg.session) {
+            None => Err(Error::BackupStopped { kv: msg.kv }),
+            Some(session) => {
+                let _span = tracing::debug_span!("metadata_write", kv_store = msg.kv.0).entered();
+                let open = self
+                    .logs
+                    .get_mut(&session.path)
+                    .expect("an open session has an open log");
+                let written = open.log.write(msg.kv, &msg.data);
+                let c = &session.counters;
+                c.next_metadata_n.store(open.log.next_n(), Relaxed);
+                match &written {
+                    Ok(n) => {
+                        StoreCounters::add(&c.metadata_writes, 1);
+                        StoreCounters::add(&c.metadata_bytes, msg.data.len() as u64);
+                        tracing::debug!(n, bytes = msg.data.len(), "metadata written");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "metadata write failed"),
+                }
+                written
+            }
+        };
+        let _ = msg.reply.send(result);
+    }
+}
+
+impl Handler<CloseSession> for MetadataActor {
+    type Result = MessageResult<CloseSession>;
+
+    fn handle(&mut self, msg: CloseSession, _: &mut SyncContext<Self>) -> Self::Result {
+        if let Some(session) = self.sessions.remove(&msg.session) {
+            if let Some(open) = self.logs.get_mut(&session.path) {
+                open.sessions -= 1;
+                if open.sessions == 0 {
+                    self.logs.remove(&session.path);
+                }
+            }
+        }
+        MessageResult(())
+    }
+}
+
+/// Writes metadata records into one store's backup dir. Cheap to clone,
+/// `Send`, usable from the callback or later from any thread.
+///
+/// Each write lands as a new file `metadata.<n>.dat`; `n` is returned only
+/// once the file is durable. Writes are applied in the order they are made.
+/// After the store's backup is stopped, writes fail with
+/// [`Error::BackupStopped`].
+#[derive(Clone)]
+pub struct MetadataWriter {
+    kv: KvId,
+    session: SessionId,
+    addr: Addr<MetadataActor>,
+}
+
+impl std::fmt::Debug for MetadataWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetadataWriter").field("kv", &self.kv).finish_non_exhaustive()
+    }
+}
+
+impl MetadataWriter {
+    pub(crate) fn new(kv: KvId, session: SessionId, addr: Addr<MetadataActor>) -> Self {
+        MetadataWriter { kv, session, addr }
+    }
+
+    /// The store this writer writes for.
+    pub fn kv_id(&self) -> KvId {
+        self.kv
+    }
+
+    fn submit(&self, data: &str) -> oneshot::Receiver<Result<u64>> {
+        let (reply, rx) = oneshot::channel();
+        self.addr.do_send(WriteMetadata {
+            kv: self.kv,
+            session: self.session,
+            data: data.to_owned(),
+            reply,
+        });
+        rx
+    }
+
+    /// Stores `data` durably as the next `metadata.<n>.dat` and returns `n`.
+    /// Blocks until the file and its directory entry are on disk. Call it from
+    /// a plain thread (the callback's is one); in async code use
+    /// [`write_async`](Self::write_async).
+    pub fn write(&self, data: &str) -> Result<u64> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::BlockingInAsyncContext);
+        }
+        self.submit(data)
+            .blocking_recv()
+            .map_err(|_| Error::ComponentStopped)?
+    }
+
+    /// [`write`](Self::write) for async code.
+    pub async fn write_async(&self, data: &str) -> Result<u64> {
+        self.submit(data).await.map_err(|_| Error::ComponentStopped)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log_in(path: &std::path::Path) -> MetadataLog {
+        MetadataLog::open(Arc::new(BackupDir::open(path).unwrap())).unwrap()
+    }
+
+    #[test]
+    fn numbers_start_at_one_and_follow_call_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = log_in(tmp.path());
+        for (i, text) in ["a", "b", "c"].iter().enumerate() {
+            assert_eq!(log.write(KvId(1), text).unwrap(), i as u64 + 1);
+        }
+        for (i, text) in ["a", "b", "c"].iter().enumerate() {
+            let got = std::fs::read_to_string(tmp.path().join(metadata_file_name(i as u64 + 1))).unwrap();
+            assert_eq!(&got, text);
+        }
+    }
+
+    #[test]
+    fn numbering_continues_after_the_largest_n_found() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("metadata.7.dat"), "x").unwrap();
+        std::fs::write(tmp.path().join("metadata.junk.dat"), "x").unwrap();
+        let mut log = log_in(tmp.path());
+        assert_eq!(log.write(KvId(1), "next").unwrap(), 8);
+    }
+
+    #[test]
+    fn empty_and_oversized_records_are_refused_and_consume_no_number() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = log_in(tmp.path());
+        assert!(matches!(log.write(KvId(2), ""), Err(Error::MetadataEmpty { .. })));
+        let huge = "x".repeat(MAX_METADATA_LEN + 1);
+        assert!(matches!(
+            log.write(KvId(2), &huge),
+            Err(Error::MetadataTooLarge { len, .. }) if len == MAX_METADATA_LEN + 1
+        ));
+        assert_eq!(log.write(KvId(2), "ok").unwrap(), 1);
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1, "nothing else was written");
+    }
+
+    #[test]
+    fn a_taken_name_is_never_overwritten_and_its_number_not_reused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = log_in(tmp.path());
+        // Someone else creates the next name behind the log's back.
+        std::fs::write(tmp.path().join("metadata.1.dat"), "theirs").unwrap();
+        assert!(log.write(KvId(3), "mine").is_err());
+        assert_eq!(std::fs::read_to_string(tmp.path().join("metadata.1.dat")).unwrap(), "theirs");
+        assert_eq!(log.write(KvId(3), "mine").unwrap(), 2);
+    }
+
+    #[test]
+    fn metadata_names_parse_strictly() {
+        assert_eq!(parse_metadata_file_name("metadata.12.dat"), Some(12));
+        for bad in ["metadata..dat", "metadata.1a.dat", "metadata.1.dat.tmp", "x.1.dat", "metadata.-1.dat"] {
+            assert_eq!(parse_metadata_file_name(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Per-store counters and the status report built from them.
+//!
+//! Counters are atomics shared by the actors that move them (backup actor,
+//! metadata actor) and read by the supervisor, so a status query needs no
+//! round trip through 1024 mailboxes.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::KvId;
+
+/// Live counters of one KV store's backup, kept across stop and start.
+#[derive(Debug, Default)]
+pub(crate) struct StoreCounters {
+    pub rounds: AtomicU64,
+    pub failed_rounds: AtomicU64,
+    pub files_linked: AtomicU64,
+    pub bytes_linked: AtomicU64,
+    pub files_copied: AtomicU64,
+    pub bytes_copied: AtomicU64,
+    pub metadata_writes: AtomicU64,
+    pub metadata_bytes: AtomicU64,
+    pub next_metadata_n: AtomicU64,
+    pub callbacks: AtomicU64,
+    pub callback_nanos: AtomicU64,
+    pub cross_device: AtomicBool,
+    pub last: Mutex<LastRound>,
+}
+
+/// What the last round left behind.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct LastRound {
+    pub finished: Option<SystemTime>,
+    pub duration: Option<Duration>,
+    pub error: Option<String>,
+    pub dir: Option<PathBuf>,
+}
+
+impl StoreCounters {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub fn snapshot(&self, kv: KvId, running: bool) -> StoreStatus {
+        let last = self.last.lock().clone();
+        StoreStatus {
+            kv,
+            running,
+            backup_dir: last.dir,
+            rounds: self.rounds.load(Relaxed),
+            failed_rounds: self.failed_rounds.load(Relaxed),
+            files_linked: self.files_linked.load(Relaxed),
+            bytes_linked: self.bytes_linked.load(Relaxed),
+            files_copied: self.files_copied.load(Relaxed),
+            bytes_copied: self.bytes_copied.load(Relaxed),
+            cross_device: self.cross_device.load(Relaxed),
+            metadata_writes: self.metadata_writes.load(Relaxed),
+            metadata_bytes: self.metadata_bytes.load(Relaxed),
+            next_metadata_n: self.next_metadata_n.load(Relaxed),
+            callbacks: self.callbacks.load(Relaxed),
+            callback_time: Duration::from_nanos(self.callback_nanos.load(Relaxed)),
+            last_round_finished: last.finished,
+            last_round_duration: last.duration,
+            last_error: last.error,
+        }
+    }
+}
+
+/// Status of one KV store's backup. Counters add up over every start of the
+/// store since the component started.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreStatus {
+    /// The store.
+    pub kv: KvId,
+    /// Whether rounds run now.
+    pub running: bool,
+    /// Its backup dir (the latest one it was started with).
+    pub backup_dir: Option<PathBuf>,
+    /// Rounds finished, successful or not.
+    pub rounds: u64,
+    /// Rounds that failed (link error, callback error or panic).
+    pub failed_rounds: u64,
+    /// Hard links the component made.
+    pub files_linked: u64,
+    /// Bytes of the files it linked.
+    pub bytes_linked: u64,
+    /// Files copied because the backup dir is on another file system.
+    pub files_copied: u64,
+    /// Bytes of the files it copied.
+    pub bytes_copied: u64,
+    /// Whether the backup dir is on another file system (files are copied).
+    pub cross_device: bool,
+    /// Metadata files written.
+    pub metadata_writes: u64,
+    /// Bytes of metadata written.
+    pub metadata_bytes: u64,
+    /// The `n` the next metadata write gets (0 before the dir was opened).
+    pub next_metadata_n: u64,
+    /// Callback calls that returned (successfully or not).
+    pub callbacks: u64,
+    /// Time spent in the callback, in all.
+    pub callback_time: Duration,
+    /// When the last round finished (wall clock, for display only).
+    pub last_round_finished: Option<SystemTime>,
+    /// How long the last round took, from listing to callback return.
+    pub last_round_duration: Option<Duration>,
+    /// The last round's error; cleared by the next successful round.
+    pub last_error: Option<String>,
+}
+
+/// Status of every store the component has seen, ordered by id.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// One entry per store.
+    pub stores: Vec<StoreStatus>,
+}
+
+impl Status {
+    /// The entry of `kv`, if the component has seen it.
+    pub fn store(&self, kv: KvId) -> Option<&StoreStatus> {
+        self.stores.iter().find(|s| s.kv == kv)
+    }
+
+    /// The stores whose rounds run now.
+    pub fn running(&self) -> Vec<KvId> {
+        self.stores.iter().filter(|s| s.running).map(|s| s.kv).collect()
+    }
+}
