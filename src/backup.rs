@@ -25,8 +25,8 @@ use crate::engine::KvId;
 use crate::error::{Error, Result};
 use crate::fs::BackupDir;
 use crate::linker::LinkerActor;
-use crate::metadata::{MetadataActor, MetadataWriter};
 use crate::messages::{BackupEnded, CloseSession, LinkRound, OpenDir, RoundLinked, SessionId, StopStore};
+use crate::metadata::{MetadataActor, MetadataWriter};
 use crate::status::StoreCounters;
 use state::BackupState;
 
@@ -89,13 +89,17 @@ impl BackupActor {
         if self.in_flight || self.closed {
             return; // coalesced: the running round picks up what is new
         }
-        let (Some((dir, _)), Some(state)) = (&self.opened, self.state.take()) else {
+        let Some((dir, _)) = &self.opened else {
+            return;
+        };
+        let Some(state) = self.state.take() else {
             return;
         };
         self.in_flight = true;
         self.rounds_started += 1;
         let span = tracing::info_span!(parent: &self.span, "round", round = self.rounds_started);
         let started = Instant::now();
+        let span_for_callback = span.clone();
         let msg = LinkRound {
             kv: self.spec.kv,
             dir: Arc::clone(dir),
@@ -107,11 +111,17 @@ impl BackupActor {
             .send(msg)
             .instrument(span)
             .into_actor(self)
-            .map(move |res, act, ctx| act.on_linked(res, started, ctx))
+            .map(move |res, act, ctx| act.on_linked(res, started, span_for_callback, ctx))
             .spawn(ctx);
     }
 
-    fn on_linked(&mut self, res: Result<RoundLinked, MailboxError>, started: Instant, ctx: &mut Context<Self>) {
+    fn on_linked(
+        &mut self,
+        res: Result<RoundLinked, MailboxError>,
+        started: Instant,
+        span: tracing::Span,
+        ctx: &mut Context<Self>,
+    ) {
         let RoundLinked { state, outcome } = match res {
             Ok(linked) => linked,
             Err(_) => {
@@ -139,9 +149,13 @@ impl BackupActor {
         };
         let writer = MetadataWriter::new(self.spec.kv, session, self.spec.metadata.clone());
         let reported = linked.report.clone();
-        let done = self
-            .runner
-            .run(Arc::clone(&self.spec.callback), linked.snapshot, linked.report, writer);
+        let done = self.runner.run(
+            Arc::clone(&self.spec.callback),
+            linked.snapshot,
+            linked.report,
+            writer,
+            span,
+        );
         done.into_actor(self)
             .map(move |out, act, ctx| act.on_called(out, reported, started, ctx))
             .spawn(ctx);
@@ -158,7 +172,10 @@ impl BackupActor {
             Ok(CallbackOutcome { result, took }) => {
                 let c = &self.spec.counters;
                 StoreCounters::add(&c.callbacks, 1);
-                StoreCounters::add(&c.callback_nanos, u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+                StoreCounters::add(
+                    &c.callback_nanos,
+                    u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
+                );
                 result
             }
             Err(_) => Err(Error::ComponentStopped),

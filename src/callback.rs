@@ -115,10 +115,12 @@ impl CallbackRunner {
         snapshot: Box<dyn Snapshot>,
         files: Vec<BackupFile>,
         writer: MetadataWriter,
+        span: tracing::Span,
     ) -> oneshot::Receiver<CallbackOutcome> {
         let (tx, rx) = oneshot::channel();
         let kv = self.kv;
         let job: Job = Box::new(move || {
+            let _entered = span.enter();
             let start = Instant::now();
             let result = catch_unwind(AssertUnwindSafe(|| cb.on_round(kv, &*snapshot, &files, writer)));
             let took = start.elapsed();

@@ -78,7 +78,13 @@ mod tests {
             interval: Duration::ZERO,
             ..Config::default()
         };
-        assert!(matches!(zero.validate(), Err(Error::Config { field: "interval", .. })));
+        assert!(matches!(
+            zero.validate(),
+            Err(Error::Config {
+                field: "interval",
+                ..
+            })
+        ));
         let no_threads = Config {
             linker_threads: 0,
             ..Config::default()

@@ -100,10 +100,7 @@ impl IndexFile {
     /// in the backup dir unless that name is taken by another file.
     pub fn name(&self) -> &str {
         // Checked to be present and UTF-8 by `new`.
-        self.path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
+        self.path.file_name().and_then(|n| n.to_str()).unwrap_or_default()
     }
 
     /// Length in bytes.
@@ -210,18 +207,9 @@ mod tests {
 
     #[test]
     fn names_the_component_reserves_are_rejected() {
-        for bad in [
-            "rel/1.sqi",
-            "/d/..",
-            "/d/.hidden",
-            "/d/metadata.1.dat",
-            "/d/a~1",
-        ] {
+        for bad in ["rel/1.sqi", "/d/..", "/d/.hidden", "/d/metadata.1.dat", "/d/a~1"] {
             assert!(
-                matches!(
-                    IndexFile::new(bad, 1, 1, 1),
-                    Err(Error::InvalidIndexFile { .. })
-                ),
+                matches!(IndexFile::new(bad, 1, 1, 1), Err(Error::InvalidIndexFile { .. })),
                 "{bad} was accepted"
             );
         }

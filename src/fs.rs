@@ -215,7 +215,10 @@ impl BackupDir {
             return Err(Error::io(
                 "rename into place",
                 self.at(name),
-                io::Error::new(io::ErrorKind::AlreadyExists, "the name is taken; nothing was overwritten"),
+                io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "the name is taken; nothing was overwritten",
+                ),
             ));
         }
         self.sync()
@@ -429,8 +432,12 @@ fn libc_enotdir() -> i32 {
 
 /// fsyncs the directory at `path`.
 pub(crate) fn sync_dir(path: &Path) -> Result<()> {
-    let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| Error::io("open dir", path, errno_io(e)))?;
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io("open dir", path, errno_io(e)))?;
     rustix::fs::fsync(fd.as_fd()).map_err(|e| Error::io("fsync dir", path, errno_io(e)))
 }
 
@@ -450,7 +457,10 @@ mod tests {
         let src = index_file(tmp.path(), "1.sqi", b"abc");
         let dir = BackupDir::open(&tmp.path().join("backup")).unwrap();
         let first = dir.place(&src).unwrap();
-        assert_eq!((first.name.as_str(), first.created, first.copied), ("1.sqi", true, false));
+        assert_eq!(
+            (first.name.as_str(), first.created, first.copied),
+            ("1.sqi", true, false)
+        );
         let again = dir.place(&src).unwrap();
         assert_eq!((again.name.as_str(), again.created), ("1.sqi", false));
     }
@@ -465,7 +475,11 @@ mod tests {
         assert_eq!(placed.name, "1.sqi~1");
         assert_eq!(std::fs::read(tmp.path().join("backup/1.sqi")).unwrap(), b"old");
         assert_eq!(std::fs::read(tmp.path().join("backup/1.sqi~1")).unwrap(), b"new");
-        assert_eq!(dir.place(&src).unwrap().name, "1.sqi~1", "idempotent under the new name");
+        assert_eq!(
+            dir.place(&src).unwrap().name,
+            "1.sqi~1",
+            "idempotent under the new name"
+        );
     }
 
     #[test]
@@ -493,7 +507,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let file = tmp.path().join("f");
         std::fs::write(&file, b"x").unwrap();
-        assert!(matches!(BackupDir::open(&file), Err(Error::InvalidBackupDir { .. })));
+        assert!(matches!(
+            BackupDir::open(&file),
+            Err(Error::InvalidBackupDir { .. })
+        ));
         assert!(matches!(
             BackupDir::open(&file.join("sub")),
             Err(Error::InvalidBackupDir { .. })

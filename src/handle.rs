@@ -77,11 +77,17 @@ impl ContinuousBackup {
 
     /// The status of every store seen so far.
     pub async fn status(&self) -> Result<Status> {
-        self.addr.send(GetStatus).await.map_err(|_| Error::ComponentStopped)
+        self.addr
+            .send(GetStatus)
+            .await
+            .map_err(|_| Error::ComponentStopped)
     }
 
     /// Stops every store; returns when their metadata writers are closed.
     pub async fn shutdown(&self) -> Result<()> {
-        self.addr.send(Shutdown).await.map_err(|_| Error::ComponentStopped)
+        self.addr
+            .send(Shutdown)
+            .await
+            .map_err(|_| Error::ComponentStopped)
     }
 }

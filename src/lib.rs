@@ -52,7 +52,7 @@ mod handle;
 mod linker;
 pub mod messages;
 mod metadata;
-// pub mod refengine;
+pub mod refengine;
 mod status;
 mod supervisor;
 

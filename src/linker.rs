@@ -59,7 +59,11 @@ fn link_round(engine: &dyn Engine, kv: KvId, dir: &BackupDir, state: &mut Backup
     if snapshot.kv_id() != kv {
         return Err(Error::Engine {
             kv,
-            source: format!("asked for a snapshot of KV store {kv}, got one of {}", snapshot.kv_id()).into(),
+            source: format!(
+                "asked for a snapshot of KV store {kv}, got one of {}",
+                snapshot.kv_id()
+            )
+            .into(),
         });
     }
     let (mut files_linked, mut bytes_linked, mut files_copied, mut bytes_copied) = (0, 0, 0, 0);
@@ -95,7 +99,12 @@ fn link_round(engine: &dyn Engine, kv: KvId, dir: &BackupDir, state: &mut Backup
     }
     state.forget_absent(snapshot.files());
     let report = state.report();
-    tracing::debug!(linked = files_linked, copied = files_copied, reported = report.len(), "round linked");
+    tracing::debug!(
+        linked = files_linked,
+        copied = files_copied,
+        reported = report.len(),
+        "round linked"
+    );
     Ok(Linked {
         snapshot,
         report,

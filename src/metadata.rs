@@ -165,14 +165,15 @@ impl Handler<WriteMetadata> for MetadataActor {
     type Result = ();
 
     fn handle(&mut self, msg: WriteMetadata, _: &mut SyncContext<Self>) {
-        let result = match self.sessions.get(&msg.session) {
+        // A session is open exactly while its dir's log is (see CloseSession).
+        let open = self
+            .sessions
+            .get(&msg.session)
+            .and_then(|session| Some((session, self.logs.get_mut(&session.path)?)));
+        let result = match open {
             None => Err(Error::BackupStopped { kv: msg.kv }),
-            Some(session) => {
+            Some((session, open)) => {
                 let _span = tracing::debug_span!("metadata_write", kv_store = msg.kv.0).entered();
-                let open = self
-                    .logs
-                    .get_mut(&session.path)
-                    .expect("an open session has an open log");
                 let written = open.log.write(msg.kv, &msg.data);
                 let c = &session.counters;
                 c.next_metadata_n.store(open.log.next_n(), Relaxed);
@@ -223,7 +224,9 @@ pub struct MetadataWriter {
 
 impl std::fmt::Debug for MetadataWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MetadataWriter").field("kv", &self.kv).finish_non_exhaustive()
+        f.debug_struct("MetadataWriter")
+            .field("kv", &self.kv)
+            .finish_non_exhaustive()
     }
 }
 
@@ -250,10 +253,15 @@ impl MetadataWriter {
 
     /// Stores `data` durably as the next `metadata.<n>.dat` and returns `n`.
     /// Blocks until the file and its directory entry are on disk. Call it from
-    /// a plain thread (the callback's is one); in async code use
-    /// [`write_async`](Self::write_async).
+    /// a plain thread (the callback's is one, and so is `spawn_blocking`'s);
+    /// on an actix arbiter thread it returns
+    /// [`Error::BlockingInAsyncContext`]: use [`write_async`](Self::write_async)
+    /// there. Within a non-actix async runtime, tokio panics on the blocking
+    /// wait, as it does for any blocking receive there.
     pub fn write(&self, data: &str) -> Result<u64> {
-        if tokio::runtime::Handle::try_current().is_ok() {
+        // On an actix arbiter thread, blocking could stall the very arbiter
+        // that forwards the write to the metadata thread.
+        if actix_rt::Arbiter::try_current().is_some() {
             return Err(Error::BlockingInAsyncContext);
         }
         self.submit(data)
@@ -308,7 +316,11 @@ mod tests {
             Err(Error::MetadataTooLarge { len, .. }) if len == MAX_METADATA_LEN + 1
         ));
         assert_eq!(log.write(KvId(2), "ok").unwrap(), 1);
-        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1, "nothing else was written");
+        assert_eq!(
+            std::fs::read_dir(tmp.path()).unwrap().count(),
+            1,
+            "nothing else was written"
+        );
     }
 
     #[test]
@@ -318,14 +330,23 @@ mod tests {
         // Someone else creates the next name behind the log's back.
         std::fs::write(tmp.path().join("metadata.1.dat"), "theirs").unwrap();
         assert!(log.write(KvId(3), "mine").is_err());
-        assert_eq!(std::fs::read_to_string(tmp.path().join("metadata.1.dat")).unwrap(), "theirs");
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join("metadata.1.dat")).unwrap(),
+            "theirs"
+        );
         assert_eq!(log.write(KvId(3), "mine").unwrap(), 2);
     }
 
     #[test]
     fn metadata_names_parse_strictly() {
         assert_eq!(parse_metadata_file_name("metadata.12.dat"), Some(12));
-        for bad in ["metadata..dat", "metadata.1a.dat", "metadata.1.dat.tmp", "x.1.dat", "metadata.-1.dat"] {
+        for bad in [
+            "metadata..dat",
+            "metadata.1a.dat",
+            "metadata.1.dat.tmp",
+            "x.1.dat",
+            "metadata.-1.dat",
+        ] {
             assert_eq!(parse_metadata_file_name(bad), None, "{bad}");
         }
     }

@@ -119,7 +119,10 @@ impl Supervisor {
             let res = if r.dir == dir {
                 Ok(())
             } else {
-                Err(Error::AlreadyRunning { kv, dir: r.dir.clone() })
+                Err(Error::AlreadyRunning {
+                    kv,
+                    dir: r.dir.clone(),
+                })
             };
             return Box::pin(fut::ready(res));
         }
@@ -138,7 +141,14 @@ impl Supervisor {
             counters: Arc::clone(self.counters.entry(kv).or_default()),
         };
         let addr = BackupActor::new(spec, on_started).start();
-        self.running.insert(kv, Running { addr, dir, generation });
+        self.running.insert(
+            kv,
+            Running {
+                addr,
+                dir,
+                generation,
+            },
+        );
         Box::pin(
             async move { started.await.unwrap_or(Err(Error::ComponentStopped)) }
                 .into_actor(self)
@@ -171,7 +181,10 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, _: &mut Context<Self>) {
-        tracing::info!(linker_threads = self.config.linker_threads, "continuous backup started");
+        tracing::info!(
+            linker_threads = self.config.linker_threads,
+            "continuous backup started"
+        );
     }
 }
 

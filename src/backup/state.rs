@@ -25,7 +25,10 @@ pub(crate) struct BackupState {
 impl BackupState {
     /// The files of a snapshot that are not linked yet, in snapshot order.
     pub fn to_link<'a>(&self, snapshot: &'a [IndexFile]) -> Vec<&'a IndexFile> {
-        snapshot.iter().filter(|f| !self.linked.contains_key(*f)).collect()
+        snapshot
+            .iter()
+            .filter(|f| !self.linked.contains_key(*f))
+            .collect()
     }
 
     /// Records that `file` is in the backup dir as `entry`.
@@ -127,7 +130,10 @@ mod tests {
         let mut s = BackupState::default();
         let r1 = link_round(&mut s, &[file(1)]);
         // No acknowledge: the callback failed.
-        assert!(s.to_link(&[file(1), file(2)]) == vec![&file(2)], "file 1 is not linked twice");
+        assert!(
+            s.to_link(&[file(1), file(2)]) == vec![&file(2)],
+            "file 1 is not linked twice"
+        );
         let r2 = link_round(&mut s, &[file(1), file(2)]);
         assert_eq!(r2, vec![entry(&file(1)), entry(&file(2))]);
         assert_eq!(r1, vec![entry(&file(1))]);

@@ -1,0 +1,242 @@
+//! A small storage server on the reference engine, with continuous backup.
+//!
+//! vBuckets become active, a writer thread puts and deletes documents,
+//! flushes and compacts; backups run every `--interval-ms`; the callback
+//! writes one JSON metadata record per round; a few vBuckets go replica and
+//! back. At the end every vBucket stops with a final round and a per-store
+//! table is printed from what is on disk in the backup dirs. Exits non-zero
+//! if any flushed seqno of the engine is missing from its backup.
+//!
+//! `cargo run --release --example storage_server -- [--dir DIR] [--seconds N] [--stores N]`
+//!
+//! With `--dir`, engine data is kept in `DIR/data` and backups in
+//! `DIR/backup/<kv_id>/`; a second run on the same DIR reopens both and
+//! carries on (metadata numbering continues).
+
+#![expect(clippy::print_stdout, reason = "the example prints its report")]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use continuous_backup::refengine::{read_index_file, RefEngine};
+use continuous_backup::{
+    callback, parse_metadata_file_name, BackupFile, CallbackFactory, Config, ContinuousBackup, KvId,
+    VbucketState,
+};
+
+#[derive(Parser, Debug)]
+#[command(about = "Run a small storage server with continuous backup on the reference engine")]
+struct Args {
+    /// Keep data and backups under DIR (reopened and continued if it holds a run).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// How long the writer runs, in seconds.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Number of vBuckets (KV stores).
+    #[arg(long, default_value_t = 16)]
+    stores: u16,
+    /// Backup interval in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    interval_ms: u64,
+}
+
+/// The metadata record the callback writes each round.
+#[derive(serde::Serialize)]
+struct RoundRecord {
+    kv: u16,
+    files: usize,
+    bytes: u64,
+    low_seqno: Option<u64>,
+    high_seqno: Option<u64>,
+}
+
+fn round_record(kv: KvId, files: &[BackupFile]) -> RoundRecord {
+    RoundRecord {
+        kv: kv.0,
+        files: files.len(),
+        bytes: files.iter().map(|f| f.len).sum(),
+        low_seqno: files.iter().map(|f| f.low_seqno).min(),
+        high_seqno: files.iter().map(|f| f.high_seqno).max(),
+    }
+}
+
+/// Puts, deletes, flushes and compacts until `stop` is set.
+fn write_load(engine: RefEngine, stores: u16, stop: Arc<AtomicBool>) -> continuous_backup::Result<u64> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut ops = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let kv = KvId((x % u64::from(stores)) as u16);
+        let key = format!("doc-{}", (x >> 16) % 500);
+        if x.is_multiple_of(7) {
+            engine.delete(kv, key.as_bytes())?;
+        } else {
+            engine.put(kv, key.as_bytes(), format!("value {ops}").as_bytes())?;
+        }
+        ops += 1;
+        if ops.is_multiple_of(200) {
+            engine.flush(kv)?;
+        }
+        if ops.is_multiple_of(3000) {
+            engine.compact(kv)?;
+        }
+    }
+    for kv in 0..stores {
+        engine.flush(KvId(kv))?;
+    }
+    Ok(ops)
+}
+
+/// What is on disk in one store's backup dir.
+struct BackupSummary {
+    files: usize,
+    bytes: u64,
+    metadata_files: usize,
+    last_n: u64,
+    high_seqno: u64,
+}
+
+fn summarize(dir: &Path) -> std::io::Result<BackupSummary> {
+    let mut s = BackupSummary {
+        files: 0,
+        bytes: 0,
+        metadata_files: 0,
+        last_n: 0,
+        high_seqno: 0,
+    };
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(n) = parse_metadata_file_name(&name) {
+            s.metadata_files += 1;
+            s.last_n = s.last_n.max(n);
+        } else {
+            let (footer, _) = read_index_file(&entry.path()).map_err(std::io::Error::other)?;
+            s.files += 1;
+            s.bytes += entry.metadata()?.len();
+            s.high_seqno = s.high_seqno.max(footer.high_seqno);
+        }
+    }
+    Ok(s)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let tmp;
+    let root = match &args.dir {
+        Some(dir) => dir.clone(),
+        None => {
+            tmp = tempfile::tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let root = std::path::absolute(root)?;
+    let engine = RefEngine::open(root.join("data"))?;
+    let resumed = !engine.stores().is_empty();
+    let backup_root = root.join("backup");
+    let stores = args.stores;
+
+    let factory: CallbackFactory = Arc::new(|_kv| {
+        callback(|kv, _snapshot, files, metadata| {
+            let record = serde_json::to_string(&round_record(kv, files))?;
+            metadata.write(&record)?;
+            Ok(())
+        })
+    });
+    let config = Config {
+        backup_root: Some(backup_root.clone()),
+        interval: Duration::from_millis(args.interval_ms),
+        ..Config::default()
+    };
+
+    let ops = actix::System::new().block_on(async {
+        let backup = ContinuousBackup::start(Arc::new(engine.clone()), config, Some(factory))?;
+        for kv in 0..stores {
+            engine.create_store(KvId(kv))?;
+            backup.set_vbucket_state(KvId(kv), VbucketState::Active).await?;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (engine, stop) = (engine.clone(), Arc::clone(&stop));
+            std::thread::spawn(move || write_load(engine, stores, stop))
+        };
+
+        // A few vBuckets go replica and come back while the writer runs.
+        let deadline = Instant::now() + Duration::from_secs(args.seconds);
+        let mut flip = 0u16;
+        while Instant::now() < deadline {
+            actix_rt::time::sleep(Duration::from_millis(700)).await;
+            let kv = KvId(flip % stores);
+            flip += 3;
+            backup.set_vbucket_state(kv, VbucketState::Replica).await?;
+            actix_rt::time::sleep(Duration::from_millis(300)).await;
+            backup.set_vbucket_state(kv, VbucketState::Active).await?;
+        }
+        stop.store(true, Ordering::Relaxed);
+        let ops = actix_rt::task::spawn_blocking(move || writer.join())
+            .await?
+            .map_err(|_| "the writer thread panicked")??;
+
+        // Every vBucket stops with a final round, so the last flush is in.
+        for kv in 0..stores {
+            backup.stop_backup(KvId(kv), true).await?;
+        }
+        let status = backup.status().await?;
+        backup.shutdown().await?;
+        let failed: u64 = status.stores.iter().map(|s| s.failed_rounds).sum();
+        let rounds: u64 = status.stores.iter().map(|s| s.rounds).sum();
+        println!(
+            "{} run: {ops} writes on {stores} vBuckets, {rounds} backup rounds ({failed} failed)",
+            if resumed { "resumed" } else { "new" }
+        );
+        Ok::<u64, Box<dyn std::error::Error>>(ops)
+    })?;
+    let _ = ops;
+
+    println!(
+        "{:>4} {:>6} {:>10} {:>9} {:>7} {:>12} {:>12}",
+        "kv", "files", "bytes", "metadata", "last n", "backed-up hi", "engine hi"
+    );
+    let mut missing = Vec::new();
+    for kv in 0..stores {
+        let kv = KvId(kv);
+        let s = summarize(&backup_root.join(kv.to_string()))?;
+        let engine_high = engine
+            .files(kv)?
+            .iter()
+            .map(|f| f.high_seqno())
+            .max()
+            .unwrap_or(0);
+        println!(
+            "{:>4} {:>6} {:>10} {:>9} {:>7} {:>12} {:>12}",
+            kv.0, s.files, s.bytes, s.metadata_files, s.last_n, s.high_seqno, engine_high
+        );
+        if s.high_seqno < engine_high || s.metadata_files as u64 != s.last_n {
+            missing.push(kv);
+        }
+    }
+    println!(
+        "data: {}  backups: {}",
+        root.join("data").display(),
+        backup_root.display()
+    );
+    if !missing.is_empty() {
+        return Err(format!(
+            "backups of {missing:?} are behind the engine or have holes in their metadata numbers"
+        )
+        .into());
+    }
+    Ok(())
+}

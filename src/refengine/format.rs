@@ -1,0 +1,655 @@
+//! On-disk format of a reference-engine seqno-index file (`<number>.sqi`).
+//!
+//! A file is a sequence of records followed by a fixed-size footer. All
+//! integers are little-endian. Records are sorted by seqno, strictly
+//! increasing; each key appears at most once in a file. A file always holds at
+//! least one record: an empty memtable is never flushed.
+//!
+//! **Record** (repeated `record_count` times from offset 0, no padding):
+//!
+//! | offset | size | field | meaning |
+//! |---|---|---|---|
+//! | 0 | 8 | `seqno` | u64 LE, `1..=2^48-1`, within the footer's `low_seqno..=high_seqno`, above the previous record's |
+//! | 8 | 1 | `kind` | `0` = put, `1` = tombstone (delete); any other value is corrupt |
+//! | 9 | 4 | `key_len` | u32 LE, length of `key` |
+//! | 13 | 4 | `value_len` | u32 LE, length of `value`; `0` for a tombstone |
+//! | 17 | `key_len` | `key` | the key's bytes |
+//! | 17 + `key_len` | `value_len` | `value` | the value's bytes |
+//!
+//! **Footer** (the last 40 bytes of the file, at offset `file_len - 40`; the
+//! records fill exactly `file_len - 40` bytes before it):
+//!
+//! | offset | size | field | meaning |
+//! |---|---|---|---|
+//! | 0 | 8 | `magic` | the ASCII bytes `SEQINDEX` |
+//! | 8 | 4 | `version` | u32 LE, format version, `1` |
+//! | 12 | 8 | `record_count` | u64 LE, number of records, `>= 1` |
+//! | 20 | 8 | `low_seqno` | u64 LE, lowest seqno the file covers, `>= 1` |
+//! | 28 | 8 | `high_seqno` | u64 LE, highest seqno the file covers, `low_seqno..=2^48-1` |
+//! | 36 | 4 | `crc32` | u32 LE, CRC-32 (IEEE, as `crc32fast` computes it) of every byte of the file before this field |
+//!
+//! `low_seqno..=high_seqno` is the range of seqnos the file *covers*, which
+//! can be wider than the seqnos of its records: a flush covers every seqno
+//! handed out since the previous flush, even those whose record a later
+//! mutation of the same key replaced in the memtable; a compaction output
+//! covers the union of its inputs' ranges although it keeps only the newest
+//! version of each key. Ranges of one store's live files never overlap.
+//!
+//! [`read_index_file`] checks all of the above and fails with
+//! [`Error::Corrupt`] (or [`Error::SeqnoOutOfRange`] for a seqno above
+//! 2^48-1) naming the file and what is wrong.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+
+use crate::engine::check_seqno;
+use crate::error::{Error, Result};
+
+/// The magic bytes that start a footer.
+pub const MAGIC: [u8; 8] = *b"SEQINDEX";
+
+/// The format version this code writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Size in bytes of the footer at the end of every file.
+pub const FOOTER_LEN: usize = 40;
+
+/// Size in bytes of a record's fixed part (seqno, kind, key and value lengths).
+pub const RECORD_HEADER_LEN: usize = 17;
+
+const KIND_PUT: u8 = 0;
+const KIND_TOMBSTONE: u8 = 1;
+
+/// One mutation stored in a seqno-index file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// The mutation's seqno.
+    pub seqno: u64,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The value, or `None` for a tombstone (the key was deleted).
+    pub value: Option<Vec<u8>>,
+}
+
+/// The footer of a seqno-index file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Footer {
+    /// Format version ([`FORMAT_VERSION`]).
+    pub version: u32,
+    /// Number of records in the file (at least 1).
+    pub record_count: u64,
+    /// Lowest seqno the file covers.
+    pub low_seqno: u64,
+    /// Highest seqno the file covers.
+    pub high_seqno: u64,
+    /// CRC-32 of every byte of the file before the CRC field.
+    pub crc32: u32,
+}
+
+/// Reads and fully verifies one seqno-index file: length, magic, checksum,
+/// version, footer fields, and every record (kind, lengths, seqno inside the
+/// footer's range and above the previous record's, exactly `record_count` of
+/// them filling the space before the footer).
+///
+/// Errors name the path and what is wrong: [`Error::Io`] if the file cannot
+/// be read, [`Error::SeqnoOutOfRange`] for a seqno above 2^48-1,
+/// [`Error::Corrupt`] for anything else.
+pub fn read_index_file(path: &Path) -> Result<(Footer, Vec<Record>)> {
+    let (footer, records, _offsets) = read_with_value_offsets(path)?;
+    Ok((footer, records))
+}
+
+/// Like [`read_index_file`], also returning the byte offset of each record's
+/// value in the file.
+pub(crate) fn read_with_value_offsets(path: &Path) -> Result<(Footer, Vec<Record>, Vec<u64>)> {
+    let bytes = fs::read(path).map_err(|e| Error::io("read", path, e))?;
+    decode(path, &bytes)
+}
+
+fn corrupt(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Corrupt {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    let mut b = [0; 4];
+    b.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(b)
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    let mut b = [0; 8];
+    b.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+/// Decodes and verifies the bytes of a whole file.
+fn decode(path: &Path, bytes: &[u8]) -> Result<(Footer, Vec<Record>, Vec<u64>)> {
+    let len = bytes.len();
+    if len < FOOTER_LEN + RECORD_HEADER_LEN {
+        return Err(corrupt(
+            path,
+            format!(
+                "the file is {len} bytes, shorter than one record plus the {FOOTER_LEN}-byte footer (truncated?)"
+            ),
+        ));
+    }
+    let body_len = len - FOOTER_LEN;
+    let f = &bytes[body_len..];
+    if f[..8] != MAGIC {
+        return Err(corrupt(
+            path,
+            "the footer magic `SEQINDEX` is not in the last 40 bytes (truncated, or not a seqno-index file)",
+        ));
+    }
+    let stored_crc = u32_at(f, 36);
+    let actual_crc = crc32fast::hash(&bytes[..len - 4]);
+    if stored_crc != actual_crc {
+        return Err(corrupt(
+            path,
+            format!("checksum mismatch: the footer says {stored_crc:#010x}, the content hashes to {actual_crc:#010x}"),
+        ));
+    }
+    let footer = Footer {
+        version: u32_at(f, 8),
+        record_count: u64_at(f, 12),
+        low_seqno: u64_at(f, 20),
+        high_seqno: u64_at(f, 28),
+        crc32: stored_crc,
+    };
+    if footer.version != FORMAT_VERSION {
+        return Err(corrupt(
+            path,
+            format!(
+                "format version {} is not supported (only {FORMAT_VERSION})",
+                footer.version
+            ),
+        ));
+    }
+    check_seqno(path, footer.low_seqno)?;
+    check_seqno(path, footer.high_seqno)?;
+    if footer.low_seqno == 0 {
+        return Err(corrupt(path, "the footer's low seqno is 0; seqnos start at 1"));
+    }
+    if footer.low_seqno > footer.high_seqno {
+        return Err(corrupt(
+            path,
+            format!(
+                "the footer's seqno range {}..={} is inverted",
+                footer.low_seqno, footer.high_seqno
+            ),
+        ));
+    }
+    let span = footer.high_seqno - footer.low_seqno + 1;
+    if footer.record_count == 0 || footer.record_count > span {
+        return Err(corrupt(
+            path,
+            format!(
+                "the footer's record count {} does not fit its seqno range {}..={} (1..={span} records)",
+                footer.record_count, footer.low_seqno, footer.high_seqno
+            ),
+        ));
+    }
+
+    let mut records = Vec::new();
+    let mut offsets = Vec::new();
+    let mut at = 0usize;
+    let mut prev: Option<u64> = None;
+    while at < body_len {
+        let n = records.len();
+        if n as u64 == footer.record_count {
+            return Err(corrupt(
+                path,
+                format!(
+                    "{} bytes follow the {n} records the footer announces",
+                    body_len - at
+                ),
+            ));
+        }
+        if body_len - at < RECORD_HEADER_LEN {
+            return Err(corrupt(
+                path,
+                format!("record {n} at offset {at}: its header runs into the footer"),
+            ));
+        }
+        let seqno = check_seqno(path, u64_at(bytes, at))?;
+        let kind = bytes[at + 8];
+        let key_len = u32_at(bytes, at + 9) as usize;
+        let value_len = u32_at(bytes, at + 13) as usize;
+        if seqno < footer.low_seqno || seqno > footer.high_seqno {
+            return Err(corrupt(
+                path,
+                format!(
+                    "record {n} at offset {at}: seqno {seqno} is outside the footer's range {}..={}",
+                    footer.low_seqno, footer.high_seqno
+                ),
+            ));
+        }
+        if let Some(p) = prev {
+            if seqno <= p {
+                return Err(corrupt(
+                    path,
+                    format!(
+                        "record {n} at offset {at}: seqno {seqno} does not follow the previous record's {p}"
+                    ),
+                ));
+            }
+        }
+        let key_at = at + RECORD_HEADER_LEN;
+        let value_at = key_at + key_len;
+        if (body_len - key_at) < key_len || (body_len - value_at) < value_len {
+            return Err(corrupt(
+                path,
+                format!(
+                    "record {n} at offset {at}: its key ({key_len} bytes) and value ({value_len} bytes) run into the footer"
+                ),
+            ));
+        }
+        let value = match kind {
+            KIND_PUT => Some(bytes[value_at..value_at + value_len].to_vec()),
+            KIND_TOMBSTONE if value_len == 0 => None,
+            KIND_TOMBSTONE => {
+                return Err(corrupt(
+                    path,
+                    format!("record {n} at offset {at}: a tombstone with a {value_len}-byte value"),
+                ))
+            }
+            other => {
+                return Err(corrupt(
+                    path,
+                    format!("record {n} at offset {at}: unknown kind {other}"),
+                ))
+            }
+        };
+        records.push(Record {
+            seqno,
+            key: bytes[key_at..value_at].to_vec(),
+            value,
+        });
+        offsets.push(value_at as u64);
+        prev = Some(seqno);
+        at = value_at + value_len;
+    }
+    if records.len() as u64 != footer.record_count {
+        return Err(corrupt(
+            path,
+            format!(
+                "the footer announces {} records, the file holds {}",
+                footer.record_count,
+                records.len()
+            ),
+        ));
+    }
+    Ok((footer, records, offsets))
+}
+
+/// A record to write, borrowed from a memtable or a compaction's merge.
+pub(crate) struct RecordRef<'a> {
+    pub seqno: u64,
+    pub key: &'a [u8],
+    pub value: Option<&'a [u8]>,
+}
+
+/// What [`write_index_file`] wrote.
+pub(crate) struct Written {
+    /// Length of the file in bytes.
+    pub len: u64,
+    /// Offset of each record's value, in record order.
+    pub value_offsets: Vec<u64>,
+}
+
+/// A `Write` that hashes and counts everything written through it.
+struct Hashing<W> {
+    inner: W,
+    hasher: crc32fast::Hasher,
+    written: u64,
+}
+
+impl<W: Write> Hashing<W> {
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.inner.write_all(bytes)?;
+        self.hasher.update(bytes);
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+}
+
+/// Encodes `records` (sorted by seqno, strictly increasing, at least one, each
+/// inside `low..=high`) into `w`.
+fn encode<W: Write>(w: W, low: u64, high: u64, records: &[RecordRef<'_>]) -> io::Result<Written> {
+    let invalid = |msg: String| io::Error::new(io::ErrorKind::InvalidInput, msg);
+    if records.is_empty() {
+        return Err(invalid("a seqno-index file must hold at least one record".into()));
+    }
+    let mut h = Hashing {
+        inner: w,
+        hasher: crc32fast::Hasher::new(),
+        written: 0,
+    };
+    let mut value_offsets = Vec::with_capacity(records.len());
+    let mut prev = 0;
+    for r in records {
+        if r.seqno <= prev || r.seqno < low || r.seqno > high {
+            return Err(invalid(format!(
+                "record seqno {} is out of order or outside {low}..={high}",
+                r.seqno
+            )));
+        }
+        prev = r.seqno;
+        let key_len = u32::try_from(r.key.len())
+            .map_err(|_| invalid(format!("a {}-byte key is too long", r.key.len())))?;
+        let (kind, value) = match r.value {
+            Some(v) => (KIND_PUT, v),
+            None => (KIND_TOMBSTONE, &[][..]),
+        };
+        let value_len = u32::try_from(value.len())
+            .map_err(|_| invalid(format!("a {}-byte value is too long", value.len())))?;
+        let mut header = [0u8; RECORD_HEADER_LEN];
+        header[..8].copy_from_slice(&r.seqno.to_le_bytes());
+        header[8] = kind;
+        header[9..13].copy_from_slice(&key_len.to_le_bytes());
+        header[13..17].copy_from_slice(&value_len.to_le_bytes());
+        h.put(&header)?;
+        h.put(r.key)?;
+        value_offsets.push(h.written);
+        h.put(value)?;
+    }
+    let mut footer = [0u8; FOOTER_LEN - 4];
+    footer[..8].copy_from_slice(&MAGIC);
+    footer[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    footer[12..20].copy_from_slice(&(records.len() as u64).to_le_bytes());
+    footer[20..28].copy_from_slice(&low.to_le_bytes());
+    footer[28..36].copy_from_slice(&high.to_le_bytes());
+    h.put(&footer)?;
+    let crc = h.hasher.clone().finalize();
+    h.put(&crc.to_le_bytes())?;
+    h.inner.flush()?;
+    Ok(Written {
+        len: h.written,
+        value_offsets,
+    })
+}
+
+/// Writes `records` durably as the file `dest`: to the temp file `tmp`, which
+/// is fsynced and renamed to `dest`, then `dest`'s directory is fsynced. The
+/// temp file is removed if anything fails. `dest` must not exist.
+pub(crate) fn write_index_file(
+    tmp: &Path,
+    dest: &Path,
+    low: u64,
+    high: u64,
+    records: &[RecordRef<'_>],
+) -> Result<Written> {
+    let result = write_durably(tmp, dest, low, high, records);
+    if result.is_err() {
+        let _ = fs::remove_file(tmp);
+    }
+    result
+}
+
+fn write_durably(tmp: &Path, dest: &Path, low: u64, high: u64, records: &[RecordRef<'_>]) -> Result<Written> {
+    check_seqno(dest, low)?;
+    check_seqno(dest, high)?;
+    let file = File::create(tmp).map_err(|e| Error::io("create", tmp, e))?;
+    let mut w = BufWriter::with_capacity(256 * 1024, file);
+    let written = encode(&mut w, low, high, records).map_err(|e| Error::io("write", tmp, e))?;
+    let file = w
+        .into_inner()
+        .map_err(|e| Error::io("write", tmp, e.into_error()))?;
+    file.sync_all().map_err(|e| Error::io("fsync", tmp, e))?;
+    drop(file);
+    // Numbers are never reused while a file of that number exists, so this is
+    // a guard against bugs, not a race: only the store's flush or compaction,
+    // which are serialized, write into its dir.
+    if dest.exists() {
+        return Err(Error::io(
+            "rename",
+            dest,
+            io::Error::new(io::ErrorKind::AlreadyExists, "the file already exists"),
+        ));
+    }
+    fs::rename(tmp, dest).map_err(|e| Error::io("rename", tmp, e))?;
+    if let Some(dir) = dest.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(written)
+}
+
+/// Fsyncs a directory, making the entries created, renamed or removed in it
+/// durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("fsync dir", dir, e))
+}
+
+/// Name of the seqno-index file numbered `number`: 12 zero-padded decimal
+/// digits and `.sqi`.
+pub(crate) fn file_name(number: u64) -> String {
+    format!("{number:012}.sqi")
+}
+
+/// Name of the temp file a flush or compaction writes before renaming it to
+/// [`file_name`]`(number)`.
+pub(crate) fn temp_file_name(number: u64) -> String {
+    format!(".tmp-{number:012}.sqi")
+}
+
+/// The number of a seqno-index file name, if `name` is one.
+pub(crate) fn parse_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".sqi")?;
+    if digits.len() != 12 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::MAX_SEQNO;
+
+    fn recs() -> Vec<Record> {
+        vec![
+            Record {
+                seqno: 3,
+                key: b"alpha".to_vec(),
+                value: Some(b"one".to_vec()),
+            },
+            Record {
+                seqno: 5,
+                key: b"beta".to_vec(),
+                value: None,
+            },
+            Record {
+                seqno: 9,
+                key: Vec::new(),
+                value: Some(Vec::new()),
+            },
+        ]
+    }
+
+    fn refs(records: &[Record]) -> Vec<RecordRef<'_>> {
+        records
+            .iter()
+            .map(|r| RecordRef {
+                seqno: r.seqno,
+                key: &r.key,
+                value: r.value.as_deref(),
+            })
+            .collect()
+    }
+
+    fn encoded(low: u64, high: u64, records: &[Record]) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode(&mut out, low, high, &refs(records)).unwrap();
+        out
+    }
+
+    /// Re-seals `bytes` with a correct CRC, as a hand-crafted file would be.
+    fn reseal(bytes: &mut [u8]) {
+        let n = bytes.len();
+        let crc = crc32fast::hash(&bytes[..n - 4]);
+        bytes[n - 4..].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    fn write_raw(bytes: &[u8]) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("000000000001.sqi");
+        fs::write(&path, bytes).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn round_trip_is_exact_and_offsets_point_at_values() {
+        let records = recs();
+        let bytes = encoded(2, 10, &records);
+        let (_d, path) = write_raw(&bytes);
+        let (footer, back, offsets) = read_with_value_offsets(&path).unwrap();
+        assert_eq!(back, records);
+        assert_eq!(
+            (
+                footer.version,
+                footer.record_count,
+                footer.low_seqno,
+                footer.high_seqno
+            ),
+            (FORMAT_VERSION, 3, 2, 10)
+        );
+        assert_eq!(footer.crc32, crc32fast::hash(&bytes[..bytes.len() - 4]));
+        assert_eq!(&bytes[offsets[0] as usize..offsets[0] as usize + 3], b"one");
+        // 17 + 5 + 3 + 17 + 4 + 0 + 17 + 0 + 0 + 40
+        assert_eq!(bytes.len(), 103);
+        assert_eq!(&bytes[bytes.len() - 40..bytes.len() - 32], b"SEQINDEX");
+    }
+
+    #[test]
+    fn every_flipped_byte_is_caught() {
+        let bytes = encoded(1, 9, &recs());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.sqi");
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x01;
+            fs::write(&path, &bad).unwrap();
+            let err = read_index_file(&path).unwrap_err();
+            assert!(
+                matches!(&err, Error::Corrupt { path: p, .. } if p == &path),
+                "byte {i}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_caught() {
+        let bytes = encoded(1, 9, &recs());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.sqi");
+        for n in 0..bytes.len() {
+            fs::write(&path, &bytes[..n]).unwrap();
+            let err = read_index_file(&path).unwrap_err();
+            assert!(matches!(err, Error::Corrupt { .. }), "length {n}: {err}");
+            assert!(err.to_string().contains("x.sqi"), "{err}");
+        }
+        // Appended garbage is caught too.
+        let mut longer = bytes.clone();
+        longer.extend_from_slice(b"junk");
+        fs::write(&path, &longer).unwrap();
+        assert!(matches!(read_index_file(&path), Err(Error::Corrupt { .. })));
+    }
+
+    #[test]
+    fn footer_seqno_above_48_bits_is_rejected_even_with_a_valid_crc() {
+        let mut bytes = encoded(1, 9, &recs());
+        let n = bytes.len();
+        let high_at = n - FOOTER_LEN + 28;
+        bytes[high_at..high_at + 8].copy_from_slice(&(MAX_SEQNO + 1).to_le_bytes());
+        reseal(&mut bytes);
+        let (_d, path) = write_raw(&bytes);
+        let err = read_index_file(&path).unwrap_err();
+        assert!(
+            matches!(err, Error::SeqnoOutOfRange { seqno, .. } if seqno == MAX_SEQNO + 1),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn record_seqno_above_48_bits_is_rejected_even_with_a_valid_crc() {
+        let mut bytes = encoded(1, MAX_SEQNO, &recs());
+        // Third record starts after 17+5+3 + 17+4+0 = 46 bytes.
+        bytes[46..54].copy_from_slice(&(1u64 << 48).to_le_bytes());
+        reseal(&mut bytes);
+        let (_d, path) = write_raw(&bytes);
+        let err = read_index_file(&path).unwrap_err();
+        assert!(
+            matches!(err, Error::SeqnoOutOfRange { seqno, .. } if seqno == 1 << 48),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn sealed_but_inconsistent_files_are_corrupt() {
+        type Mutation = Box<dyn Fn(&mut Vec<u8>)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("record outside range", Box::new(|b| b[0] = 0)),
+            ("records out of order", Box::new(|b| b[25] = 9)),
+            ("unknown kind", Box::new(|b| b[8] = 7)),
+            (
+                "version",
+                Box::new(|b| {
+                    let n = b.len();
+                    b[n - 32] = 2;
+                }),
+            ),
+            (
+                "record count",
+                Box::new(|b| {
+                    let n = b.len();
+                    b[n - 28] = 2;
+                }),
+            ),
+            (
+                "zero low seqno",
+                Box::new(|b| {
+                    let n = b.len();
+                    b[n - 20] = 0;
+                }),
+            ),
+        ];
+        for (what, mutate) in cases {
+            let mut bytes = encoded(1, 9, &recs());
+            mutate(&mut bytes);
+            reseal(&mut bytes);
+            let (_d, path) = write_raw(&bytes);
+            let err = read_index_file(&path).unwrap_err();
+            assert!(matches!(err, Error::Corrupt { .. }), "{what}: {err}");
+        }
+    }
+
+    #[test]
+    fn empty_files_are_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tmp, dest) = (dir.path().join(".tmp-1"), dir.path().join("1.sqi"));
+        assert!(write_index_file(&tmp, &dest, 1, 1, &[]).is_err());
+        assert!(!tmp.exists() && !dest.exists());
+    }
+
+    #[test]
+    fn file_names_round_trip() {
+        assert_eq!(file_name(7), "000000000007.sqi");
+        assert_eq!(parse_file_name("000000000007.sqi"), Some(7));
+        assert_eq!(temp_file_name(5), ".tmp-000000000005.sqi");
+        for bad in [
+            "7.sqi",
+            "00000000007.sqi",
+            "0000000000a7.sqi",
+            "000000000007.sq",
+            ".tmp-000000000005.sqi",
+        ] {
+            assert_eq!(parse_file_name(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! The reference engine: a small, durable seqno-index engine that implements
+//! [`Engine`], used by the crate's examples, tests and benches.
+//!
+//! # Layout
+//!
+//! A data dir holds one directory per KV store, `<data_dir>/kv-<id>/` (`id` in
+//! decimal, e.g. `kv-7`). A store's data is a set of immutable seqno-index
+//! files named `<number>.sqi`, `number` being 12 zero-padded decimal digits
+//! increasing per store from 1 (`000000000001.sqi`). Their byte format is in
+//! [`format`](mod@format). Temp files start with `.` (`.tmp-000000000005.sqi`) and are
+//! removed on open. A store dir may also hold one `dropped-<n>` or
+//! `reused-<n>` marker (see below). No name the engine uses starts with
+//! `metadata.` or contains `~`.
+//!
+//! # Writes, seqnos and durability
+//!
+//! Each [`put`](RefEngine::put) or [`delete`](RefEngine::delete) (a tombstone)
+//! takes the store's next seqno, from 1, and goes to an in-memory memtable
+//! holding the newest version of each key. Seqnos never exceed
+//! [`MAX_SEQNO`](crate::engine::MAX_SEQNO) (2^48-1): the mutation that would
+//! is refused with [`Error::SeqnoOutOfRange`].
+//!
+//! **The memtable is not logged: [`flush`](RefEngine::flush) is the
+//! durability point.** It writes the memtable as one new file covering every
+//! seqno handed out since the previous flush (temp file, fsync, rename, fsync
+//! of the dir). Mutations not yet flushed are lost on a crash, and after
+//! reopening, seqnos continue from the highest flushed one (so the lost ones
+//! are handed out again).
+//!
+//! [`compact`](RefEngine::compact) merges all of a store's files into one new
+//! file covering the union of their ranges, keeping only the newest version of
+//! each key (tombstones included), then retires the inputs.
+//!
+//! # Snapshots and retired files
+//!
+//! Every live file is an `Arc`-counted handle. A [`Snapshot`] clones the
+//! handles of the store's files, so it is cheap and keeps each file on disk:
+//! a file retired by compaction or [`drop_store`](RefEngine::drop_store) is
+//! deleted by whoever lets go of it last — at once if no snapshot holds it,
+//! else when the last snapshot holding it drops.
+//!
+//! # Dropping and re-creating a store
+//!
+//! `drop_store` writes a `dropped-<n>` marker (`n` = the highest file number
+//! the store used) durably before retiring its files; the dir goes when its
+//! last file does. A store created again starts over from seqno 1 and file
+//! number 1, so file names are reused — unless a snapshot still holds files of
+//! the old store, in which case the new one numbers its files above the
+//! highest held one (marker `reused-<n>`), so a held file is never replaced.
+//! Details in `store_dir.rs`.
+//!
+//! # Recovery
+//!
+//! [`RefEngine::open`] recovers every `kv-<id>` dir: temp files are removed; a
+//! `dropped-` marker removes the dir; a `reused-<n>` marker removes files
+//! numbered `<= n`; a file whose seqno range lies within the range of a
+//! higher-numbered file is the input of a compaction interrupted between
+//! writing its output and deleting its inputs, and is removed (ranges of live
+//! files never overlap otherwise: flushes produce adjacent ranges and
+//! compaction merges all files). Every remaining file is fully verified. The
+//! next file number is the highest remaining plus one; the next seqno is the
+//! highest flushed seqno plus one. Only one engine may use a data dir at a
+//! time.
+//!
+//! # Concurrency
+//!
+//! [`RefEngine`] is a cheap `Clone` handle, `Send + Sync`. Per store, a
+//! `parking_lot` mutex guards the memtable and file list (held briefly, never
+//! across IO: `put` and `snapshot` do not wait for a flush's or compaction's
+//! IO), and a second mutex serializes flush, compaction and drop.
+
+pub mod format;
+mod live_file;
+mod store;
+mod store_dir;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::engine::{Engine, IndexFile, KvId, Snapshot};
+use crate::error::{Error, Result};
+
+pub use format::{read_index_file, Footer, Record};
+
+use live_file::LiveFile;
+use store::Store;
+use store_dir::StoreDir;
+
+/// The reference engine: a data dir of KV stores, each a memtable plus
+/// immutable seqno-index files (see the [module docs](self)).
+///
+/// A cheaply cloneable handle (an `Arc` inside); `Send + Sync`.
+#[derive(Clone)]
+pub struct RefEngine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    data_dir: PathBuf,
+    /// Serializes creating and dropping stores with the cleanup of dropped
+    /// stores' dirs. Never held while a file handle or store is released.
+    dirs_lock: Arc<Mutex<()>>,
+    stores: RwLock<BTreeMap<KvId, Arc<Store>>>,
+}
+
+impl fmt::Debug for RefEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefEngine")
+            .field("data_dir", &self.inner.data_dir)
+            .field("stores", &self.stores())
+            .finish()
+    }
+}
+
+impl RefEngine {
+    /// Opens (creating if missing) a data dir holding any number of KV
+    /// stores, recovering every store found in it (see the module docs).
+    ///
+    /// The path is made absolute (canonical), as snapshots list absolute
+    /// paths. Fails if a remaining file is corrupt or files overlap.
+    pub fn open(data_dir: impl AsRef<Path>) -> Result<RefEngine> {
+        let given = data_dir.as_ref();
+        let existed = given.exists();
+        fs::create_dir_all(given).map_err(|e| Error::io("create data dir", given, e))?;
+        let data_dir = fs::canonicalize(given).map_err(|e| Error::io("canonicalize", given, e))?;
+        if !existed {
+            if let Some(parent) = data_dir.parent() {
+                format::sync_dir(parent)?;
+            }
+        }
+        let dirs_lock = Arc::new(Mutex::new(()));
+        let mut stores = BTreeMap::new();
+        let entries = fs::read_dir(&data_dir).map_err(|e| Error::io("read dir", &data_dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("read dir", &data_dir, e))?;
+            let Some(kv) = entry.file_name().to_str().and_then(store_dir::parse_dir_name) else {
+                continue;
+            };
+            let is_dir = entry
+                .file_type()
+                .map_err(|e| Error::io("stat", entry.path(), e))?
+                .is_dir();
+            if !is_dir {
+                continue;
+            }
+            let dir = StoreDir::new(kv, &data_dir, Arc::clone(&dirs_lock));
+            if let Some(store) = Store::recover(dir)? {
+                stores.insert(kv, Arc::new(store));
+            }
+        }
+        tracing::info!(data_dir = %data_dir.display(), stores = stores.len(), "opened the reference engine");
+        Ok(RefEngine {
+            inner: Arc::new(Inner {
+                data_dir,
+                dirs_lock,
+                stores: RwLock::new(stores),
+            }),
+        })
+    }
+
+    /// The (absolute) data dir.
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.data_dir
+    }
+
+    fn store(&self, kv: KvId) -> Result<Arc<Store>> {
+        self.inner
+            .stores
+            .read()
+            .get(&kv)
+            .cloned()
+            .ok_or(Error::UnknownKvStore { kv })
+    }
+
+    /// Creates an empty store, its dir made durable (no-op if it exists).
+    /// [`put`](Self::put) and [`delete`](Self::delete) also create a store on
+    /// demand.
+    pub fn create_store(&self, kv: KvId) -> Result<()> {
+        if self.inner.stores.read().contains_key(&kv) {
+            return Ok(());
+        }
+        let _dirs = self.inner.dirs_lock.lock();
+        if self.inner.stores.read().contains_key(&kv) {
+            return Ok(());
+        }
+        let dir = StoreDir::new(kv, &self.inner.data_dir, Arc::clone(&self.inner.dirs_lock));
+        let store = Store::create(dir)?;
+        self.inner.stores.write().insert(kv, Arc::new(store));
+        tracing::info!(kv_store = %kv, "created store");
+        Ok(())
+    }
+
+    /// Deletes a store and all its files (a vBucket deleted). Files still held
+    /// by a snapshot are deleted when the snapshot drops. A later
+    /// [`create_store`](Self::create_store) or [`put`](Self::put) starts the
+    /// store again from seqno 1 and file number 1, so file names are reused
+    /// (numbering starts above any file a snapshot still holds).
+    ///
+    /// Waits for a running flush or compaction of the store. Unflushed
+    /// mutations are discarded. Fails with [`Error::UnknownKvStore`] if there
+    /// is no such store.
+    pub fn drop_store(&self, kv: KvId) -> Result<()> {
+        let (store, files) = {
+            let _dirs = self.inner.dirs_lock.lock();
+            let store = self.store(kv)?;
+            let files = store.retire()?;
+            self.inner.stores.write().remove(&kv);
+            (store, files)
+        };
+        tracing::info!(kv_store = %kv, files = files.len(), "dropped store");
+        // Released with no lock held: the last release of a file deletes it,
+        // and the last release of the store's dir removes the dir.
+        drop(files);
+        drop(store);
+        Ok(())
+    }
+
+    /// The ids of all stores, sorted.
+    pub fn stores(&self) -> Vec<KvId> {
+        self.inner.stores.read().keys().copied().collect()
+    }
+
+    fn mutate(&self, kv: KvId, key: &[u8], value: Option<&[u8]>) -> Result<u64> {
+        loop {
+            let store = match self.store(kv) {
+                Ok(store) => store,
+                Err(Error::UnknownKvStore { .. }) => {
+                    self.create_store(kv)?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            match store.mutate(key, value) {
+                // Dropped since we looked it up: create it again.
+                Err(Error::UnknownKvStore { .. }) => continue,
+                result => return result,
+            }
+        }
+    }
+
+    /// Sets `key` to `value` in store `kv` (created if missing) and returns
+    /// the mutation's seqno. Durable only once flushed.
+    pub fn put(&self, kv: KvId, key: &[u8], value: &[u8]) -> Result<u64> {
+        self.mutate(kv, key, Some(value))
+    }
+
+    /// Deletes `key` from store `kv` (created if missing) by writing a
+    /// tombstone, and returns its seqno. Durable only once flushed.
+    pub fn delete(&self, kv: KvId, key: &[u8]) -> Result<u64> {
+        self.mutate(kv, key, None)
+    }
+
+    /// The newest version of `key` in store `kv`: the memtable's, else the
+    /// newest file's holding the key. `None` if absent or deleted.
+    pub fn get(&self, kv: KvId, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.store(kv)?.get(key)
+    }
+
+    /// Writes the memtable of store `kv` as one new immutable seqno-index file,
+    /// durably (temp file, fsync, rename, fsync dir), and returns it.
+    /// `Ok(None)` if the memtable is empty.
+    pub fn flush(&self, kv: KvId) -> Result<Option<IndexFile>> {
+        self.store(kv)?.flush()
+    }
+
+    /// Merges all current files of store `kv` into one new file, keeping for
+    /// each key only its newest version (tombstones are kept), then retires the
+    /// inputs: each is deleted as soon as no snapshot holds it (immediately if
+    /// none does). `Ok(None)` if the store has fewer than 2 files.
+    pub fn compact(&self, kv: KvId) -> Result<Option<IndexFile>> {
+        self.store(kv)?.compact()
+    }
+
+    /// The current live files of store `kv`, ordered by low seqno.
+    pub fn files(&self, kv: KvId) -> Result<Vec<IndexFile>> {
+        self.store(kv)?.files()
+    }
+
+    /// The last seqno handed out in store `kv` (0 if none).
+    pub fn high_seqno(&self, kv: KvId) -> Result<u64> {
+        self.store(kv)?.high_seqno()
+    }
+
+    #[cfg(test)]
+    fn store_for_test(&self, kv: KvId) -> Arc<Store> {
+        self.store(kv).expect("store exists")
+    }
+}
+
+/// A snapshot of one store: its live files, each held on disk while the
+/// snapshot lives.
+struct RefSnapshot {
+    kv: KvId,
+    files: Vec<IndexFile>,
+    _held: Vec<Arc<LiveFile>>,
+}
+
+impl Snapshot for RefSnapshot {
+    fn kv_id(&self) -> KvId {
+        self.kv
+    }
+
+    fn files(&self) -> &[IndexFile] {
+        &self.files
+    }
+}
+
+impl Engine for RefEngine {
+    fn snapshot(&self, kv: KvId) -> Result<Box<dyn Snapshot>> {
+        let held = self.store(kv)?.live_files()?;
+        let files = held.iter().map(|f| f.desc().clone()).collect();
+        Ok(Box::new(RefSnapshot {
+            kv,
+            files,
+            _held: held,
+        }))
+    }
+
+    fn data_dir(&self) -> Option<&Path> {
+        Some(&self.inner.data_dir)
+    }
+}

@@ -1,0 +1,555 @@
+//! One KV store: its memtable, its live files, flush, compaction, recovery.
+
+use std::collections::HashMap;
+use std::fs;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::engine::{check_seqno, IndexFile, KvId};
+use crate::error::{Error, Result};
+
+use super::format::{self, sync_dir, RecordRef};
+use super::live_file::{LiveFile, Slot};
+use super::store_dir::{self, Listing, MarkerKind, StoreDir};
+
+/// The newest version of one key in a memtable.
+#[derive(Clone, Debug)]
+struct MemEntry {
+    seqno: u64,
+    /// `None` for a tombstone.
+    value: Option<Vec<u8>>,
+}
+
+/// The mutations since the last flush, newest version per key. Covers the
+/// seqnos `low..=high`: every seqno handed out since the last flush.
+#[derive(Debug, Default)]
+struct Memtable {
+    entries: HashMap<Vec<u8>, MemEntry>,
+    low: u64,
+    high: u64,
+}
+
+impl Memtable {
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn insert(&mut self, seqno: u64, key: Vec<u8>, value: Option<Vec<u8>>) {
+        if self.is_empty() {
+            self.low = seqno;
+        }
+        self.high = seqno;
+        self.entries.insert(key, MemEntry { seqno, value });
+    }
+
+    /// Puts back the entries of `older`, a memtable taken out for a flush that
+    /// failed; entries written since take precedence.
+    fn merge_older(&mut self, older: &Memtable) {
+        if older.is_empty() {
+            return;
+        }
+        if self.is_empty() {
+            self.high = older.high;
+        }
+        self.low = older.low;
+        for (k, e) in &older.entries {
+            self.entries.entry(k.clone()).or_insert_with(|| e.clone());
+        }
+    }
+
+    /// The entries sorted by seqno, as records to write.
+    fn sorted_records(&self) -> Vec<RecordRef<'_>> {
+        let mut records: Vec<RecordRef<'_>> = self
+            .entries
+            .iter()
+            .map(|(k, e)| RecordRef {
+                seqno: e.seqno,
+                key: k,
+                value: e.value.as_deref(),
+            })
+            .collect();
+        records.sort_unstable_by_key(|r| r.seqno);
+        records
+    }
+}
+
+/// Everything about a store that `put` and `snapshot` touch. Never held across
+/// file IO.
+struct State {
+    memtable: Memtable,
+    /// The memtable a flush is writing, still readable by `get`.
+    flushing: Option<Arc<Memtable>>,
+    /// Live files, ordered by seqno range (which is also file number order).
+    files: Vec<Arc<LiveFile>>,
+    next_seqno: u64,
+    next_file_number: u64,
+    /// Set by `drop_store`; every later call fails with `UnknownKvStore`.
+    dropped: bool,
+}
+
+/// One KV store.
+pub(super) struct Store {
+    kv: KvId,
+    dir: Arc<StoreDir>,
+    /// Serializes flush, compaction and retirement, so the file list only
+    /// changes under it and file IO happens outside `state`.
+    io: Mutex<()>,
+    state: Mutex<State>,
+}
+
+impl Store {
+    fn new(dir: Arc<StoreDir>, files: Vec<Arc<LiveFile>>, next_seqno: u64, next_file_number: u64) -> Store {
+        Store {
+            kv: dir.kv(),
+            dir,
+            io: Mutex::new(()),
+            state: Mutex::new(State {
+                memtable: Memtable::default(),
+                flushing: None,
+                files,
+                next_seqno,
+                next_file_number,
+                dropped: false,
+            }),
+        }
+    }
+
+    fn unknown(&self) -> Error {
+        Error::UnknownKvStore { kv: self.kv }
+    }
+
+    /// Creates the store's dir, durably. Called with the engine's dirs lock
+    /// held and the store absent from the engine.
+    ///
+    /// If the dir is still there because files of a dropped incarnation are
+    /// held by snapshots, the new incarnation numbers its files above them.
+    pub(super) fn create(dir: StoreDir) -> Result<Store> {
+        let path = dir.path().to_path_buf();
+        let next_file_number = match Listing::read(&path)? {
+            None => {
+                fs::create_dir(&path).map_err(|e| Error::io("create dir", &path, e))?;
+                if let Some(parent) = path.parent() {
+                    sync_dir(parent)?;
+                }
+                1
+            }
+            Some(listing) => {
+                let lingering = listing.max_number();
+                if lingering == 0 {
+                    store_dir::remove_markers(&path, &listing, true)?;
+                } else {
+                    store_dir::set_marker(&path, &listing, MarkerKind::Reused, lingering)?;
+                    tracing::info!(
+                        kv_store = %dir.kv(),
+                        lingering,
+                        "files of the dropped store are still held; the new store numbers its files above them"
+                    );
+                }
+                lingering + 1
+            }
+        };
+        Ok(Store::new(Arc::new(dir), Vec::new(), 1, next_file_number))
+    }
+
+    /// Recovers the store in `dir` (which exists): removes temp files, files
+    /// made obsolete by a drop (marker) or a compaction (range contained in a
+    /// higher-numbered file's), and loads the rest. `None` if the store was
+    /// dropped.
+    pub(super) fn recover(dir: StoreDir) -> Result<Option<Store>> {
+        let kv = dir.kv();
+        let path = dir.path().to_path_buf();
+        let Some(listing) = Listing::read(&path)? else {
+            return Ok(None);
+        };
+        listing.remove_temps()?;
+        let mut changed = !listing.temps.is_empty();
+        let mut obsolete_up_to = 0;
+        match listing.marker() {
+            Some((MarkerKind::Dropped, _)) => {
+                fs::remove_dir_all(&path).map_err(|e| Error::io("remove dir", &path, e))?;
+                if let Some(parent) = path.parent() {
+                    sync_dir(parent)?;
+                }
+                tracing::info!(kv_store = %kv, dir = %path.display(), "removed the dir of a dropped store");
+                return Ok(None);
+            }
+            Some((MarkerKind::Reused, n)) => {
+                obsolete_up_to = n;
+                for (_, p) in listing.sqi.iter().filter(|(m, _)| *m <= n) {
+                    store_dir::remove_file_if_exists(p)?;
+                }
+                store_dir::remove_markers(&path, &listing, false)?;
+                changed = true;
+                tracing::info!(kv_store = %kv, up_to = n, "removed the files of the store's dropped incarnation");
+            }
+            None => {}
+        }
+
+        struct Found {
+            number: u64,
+            path: std::path::PathBuf,
+            low: u64,
+            high: u64,
+        }
+        let mut found = Vec::new();
+        let mut decoded = HashMap::new();
+        for (number, p) in listing.sqi.iter().filter(|(m, _)| *m > obsolete_up_to) {
+            let (footer, records, offsets) = format::read_with_value_offsets(p)?;
+            found.push(Found {
+                number: *number,
+                path: p.clone(),
+                low: footer.low_seqno,
+                high: footer.high_seqno,
+            });
+            decoded.insert(*number, (records, offsets));
+        }
+        // A compaction writes its output before deleting its inputs; a crash
+        // in between leaves inputs whose range the output's contains.
+        let obsolete: Vec<u64> = found
+            .iter()
+            .filter(|f| {
+                found
+                    .iter()
+                    .any(|g| g.number > f.number && g.low <= f.low && f.high <= g.high)
+            })
+            .map(|f| f.number)
+            .collect();
+        let mut live = Vec::new();
+        for f in found {
+            if obsolete.contains(&f.number) {
+                store_dir::remove_file_if_exists(&f.path)?;
+                changed = true;
+                tracing::info!(kv_store = %kv, file = %f.path.display(), "removed an input of an interrupted compaction");
+            } else {
+                live.push(f);
+            }
+        }
+        live.sort_by_key(|f| f.low);
+        for w in live.windows(2) {
+            if w[0].high >= w[1].low {
+                return Err(Error::Corrupt {
+                    path: path.clone(),
+                    reason: format!(
+                        "files {} (seqnos {}..={}) and {} (seqnos {}..={}) overlap",
+                        format::file_name(w[0].number),
+                        w[0].low,
+                        w[0].high,
+                        format::file_name(w[1].number),
+                        w[1].low,
+                        w[1].high
+                    ),
+                });
+            }
+        }
+        if changed {
+            sync_dir(&path)?;
+        }
+
+        let dir = Arc::new(dir);
+        let next_seqno = live.last().map_or(1, |f| f.high + 1);
+        let next_file_number = live.iter().map(|f| f.number).max().unwrap_or(0) + 1;
+        let mut files = Vec::with_capacity(live.len());
+        for f in live {
+            let (records, offsets) = decoded.remove(&f.number).unwrap_or_default();
+            let len = fs::metadata(&f.path)
+                .map_err(|e| Error::io("stat", &f.path, e))?
+                .len();
+            let index = records
+                .into_iter()
+                .zip(offsets)
+                .map(|(r, offset)| {
+                    let slot = match r.value {
+                        None => Slot::Tombstone,
+                        Some(v) => Slot::Value {
+                            offset,
+                            len: v.len() as u32,
+                        },
+                    };
+                    (r.key, slot)
+                })
+                .collect();
+            let desc = IndexFile::new(f.path, len, f.low, f.high)?;
+            files.push(Arc::new(LiveFile::new(desc, index, Arc::clone(&dir))));
+        }
+        tracing::debug!(
+            kv_store = %kv,
+            files = files.len(),
+            next_seqno,
+            next_file_number,
+            "recovered store"
+        );
+        Ok(Some(Store::new(dir, files, next_seqno, next_file_number)))
+    }
+
+    /// Applies a put (`Some(value)`) or a delete (`None`) and returns its
+    /// seqno.
+    pub(super) fn mutate(&self, key: &[u8], value: Option<&[u8]>) -> Result<u64> {
+        for (what, len) in [("key", key.len()), ("value", value.map_or(0, <[u8]>::len))] {
+            if u32::try_from(len).is_err() {
+                return Err(Error::Engine {
+                    kv: self.kv,
+                    source: format!("a {len}-byte {what} is longer than the 2^32-1 bytes a record holds")
+                        .into(),
+                });
+            }
+        }
+        let (key, value) = (key.to_vec(), value.map(<[u8]>::to_vec));
+        let mut st = self.state.lock();
+        if st.dropped {
+            return Err(self.unknown());
+        }
+        let seqno = check_seqno(self.dir.path(), st.next_seqno)?;
+        st.next_seqno = seqno + 1;
+        st.memtable.insert(seqno, key, value);
+        Ok(seqno)
+    }
+
+    /// The newest version of `key`: memtable, then the memtable being
+    /// flushed, then files newest first.
+    pub(super) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let files = {
+            let st = self.state.lock();
+            if st.dropped {
+                return Err(self.unknown());
+            }
+            let in_memory = st
+                .memtable
+                .entries
+                .get(key)
+                .or_else(|| st.flushing.as_ref().and_then(|m| m.entries.get(key)));
+            if let Some(e) = in_memory {
+                return Ok(e.value.clone());
+            }
+            st.files.clone()
+        };
+        for f in files.iter().rev() {
+            if let Some(found) = f.get(key)? {
+                return Ok(found);
+            }
+        }
+        Ok(None)
+    }
+
+    /// The live files, held.
+    pub(super) fn live_files(&self) -> Result<Vec<Arc<LiveFile>>> {
+        let st = self.state.lock();
+        if st.dropped {
+            return Err(self.unknown());
+        }
+        Ok(st.files.clone())
+    }
+
+    /// The live files, described.
+    pub(super) fn files(&self) -> Result<Vec<IndexFile>> {
+        let st = self.state.lock();
+        if st.dropped {
+            return Err(self.unknown());
+        }
+        Ok(st.files.iter().map(|f| f.desc().clone()).collect())
+    }
+
+    /// The last seqno handed out, 0 if none.
+    pub(super) fn high_seqno(&self) -> Result<u64> {
+        let st = self.state.lock();
+        if st.dropped {
+            return Err(self.unknown());
+        }
+        Ok(st.next_seqno - 1)
+    }
+
+    /// Writes the memtable as a new file.
+    pub(super) fn flush(&self) -> Result<Option<IndexFile>> {
+        let _io = self.io.lock();
+        let (mem, number) = {
+            let mut st = self.state.lock();
+            if st.dropped {
+                return Err(self.unknown());
+            }
+            if st.memtable.is_empty() {
+                return Ok(None);
+            }
+            let mem = Arc::new(std::mem::take(&mut st.memtable));
+            st.flushing = Some(Arc::clone(&mem));
+            let number = st.next_file_number;
+            st.next_file_number += 1;
+            (mem, number)
+        };
+        let written = self.write_file(number, mem.low, mem.high, &mem.sorted_records());
+        let mut st = self.state.lock();
+        st.flushing = None;
+        match written {
+            Ok(file) => {
+                let desc = file.desc().clone();
+                st.files.push(Arc::new(file));
+                drop(st);
+                tracing::debug!(
+                    kv_store = %self.kv,
+                    file = desc.name(),
+                    low = desc.low_seqno(),
+                    high = desc.high_seqno(),
+                    records = mem.entries.len(),
+                    "flushed"
+                );
+                Ok(Some(desc))
+            }
+            Err(e) => {
+                st.memtable.merge_older(&mem);
+                drop(st);
+                tracing::warn!(kv_store = %self.kv, error = %e, "flush failed; the memtable is kept");
+                Err(e)
+            }
+        }
+    }
+
+    /// Merges every live file into one and retires the inputs.
+    pub(super) fn compact(&self) -> Result<Option<IndexFile>> {
+        let _io = self.io.lock();
+        let (inputs, number) = {
+            let mut st = self.state.lock();
+            if st.dropped {
+                return Err(self.unknown());
+            }
+            if st.files.len() < 2 {
+                return Ok(None);
+            }
+            let number = st.next_file_number;
+            st.next_file_number += 1;
+            (st.files.clone(), number)
+        };
+        let output = self.merge(&inputs, number)?;
+        let desc = output.desc().clone();
+        let replaced = {
+            let mut st = self.state.lock();
+            // `io` is held, so the list is still exactly `inputs`.
+            for f in &inputs {
+                f.mark_obsolete();
+            }
+            std::mem::replace(&mut st.files, vec![Arc::new(output)])
+        };
+        tracing::info!(
+            kv_store = %self.kv,
+            file = desc.name(),
+            inputs = inputs.len(),
+            low = desc.low_seqno(),
+            high = desc.high_seqno(),
+            "compacted"
+        );
+        // Deletes every input no snapshot holds; the others go when their
+        // last snapshot drops.
+        drop(replaced);
+        drop(inputs);
+        Ok(Some(desc))
+    }
+
+    fn merge(&self, inputs: &[Arc<LiveFile>], number: u64) -> Result<LiveFile> {
+        let mut newest: HashMap<Vec<u8>, (u64, Option<Vec<u8>>)> = HashMap::new();
+        let (mut low, mut high) = (u64::MAX, 0);
+        for f in inputs {
+            let (footer, records) = format::read_index_file(f.path())?;
+            low = low.min(footer.low_seqno);
+            high = high.max(footer.high_seqno);
+            for r in records {
+                match newest.get(&r.key) {
+                    Some((seqno, _)) if *seqno > r.seqno => {}
+                    _ => {
+                        newest.insert(r.key, (r.seqno, r.value));
+                    }
+                }
+            }
+        }
+        let mut records: Vec<RecordRef<'_>> = newest
+            .iter()
+            .map(|(k, (seqno, v))| RecordRef {
+                seqno: *seqno,
+                key: k,
+                value: v.as_deref(),
+            })
+            .collect();
+        records.sort_unstable_by_key(|r| r.seqno);
+        self.write_file(number, low, high, &records)
+    }
+
+    /// Durably writes `records` as file `number` covering `low..=high`.
+    fn write_file(&self, number: u64, low: u64, high: u64, records: &[RecordRef<'_>]) -> Result<LiveFile> {
+        let dir = self.dir.path();
+        let dest = dir.join(format::file_name(number));
+        let tmp = dir.join(format::temp_file_name(number));
+        let written = format::write_index_file(&tmp, &dest, low, high, records)?;
+        let index = records
+            .iter()
+            .zip(written.value_offsets)
+            .map(|(r, offset)| {
+                let slot = match r.value {
+                    None => Slot::Tombstone,
+                    Some(v) => Slot::Value {
+                        offset,
+                        len: v.len() as u32,
+                    },
+                };
+                (r.key.to_vec(), slot)
+            })
+            .collect();
+        let desc = IndexFile::new(dest, written.len, low, high)?;
+        Ok(LiveFile::new(desc, index, Arc::clone(&self.dir)))
+    }
+
+    /// The store part of `drop_store`: durably marks the dir dropped, then
+    /// retires every file. Returns the files, to be released by the caller
+    /// once it holds no lock (the last release may clean the dir up).
+    pub(super) fn retire(&self) -> Result<Vec<Arc<LiveFile>>> {
+        let _io = self.io.lock();
+        let used = {
+            let st = self.state.lock();
+            if st.dropped {
+                return Err(self.unknown());
+            }
+            st.next_file_number - 1
+        };
+        let path = self.dir.path();
+        let listing = Listing::read(path)?.unwrap_or_default();
+        store_dir::set_marker(
+            path,
+            &listing,
+            MarkerKind::Dropped,
+            used.max(listing.max_number()),
+        )?;
+        self.dir.set_dropped();
+        let mut st = self.state.lock();
+        st.dropped = true;
+        st.memtable = Memtable::default();
+        let files = std::mem::take(&mut st.files);
+        for f in &files {
+            f.mark_obsolete();
+        }
+        Ok(files)
+    }
+
+    /// Makes the next mutation take `seqno`, to test the 48-bit limit without
+    /// 2^48 puts.
+    #[cfg(test)]
+    pub(super) fn set_next_seqno(&self, seqno: u64) {
+        self.state.lock().next_seqno = seqno;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_flush_puts_the_memtable_back_under_newer_writes() {
+        let mut older = Memtable::default();
+        older.insert(1, b"a".to_vec(), Some(b"old".to_vec()));
+        older.insert(2, b"b".to_vec(), None);
+        let mut now = Memtable::default();
+        now.insert(3, b"a".to_vec(), Some(b"new".to_vec()));
+        now.merge_older(&older);
+        assert_eq!((now.low, now.high), (1, 3));
+        assert_eq!(now.entries[&b"a"[..]].value.as_deref(), Some(&b"new"[..]));
+        assert_eq!(now.entries[&b"b"[..]].seqno, 2);
+        let mut empty = Memtable::default();
+        empty.merge_older(&older);
+        assert_eq!((empty.low, empty.high, empty.entries.len()), (1, 2, 2));
+    }
+}

@@ -1,0 +1,138 @@
+//! Shared helpers of the integration tests: a reference engine in a temp
+//! dir, and a callback that records every round.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use continuous_backup::refengine::RefEngine;
+use continuous_backup::{
+    callback, BackupCallback, BackupFile, Config, ContinuousBackup, IndexFile, KvId, MetadataWriter, Snapshot,
+};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+/// One callback call, as the recorder saw it.
+#[derive(Clone, Debug)]
+pub struct Round {
+    pub kv: KvId,
+    pub files: Vec<BackupFile>,
+    pub snapshot: Vec<IndexFile>,
+    pub started: Instant,
+    pub ended: Instant,
+    pub writer: MetadataWriter,
+}
+
+/// A temp dir with engine data under `data/` and backups under `backup/`.
+pub struct Fixture {
+    pub tmp: tempfile::TempDir,
+    pub engine: RefEngine,
+}
+
+impl Fixture {
+    pub fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let engine = RefEngine::open(tmp.path().join("data")).unwrap();
+        Fixture { tmp, engine }
+    }
+
+    pub fn backup_dir(&self, kv: KvId) -> PathBuf {
+        self.tmp.path().join("backup").join(kv.to_string())
+    }
+
+    pub fn backup_root(&self) -> PathBuf {
+        self.tmp.path().join("backup")
+    }
+
+    /// Puts `n` keys into `kv` and flushes them as one file.
+    pub fn flush_some(&self, kv: KvId, n: usize) -> IndexFile {
+        let base = self.engine.high_seqno(kv).unwrap_or(0);
+        for i in 0..n {
+            let key = format!("key-{}", base as usize + i);
+            self.engine.put(kv, key.as_bytes(), b"value").unwrap();
+        }
+        self.engine.flush(kv).unwrap().expect("something to flush")
+    }
+
+    pub fn start(&self, config: Config) -> ContinuousBackup {
+        ContinuousBackup::start(Arc::new(self.engine.clone()), config, None).unwrap()
+    }
+}
+
+/// A callback that records every round on a channel, after running `inner`
+/// (which may block, fail or panic).
+pub fn recorder_with<F>(inner: F) -> (Arc<dyn BackupCallback>, UnboundedReceiver<Round>)
+where
+    F: Fn(&Round) -> Result<(), continuous_backup::CallbackError> + Send + Sync + 'static,
+{
+    let (tx, rx) = unbounded_channel();
+    let cb = callback(move |kv, snapshot: &dyn Snapshot, files, writer| {
+        let started = Instant::now();
+        let mut round = Round {
+            kv,
+            files: files.to_vec(),
+            snapshot: snapshot.files().to_vec(),
+            started,
+            ended: started,
+            writer,
+        };
+        // Record the round even when `inner` panics, then let the panic go on.
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner(&round)));
+        round.ended = Instant::now();
+        let _ = tx.send(round);
+        res.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    });
+    (cb, rx)
+}
+
+pub fn recorder() -> (Arc<dyn BackupCallback>, UnboundedReceiver<Round>) {
+    recorder_with(|_| Ok(()))
+}
+
+/// The next recorded round, or a panic after `within`.
+pub async fn next_round(rx: &mut UnboundedReceiver<Round>, within: Duration) -> Round {
+    actix_rt::time::timeout(within, rx.recv())
+        .await
+        .expect("no round within the time limit")
+        .expect("callback channel closed")
+}
+
+/// Waits for the first round that reports something.
+pub async fn next_nonempty_round(rx: &mut UnboundedReceiver<Round>, within: Duration) -> Round {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let round = next_round(rx, left).await;
+        if !round.files.is_empty() {
+            return round;
+        }
+    }
+}
+
+/// Whether another round arrives within `within`.
+pub async fn no_round_within(rx: &mut UnboundedReceiver<Round>, within: Duration) -> bool {
+    actix_rt::time::timeout(within, rx.recv()).await.is_err()
+}
+
+/// Runs a blocking closure off the actor threads.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    actix_rt::task::spawn_blocking(f).await.unwrap()
+}
+
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+pub fn inode(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().ino()
+}
+
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}

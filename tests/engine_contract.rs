@@ -1,0 +1,184 @@
+//! What the component does with what an engine hands it: 48-bit seqnos,
+//! reused file names, and engines that fail or panic.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use continuous_backup::refengine::RefEngine;
+use continuous_backup::{Config, ContinuousBackup, Engine, Error, IndexFile, KvId, Snapshot, MAX_SEQNO};
+
+const KV: KvId = KvId(11);
+
+/// What the faulty engine does to the reference engine's snapshot on call N.
+type Fault = fn(call: usize, snapshot: Box<dyn Snapshot>) -> continuous_backup::Result<Box<dyn Snapshot>>;
+
+/// An engine that hands out what the reference engine has, after a fault.
+struct Faulty {
+    inner: RefEngine,
+    calls: AtomicUsize,
+    fault: Fault,
+}
+
+impl Engine for Faulty {
+    fn snapshot(&self, kv: KvId) -> continuous_backup::Result<Box<dyn Snapshot>> {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst);
+        (self.fault)(call, self.inner.snapshot(kv)?)
+    }
+    fn data_dir(&self) -> Option<&Path> {
+        Engine::data_dir(&self.inner)
+    }
+}
+
+fn faulty(fx: &Fixture, fault: Fault) -> Arc<Faulty> {
+    Arc::new(Faulty {
+        inner: fx.engine.clone(),
+        calls: AtomicUsize::new(0),
+        fault,
+    })
+}
+
+#[actix_rt::test]
+async fn seqno_above_48_bits_is_rejected_and_nothing_reported() {
+    let fx = Fixture::new();
+    let good = fx.flush_some(KV, 1);
+    // The engine's listing holds a seqno one past the 48-bit limit.
+    let engine = faulty(&fx, |_, snap| {
+        let f = &snap.files()[0];
+        IndexFile::new(f.path(), f.len(), f.low_seqno(), MAX_SEQNO + 1)?;
+        Ok(snap)
+    });
+    let backup = ContinuousBackup::start(engine, Config::default(), None).unwrap();
+    let (cb, mut rx) = recorder();
+    backup
+        .start_backup(KV, fx.backup_dir(KV), cb, Some(ms(30)))
+        .await
+        .unwrap();
+    assert!(
+        no_round_within(&mut rx, ms(300)).await,
+        "the callback heard of a round that failed"
+    );
+    let status = backup.status().await.unwrap();
+    let s = status.store(KV).unwrap();
+    assert!(s.failed_rounds >= 2, "each tick retries");
+    let err = s.last_error.as_deref().unwrap();
+    assert!(err.contains("281474976710656") && err.contains("48-bit"), "{err}");
+    assert!(!fx.backup_dir(KV).join(good.name()).exists(), "nothing linked");
+}
+
+#[actix_rt::test]
+async fn a_panicking_engine_fails_the_round_and_the_pool_keeps_its_thread() {
+    let fx = Fixture::new();
+    fx.flush_some(KV, 1);
+    let engine = faulty(&fx, |call, snap| {
+        if call < 3 {
+            panic!("engine bug on call {call}");
+        }
+        Ok(snap)
+    });
+    // One linker thread: if a panic killed it, no round could ever link again.
+    let backup = ContinuousBackup::start(
+        engine,
+        Config {
+            linker_threads: 1,
+            ..Config::default()
+        },
+        None,
+    )
+    .unwrap();
+    let (cb, mut rx) = recorder();
+    backup
+        .start_backup(KV, fx.backup_dir(KV), cb, Some(ms(20)))
+        .await
+        .unwrap();
+    let round = next_round(&mut rx, Duration::from_secs(10)).await;
+    assert_eq!(round.files.len(), 1);
+    let status = backup.status().await.unwrap();
+    let s = status.store(KV).unwrap();
+    assert_eq!(s.failed_rounds, 3);
+    assert!(s.running);
+}
+
+#[actix_rt::test]
+async fn name_clash_under_a_recreated_store_keeps_both_files() {
+    let fx = Fixture::new();
+    let old = fx.flush_some(KV, 3);
+    let old_bytes = std::fs::read(old.path()).unwrap();
+    let backup = fx.start(Config::default());
+    let (cb, mut rx) = recorder();
+    backup
+        .start_backup(KV, fx.backup_dir(KV), cb.clone(), None)
+        .await
+        .unwrap();
+    next_round(&mut rx, Duration::from_secs(5)).await;
+    backup.stop_backup(KV, false).await.unwrap();
+
+    // The vBucket is deleted and created again: file names start over.
+    fx.engine.drop_store(KV).unwrap();
+    fx.engine.put(KV, b"other", b"data of the new store").unwrap();
+    let new = fx.engine.flush(KV).unwrap().unwrap();
+    assert_eq!(new.name(), old.name(), "the engine reuses the name");
+    backup
+        .start_backup(KV, fx.backup_dir(KV), cb, None)
+        .await
+        .unwrap();
+    let round = next_round(&mut rx, Duration::from_secs(5)).await;
+    let clash = format!("{}~1", old.name());
+    assert_eq!(
+        round.files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
+        vec![clash.as_str()]
+    );
+    assert_eq!(
+        std::fs::read(fx.backup_dir(KV).join(old.name())).unwrap(),
+        old_bytes,
+        "the old file is untouched"
+    );
+    assert_eq!(inode(&fx.backup_dir(KV).join(&clash)), inode(new.path()));
+}
+
+#[actix_rt::test]
+async fn an_unknown_store_fails_its_rounds_with_a_clear_error() {
+    let fx = Fixture::new();
+    let backup = fx.start(Config::default());
+    let (cb, mut rx) = recorder();
+    backup
+        .start_backup(KvId(99), fx.backup_dir(KvId(99)), cb, Some(ms(30)))
+        .await
+        .unwrap();
+    assert!(no_round_within(&mut rx, ms(200)).await);
+    let status = backup.status().await.unwrap();
+    let err = status.store(KvId(99)).unwrap().last_error.clone().unwrap();
+    assert!(err.contains("no KV store 99"), "{err}");
+}
+
+#[actix_rt::test]
+async fn bad_backup_dirs_are_refused_before_anything_is_written() {
+    let fx = Fixture::new();
+    let backup = fx.start(Config::default());
+    let (cb, _rx) = recorder();
+    let file = fx.tmp.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let inside_data = fx.engine.data_dir().join("backup");
+    for dir in [
+        Path::new("relative/dir").to_path_buf(),
+        fx.tmp.path().join("x/../y"),
+        file.clone(),
+        file.join("below-a-file"),
+        inside_data.clone(),
+    ] {
+        let err = backup.start_backup(KV, &dir, cb.clone(), None).await.unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidBackupDir { .. }),
+            "{}: {err}",
+            dir.display()
+        );
+    }
+    assert!(!inside_data.exists());
+    assert!(!fx.tmp.path().join("y").exists());
+    assert_eq!(std::fs::read(&file).unwrap(), b"x");
+    assert!(backup.status().await.unwrap().running().is_empty());
+}

@@ -1,0 +1,58 @@
+//! One store's trouble stays with that store.
+
+mod common;
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use continuous_backup::{Config, KvId};
+use parking_lot::Mutex;
+
+#[actix_rt::test]
+async fn blocking_callback_does_not_delay_other_stores() {
+    let fx = Fixture::new();
+    let (slow, fast) = (KvId(1), KvId(2));
+    fx.flush_some(slow, 1);
+    fx.flush_some(fast, 1);
+    let backup = fx.start(Config {
+        linker_threads: 1,
+        ..Config::default()
+    });
+    // The slow store's callback blocks until the test releases it.
+    let (release, gate) = mpsc::channel::<()>();
+    let gate = Arc::new(Mutex::new(gate));
+    let (blocked_tx, blocked_rx) = mpsc::channel::<()>();
+    let blocked_tx = Mutex::new(blocked_tx);
+    let (slow_cb, _slow_rx) = recorder_with(move |_| {
+        blocked_tx.lock().send(()).ok();
+        gate.lock().recv().ok();
+        Ok(())
+    });
+    backup
+        .start_backup(slow, fx.backup_dir(slow), slow_cb, Some(ms(20)))
+        .await
+        .unwrap();
+    blocking(move || blocked_rx.recv_timeout(Duration::from_secs(5)).unwrap()).await;
+
+    let (fast_cb, mut fast_rx) = recorder();
+    backup
+        .start_backup(fast, fx.backup_dir(fast), fast_cb, Some(ms(50)))
+        .await
+        .unwrap();
+    // Were the fast store held up by the blocked one, these would never come.
+    for _ in 0..6 {
+        next_round(&mut fast_rx, Duration::from_secs(10)).await;
+    }
+
+    // Stopping the blocked store returns, the callback still blocked.
+    actix_rt::time::timeout(Duration::from_secs(10), backup.stop_backup(slow, false))
+        .await
+        .expect("stop waited for a blocked callback")
+        .unwrap();
+    let status = backup.status().await.unwrap();
+    assert!(status.store(fast).unwrap().running);
+    assert!(!status.store(slow).unwrap().running);
+    release.send(()).unwrap();
+}

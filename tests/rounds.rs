@@ -1,0 +1,284 @@
+//! The round contract: what start links and reports, what later rounds
+//! report, and how rounds are scheduled.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use continuous_backup::refengine::read_index_file;
+use continuous_backup::{Config, KvId};
+
+const KV: KvId = KvId(1);
+
+#[actix_rt::test]
+async fn start_links_all_files_and_calls_back_once() {
+    let fx = Fixture::new();
+    let sources: Vec<_> = (0..3).map(|_| fx.flush_some(KV, 10)).collect();
+    let backup = fx.start(Config::default());
+    let (cb, mut rx) = recorder();
+    // A long interval: only the first round may run.
+    backup
+        .start_backup(KV, fx.backup_dir(KV), cb, Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let round = next_round(&mut rx, Duration::from_secs(5)).await;
+    assert_eq!(round.kv, KV);
+    assert_eq!(round.files.len(), 3);
+    for (src, reported) in sources.iter().zip(&round.files) {
+        assert_eq!(reported.name, src.name());
+        assert_eq!(
+            (reported.len, reported.low_seqno, reported.high_seqno),
+            (src.len(), src.low_seqno(), src.high_seqno())
+        );
+        let linked = fx.backup_dir(KV).join(&reported.name);
+        assert_eq!(inode(&linked), inode(src.path()), "a hard link, not a copy");
+        assert_eq!(std::fs::metadata(&linked).unwrap().len(), reported.len);
+    }
+    assert!(no_round_within(&mut rx, ms(300)).await, "exactly one callback");
+    let status = backup.status().await.unwrap();
+    let s = status.store(KV).unwrap();
+    assert!(s.running);
+    assert_eq!(
+        (s.rounds, s.failed_rounds, s.files_linked, s.callbacks),
+        (1, 0, 3, 1)
+    );
+    assert_eq!(s.bytes_linked, sources.iter().map(|f| f.len()).sum::<u64>());
+}
+
+#[actix_rt::test]
+async fn new_flushes_appear_in_the_next_round_only() {
+    let fx = Fixture::new();
+    fx.flush_some(KV, 5);
+    let backup = fx.start(Config::default());
+    let (cb, mut rx) = recorder();
+    backup
+        .start_backup(KV, fx.backup_dir(KV), cb, Some(ms(40)))
+        .await
+        .unwrap();
+    assert_eq!(next_round(&mut rx, Duration::from_secs(5)).await.files.len(), 1);
+
+    // Rounds go on with empty lists while nothing is new.
+    assert!(next_round(&mut rx, Duration::from_secs(5)).await.files.is_empty());
+    let new = fx.flush_some(KV, 5);
+    let round = next_nonempty_round(&mut rx, Duration::from_secs(5)).await;
+    assert_eq!(round.files.len(), 1);
+    assert_eq!(round.files[0].name, new.name());
+    for _ in 0..3 {
+        assert!(
+            next_round(&mut rx, Duration::from_secs(5)).await.files.is_empty(),
+            "reported once"
+        );
+    }
+}
+
+#[actix_rt::test]
+async fn compaction_after_link_keeps_backup() {
+    let fx = Fixture::new();
+    let sources: Vec<_> = (0..3).map(|_| fx.flush_some(KV, 20)).collect();
+    let before: Vec<Vec<u8>> = sources.iter().map(|f| std::fs::read(f.path()).unwrap()).collect();
+    let backup = fx.start(Config::default());
+    let (cb, mut rx) = recorder();
+    backup
+        .start_backup(KV, fx.backup_dir(KV), cb, Some(ms(40)))
+        .await
+        .unwrap();
+    let first = next_round(&mut rx, Duration::from_secs(5)).await;
+    drop(first); // releases nothing: the snapshot went with the callback
+
+    let merged = fx.engine.compact(KV).unwrap().expect("compacted");
+    for src in &sources {
+        assert!(
+            !src.path().exists(),
+            "compaction deleted its input {}",
+            src.path().display()
+        );
+    }
+    for (src, bytes) in sources.iter().zip(&before) {
+        let kept = fx.backup_dir(KV).join(src.name());
+        assert_eq!(&std::fs::read(&kept).unwrap(), bytes, "same bytes");
+        let (footer, records) = read_index_file(&kept).unwrap();
+        assert_eq!(
+            (footer.low_seqno, footer.high_seqno),
+            (src.low_seqno(), src.high_seqno())
+        );
+        assert_eq!(records.len(), 20);
+    }
+    let round = next_nonempty_round(&mut rx, Duration::from_secs(5)).await;
+    assert_eq!(round.files.len(), 1, "the compaction output is new");
+    assert_eq!(round.files[0].name, merged.name());
+}
+
+#[actix_rt::test]
+async fn a_failed_callback_gets_its_files_again_next_round() {
+    let fx = Fixture::new();
+    fx.flush_some(KV, 3);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&calls);
+    let (cb, mut rx) = recorder_with(move |_| match c.fetch_add(1, Ordering::SeqCst) {
+        0 => Err("downstream not ready".into()),
+        1 => panic!("callback bug"),
+        _ => Ok(()),
+    });
+    let backup = fx.start(Config::default());
+    backup
+        .start_backup(KV, fx.backup_dir(KV), cb, Some(ms(30)))
+        .await
+        .unwrap();
+    let r1 = next_round(&mut rx, Duration::from_secs(5)).await;
+    let r2 = next_round(&mut rx, Duration::from_secs(5)).await;
+    let r3 = next_round(&mut rx, Duration::from_secs(5)).await;
+    let r4 = next_round(&mut rx, Duration::from_secs(5)).await;
+    assert_eq!(r1.files.len(), 1);
+    assert_eq!(r2.files, r1.files, "after an error: reported again");
+    assert_eq!(r3.files, r1.files, "after a panic: reported again");
+    assert!(r4.files.is_empty(), "acknowledged by the successful round");
+    let status = backup.status().await.unwrap();
+    let s = status.store(KV).unwrap();
+    assert_eq!(s.failed_rounds, 2);
+    assert!(s.running, "a panicking callback does not stop the store");
+    assert_eq!(s.files_linked, 1, "linked once, reported three times");
+}
+
+#[actix_rt::test]
+async fn rounds_never_overlap_and_missed_ticks_do_not_burst() {
+    let fx = Fixture::new();
+    fx.flush_some(KV, 3);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&calls);
+    // The first callback takes ten intervals; later ones are instant.
+    let (cb, mut rx) = recorder_with(move |_| {
+        if c.fetch_add(1, Ordering::SeqCst) == 0 {
+            std::thread::sleep(ms(500));
+        }
+        Ok(())
+    });
+    let backup = fx.start(Config::default());
+    backup
+        .start_backup(KV, fx.backup_dir(KV), cb, Some(ms(50)))
+        .await
+        .unwrap();
+    let mut rounds = Vec::new();
+    for _ in 0..5 {
+        rounds.push(next_round(&mut rx, Duration::from_secs(5)).await);
+    }
+    for pair in rounds.windows(2) {
+        assert!(pair[1].started >= pair[0].ended, "rounds overlapped");
+    }
+    // After the slow round, at most one catch-up round, then the interval.
+    let slow_end = rounds[0].ended;
+    let quick = rounds[1..]
+        .iter()
+        .filter(|r| r.started.duration_since(slow_end) < ms(40))
+        .count();
+    assert!(quick <= 1, "{quick} rounds fired in a burst after the stall");
+    assert!(
+        rounds[4].started.duration_since(slow_end) >= ms(140),
+        "later rounds keep the interval"
+    );
+}
+
+#[actix_rt::test]
+async fn restart_reports_every_file_again_without_relinking() {
+    let fx = Fixture::new();
+    fx.flush_some(KV, 3);
+    fx.flush_some(KV, 3);
+    let backup = fx.start(Config::default());
+    let (cb, mut rx) = recorder();
+    backup
+        .start_backup(KV, fx.backup_dir(KV), cb.clone(), Some(ms(50)))
+        .await
+        .unwrap();
+    let first = next_round(&mut rx, Duration::from_secs(5)).await;
+    backup.stop_backup(KV, false).await.unwrap();
+
+    backup
+        .start_backup(KV, fx.backup_dir(KV), cb, Some(ms(50)))
+        .await
+        .unwrap();
+    let again = loop {
+        let r = next_round(&mut rx, Duration::from_secs(5)).await;
+        if r.files.len() == 2 {
+            break r;
+        }
+    };
+    assert_eq!(
+        again.files, first.files,
+        "the same names: the same inodes count as linked"
+    );
+    assert_eq!(names(&fx.backup_dir(KV)).len(), 2, "nothing linked twice");
+    let s = backup.status().await.unwrap();
+    assert_eq!(s.store(KV).unwrap().files_linked, 2);
+}
+
+#[actix_rt::test]
+async fn start_is_idempotent_and_dirs_are_not_shared() {
+    let fx = Fixture::new();
+    fx.flush_some(KV, 1);
+    fx.flush_some(KvId(2), 1);
+    let backup = fx.start(Config::default());
+    let (cb, _rx) = recorder();
+    backup
+        .start_backup(KV, fx.backup_dir(KV), cb.clone(), None)
+        .await
+        .unwrap();
+    backup
+        .start_backup(KV, fx.backup_dir(KV), cb.clone(), None)
+        .await
+        .unwrap();
+    let err = backup
+        .start_backup(KV, fx.backup_dir(KvId(9)), cb.clone(), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, continuous_backup::Error::AlreadyRunning { .. }),
+        "{err}"
+    );
+    let err = backup
+        .start_backup(KvId(2), fx.backup_dir(KV), cb, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, continuous_backup::Error::BackupDirInUse { holder: KV, .. }),
+        "{err}"
+    );
+    assert!(
+        !fx.backup_dir(KvId(9)).exists(),
+        "nothing written for a refused start"
+    );
+}
+
+#[actix_rt::test]
+async fn ticks_of_many_stores_are_spread_over_the_interval() {
+    let fx = Fixture::new();
+    let backup = fx.start(Config::default());
+    let interval = ms(600);
+    let (cb, mut rx) = recorder();
+    let t0 = std::time::Instant::now();
+    for kv in 0..32 {
+        fx.engine.create_store(KvId(kv)).unwrap();
+        backup
+            .start_backup(KvId(kv), fx.backup_dir(KvId(kv)), cb.clone(), Some(interval))
+            .await
+            .unwrap();
+    }
+    // Each store's second round.
+    let mut seen = std::collections::HashMap::new();
+    let mut second = Vec::new();
+    while second.len() < 32 {
+        let r = next_round(&mut rx, Duration::from_secs(5)).await;
+        let count = seen.entry(r.kv).or_insert(0);
+        *count += 1;
+        if *count == 2 {
+            second.push(r.started.duration_since(t0));
+        }
+    }
+    second.sort();
+    let spread = second[31] - second[0];
+    assert!(
+        spread >= interval / 2,
+        "second rounds all within {spread:?} of each other"
+    );
+}

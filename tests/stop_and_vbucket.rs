@@ -1,0 +1,164 @@
+//! Stopping a store, and the vBucket state messages that start and stop it.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use continuous_backup::{
+    CallbackFactory, Config, ContinuousBackup, Error, KvId, SetVbucketState, VbucketState,
+};
+
+const KV: KvId = KvId(4);
+
+#[actix_rt::test]
+async fn stop_ends_rounds_and_later_flushes_are_not_linked() {
+    let fx = Fixture::new();
+    fx.flush_some(KV, 2);
+    let backup = fx.start(Config::default());
+    let (cb, mut rx) = recorder();
+    backup
+        .start_backup(KV, fx.backup_dir(KV), cb, Some(ms(30)))
+        .await
+        .unwrap();
+    let first = next_round(&mut rx, Duration::from_secs(5)).await;
+    backup.stop_backup(KV, false).await.unwrap();
+    let stopped_at = Instant::now();
+
+    let late = fx.flush_some(KV, 2);
+    actix_rt::time::sleep(ms(300)).await;
+    while let Ok(r) = rx.try_recv() {
+        assert!(r.started < stopped_at, "a round started after stop returned");
+    }
+    assert!(
+        !fx.backup_dir(KV).join(late.name()).exists(),
+        "a flush after stop was linked"
+    );
+    let err = blocking(move || first.writer.write("after stop"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::BackupStopped { kv: KV }), "{err}");
+    let status = backup.status().await.unwrap();
+    assert!(!status.store(KV).unwrap().running);
+    let err = backup.stop_backup(KV, false).await.unwrap_err();
+    assert!(matches!(err, Error::NotRunning { kv: KV }), "{err}");
+}
+
+#[actix_rt::test]
+async fn stop_with_final_round_links_the_last_flush() {
+    let fx = Fixture::new();
+    fx.flush_some(KV, 2);
+    let backup = fx.start(Config::default());
+    let (cb, mut rx) = recorder();
+    backup
+        .start_backup(KV, fx.backup_dir(KV), cb, Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    next_round(&mut rx, Duration::from_secs(5)).await;
+    let last = fx.flush_some(KV, 2);
+    backup.stop_backup(KV, true).await.unwrap();
+    assert!(fx.backup_dir(KV).join(last.name()).exists());
+    let final_round = rx.try_recv().expect("the final round ran before stop returned");
+    assert_eq!(final_round.files.len(), 1);
+    assert_eq!(final_round.files[0].name, last.name());
+}
+
+/// A small deterministic generator (xorshift64*), so the test needs no crate.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+#[actix_rt::test]
+async fn vbucket_flapping_ends_with_exactly_the_active_ones_running() {
+    let fx = Fixture::new();
+    for kv in 0..64 {
+        fx.engine.create_store(KvId(kv)).unwrap();
+    }
+    let (cb, _rx) = recorder();
+    let factory: CallbackFactory = Arc::new(move |_| cb.clone());
+    let config = Config {
+        backup_root: Some(fx.backup_root()),
+        interval: ms(40),
+        ..Config::default()
+    };
+    let backup = ContinuousBackup::start(Arc::new(fx.engine.clone()), config, Some(factory)).unwrap();
+    let states = [
+        VbucketState::Active,
+        VbucketState::Replica,
+        VbucketState::Pending,
+        VbucketState::Dead,
+    ];
+    let mut rng = Rng(0x5eed);
+    let mut last = BTreeMap::new();
+    for i in 0..4000 {
+        let kv = KvId((rng.next() % 64) as u16);
+        let state = states[(rng.next() % 4) as usize];
+        last.insert(kv, state);
+        let msg = SetVbucketState { kv, state };
+        if i % 50 == 0 {
+            backup.addr().send(msg).await.unwrap().unwrap();
+        } else {
+            backup.addr().do_send(msg);
+        }
+    }
+    let expected: Vec<KvId> = last
+        .iter()
+        .filter(|(_, s)| **s == VbucketState::Active)
+        .map(|(kv, _)| *kv)
+        .collect();
+    // Repeats are no-ops: sending the final states again changes nothing.
+    for (kv, state) in &last {
+        backup.set_vbucket_state(*kv, *state).await.unwrap();
+    }
+    let status = backup.status().await.unwrap();
+    assert_eq!(status.running(), expected);
+    assert!(
+        !expected.is_empty() && expected.len() < 64,
+        "the seed exercises both outcomes"
+    );
+
+    // Only the running ones keep doing rounds.
+    actix_rt::time::sleep(ms(300)).await;
+    let before = backup.status().await.unwrap();
+    actix_rt::time::sleep(ms(300)).await;
+    let after = backup.status().await.unwrap();
+    for s in &after.stores {
+        let was = before.store(s.kv).unwrap().rounds;
+        if expected.contains(&s.kv) {
+            assert!(s.rounds > was, "store {} is active but did no round", s.kv);
+            assert!(fx.backup_root().join(s.kv.to_string()).is_dir());
+        } else {
+            assert_eq!(s.rounds, was, "store {} is not active but did rounds", s.kv);
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn active_needs_a_backup_root_and_a_factory() {
+    let fx = Fixture::new();
+    let backup = fx.start(Config::default());
+    let err = backup
+        .set_vbucket_state(KV, VbucketState::Active)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Config {
+                field: "backup_root",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Non-active states of a store that never ran are no-ops.
+    backup.set_vbucket_state(KV, VbucketState::Dead).await.unwrap();
+}
