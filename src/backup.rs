@@ -1,18 +1,19 @@
 //! `BackupActor`: one per running KV store. A thin shell that schedules the
-//! store's rounds and moves its [`BackupState`] between the linker pool and
-//! the store's callback thread; the round logic itself is in [`state`].
+//! store's rounds and moves its [`LinkSet`] between itself and the linker
+//! pool; the round logic is in [`state`], the timing in [`schedule`].
 //!
 //! A round: tick → `LinkRound` to the linker pool (snapshot, link, fsync dir)
-//! → callback on the store's own thread (snapshot held until it returns) →
-//! acknowledge on success → re-arm the tick with `run_later`. The state is
-//! out at the linker while a round links, and `in_flight` stays set until the
-//! callback returns, so rounds of one store never overlap; a tick cannot come
-//! during a round because the next one is armed only when the round ends.
+//! → callback on the store's callback thread (snapshot held until it returns)
+//! → acknowledge on success → re-arm the tick with `run_later`. `phase` says
+//! where a round is; a tick cannot come during a round because the next one
+//! is armed only when the round ends, and explicit rounds (a final round)
+//! wait for the one in flight.
 
 pub(crate) mod schedule;
 pub(crate) mod state;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -28,7 +29,7 @@ use crate::linker::LinkerActor;
 use crate::messages::{BackupEnded, CloseSession, LinkRound, OpenDir, RoundLinked, SessionId, StopStore};
 use crate::metadata::{MetadataActor, MetadataWriter};
 use crate::status::StoreCounters;
-use state::BackupState;
+use state::{LinkSet, Unacked};
 
 /// Everything a backup actor is started with.
 pub(crate) struct BackupSpec {
@@ -36,16 +37,38 @@ pub(crate) struct BackupSpec {
     pub generation: u64,
     pub dir: PathBuf,
     pub interval: Duration,
+    pub max_backoff: Duration,
     pub callback: Arc<dyn BackupCallback>,
     pub linker: Addr<LinkerActor>,
     pub metadata: Addr<MetadataActor>,
     pub supervisor: Recipient<BackupEnded>,
     pub counters: Arc<StoreCounters>,
+    /// The store's callback thread, shared by every start of the store so
+    /// that callbacks of a stopping start and the next one never overlap.
+    pub runner: CallbackRunner,
+    /// Files an earlier start of the store linked but never got reported.
+    pub unacked: Unacked,
+    /// Wait before the first round (a restart's backoff); zero: at once.
+    pub first_delay: Duration,
+}
+
+/// Where the current round is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    /// At the linker pool (the link set is there too).
+    Linking,
+    /// In the callback.
+    Calling,
 }
 
 struct Stopping {
+    /// Whether any stop asked for a final round (its result is then replied).
+    final_asked: bool,
     final_round_pending: bool,
-    waiters: Vec<oneshot::Sender<()>>,
+    /// The final round's result, once it ran.
+    final_result: Option<Result<()>>,
+    waiters: Vec<oneshot::Sender<Result<()>>>,
 }
 
 /// Runs the rounds of one KV store.
@@ -55,63 +78,65 @@ pub(crate) struct BackupActor {
     span: tracing::Span,
     opened: Option<(Arc<BackupDir>, SessionId)>,
     /// `None` while a round's links are at the linker pool.
-    state: Option<Box<BackupState>>,
-    in_flight: bool,
+    links: Option<Box<LinkSet>>,
+    phase: Phase,
+    /// Set on a stop without final round: the linker job links nothing more.
+    cancel: Arc<AtomicBool>,
     rounds_started: u64,
+    failures_in_a_row: u32,
     next_due: Instant,
     tick: Option<SpawnHandle>,
     stopping: Option<Stopping>,
     closed: bool,
-    runner: CallbackRunner,
 }
 
 impl BackupActor {
     /// `on_started` is told once the backup dir is open (or could not be).
     pub fn new(spec: BackupSpec, on_started: oneshot::Sender<Result<()>>) -> Self {
-        let kv = spec.kv;
         BackupActor {
             spec,
             on_started: Some(on_started),
             span: tracing::Span::none(),
             opened: None,
-            state: Some(Box::default()),
-            in_flight: false,
+            links: Some(Box::default()),
+            phase: Phase::Idle,
+            cancel: Arc::new(AtomicBool::new(false)),
             rounds_started: 0,
+            failures_in_a_row: 0,
             next_due: Instant::now(),
             tick: None,
             stopping: None,
             closed: false,
-            runner: CallbackRunner::new(kv),
         }
     }
 
     fn start_round(&mut self, ctx: &mut Context<Self>) {
-        if self.in_flight || self.closed {
+        if self.phase != Phase::Idle || self.closed {
             return; // coalesced: the running round picks up what is new
         }
         let Some((dir, _)) = &self.opened else {
             return;
         };
-        let Some(state) = self.state.take() else {
+        let Some(links) = self.links.take() else {
             return;
         };
-        self.in_flight = true;
+        self.phase = Phase::Linking;
         self.rounds_started += 1;
         let span = tracing::info_span!(parent: &self.span, "round", round = self.rounds_started);
         let started = Instant::now();
-        let span_for_callback = span.clone();
         let msg = LinkRound {
             kv: self.spec.kv,
             dir: Arc::clone(dir),
-            state,
+            links,
+            cancel: Arc::clone(&self.cancel),
             span: span.clone(),
         };
         self.spec
             .linker
             .send(msg)
-            .instrument(span)
+            .instrument(span.clone())
             .into_actor(self)
-            .map(move |res, act, ctx| act.on_linked(res, started, span_for_callback, ctx))
+            .map(move |res, act, ctx| act.on_linked(res, started, span, ctx))
             .spawn(ctx);
     }
 
@@ -122,43 +147,59 @@ impl BackupActor {
         span: tracing::Span,
         ctx: &mut Context<Self>,
     ) {
-        let RoundLinked { state, outcome } = match res {
+        let RoundLinked { links, outcome } = match res {
             Ok(linked) => linked,
             Err(_) => {
-                // The pool is gone with the state: start over, as on start
-                // (placing is idempotent, so nothing is linked twice).
-                self.state = Some(Box::default());
+                // The pool is gone with the link set: start over, as on
+                // start (placing is idempotent, so nothing is linked twice).
+                self.links = Some(Box::default());
                 return self.finish_round(Err(Error::ComponentStopped), started, ctx);
             }
         };
-        self.state = Some(state);
+        self.links = Some(links);
         let linked = match outcome {
-            Ok(linked) => linked,
+            Ok(mut linked) => {
+                self.count_linked(&mut linked);
+                linked
+            }
+            Err(_) if self.closed => return ctx.stop(),
             Err(e) => return self.finish_round(Err(e), started, ctx),
         };
+        if self.closed {
+            // Stopped while linking: what was placed stays unacknowledged and
+            // goes to the next start of the store.
+            return ctx.stop();
+        }
+        let Some((_, session)) = self.opened else {
+            return;
+        };
+        self.phase = Phase::Calling;
+        let writer = MetadataWriter::new(self.spec.kv, session, self.spec.metadata.clone());
+        let reported = self.spec.unacked.report();
+        let done = self.spec.runner.run(
+            Arc::clone(&self.spec.callback),
+            linked.snapshot,
+            reported.clone(),
+            writer,
+            span.clone(),
+        );
+        done.instrument(span)
+            .into_actor(self)
+            .map(move |out, act, ctx| act.on_called(out, reported, started, ctx))
+            .spawn(ctx);
+    }
+
+    /// Counts a round's links and queues its files for reporting.
+    fn count_linked(&mut self, linked: &mut crate::messages::Linked) {
         let c = &self.spec.counters;
         StoreCounters::add(&c.files_linked, linked.files_linked);
         StoreCounters::add(&c.bytes_linked, linked.bytes_linked);
         StoreCounters::add(&c.files_copied, linked.files_copied);
         StoreCounters::add(&c.bytes_copied, linked.bytes_copied);
         if linked.files_copied > 0 {
-            c.cross_device.store(true, std::sync::atomic::Ordering::Relaxed);
+            c.cross_device.store(true, Ordering::Relaxed);
         }
-        let Some((_, session)) = self.opened else {
-            return;
-        };
-        let writer = MetadataWriter::new(self.spec.kv, session, self.spec.metadata.clone());
-        let reported = linked.report.clone();
-        let done = self.runner.run(
-            Arc::clone(&self.spec.callback),
-            linked.snapshot,
-            linked.report,
-            writer,
-            span,
-        );
-        done.into_actor(self)
-            .map(move |out, act, ctx| act.on_called(out, reported, started, ctx))
-            .spawn(ctx);
+        self.spec.unacked.add(std::mem::take(&mut linked.placed));
     }
 
     fn on_called(
@@ -181,15 +222,13 @@ impl BackupActor {
             Err(_) => Err(Error::ComponentStopped),
         };
         if result.is_ok() {
-            if let Some(state) = self.state.as_mut() {
-                state.acknowledge(&reported);
-            }
+            self.spec.unacked.acknowledge(&reported);
         }
         self.finish_round(result, started, ctx);
     }
 
     fn finish_round(&mut self, result: Result<()>, started: Instant, ctx: &mut Context<Self>) {
-        self.in_flight = false;
+        self.phase = Phase::Idle;
         let c = &self.spec.counters;
         StoreCounters::add(&c.rounds, 1);
         {
@@ -200,21 +239,38 @@ impl BackupActor {
                 Ok(()) => last.error = None,
                 Err(e) => {
                     StoreCounters::add(&c.failed_rounds, 1);
-                    let _entered = self.span.enter();
-                    tracing::error!(error = %e, round = self.rounds_started, "backup round failed; the next round retries");
+                    self.span.in_scope(|| {
+                        tracing::error!(error = %e, round = self.rounds_started, "backup round failed; a later round retries");
+                    });
                     last.error = Some(e.to_string());
                 }
             }
         }
-        if self.stopping.is_some() {
-            self.advance_stop(ctx);
+        self.failures_in_a_row = if result.is_ok() {
+            0
         } else {
-            self.schedule_next(ctx);
+            self.failures_in_a_row + 1
+        };
+        if matches!(result, Err(Error::BackupDirPoisoned { .. })) && self.stopping.is_none() {
+            // The dir must be opened again: fail, and let the supervisor
+            // restart this store.
+            return self.close(ctx);
         }
+        if let Some(stopping) = self.stopping.as_mut() {
+            if !stopping.final_round_pending && stopping.final_result.is_none() {
+                // This was the final round (or the round it waited for, when
+                // no final round was asked: then the result is unused).
+                stopping.final_result = Some(result);
+            }
+            return self.advance_stop(ctx);
+        }
+        self.schedule_next(ctx);
     }
 
     fn schedule_next(&mut self, ctx: &mut Context<Self>) {
-        let step = if self.rounds_started == 1 {
+        let step = if self.failures_in_a_row > 0 {
+            schedule::backoff(self.spec.interval, self.spec.max_backoff, self.failures_in_a_row)
+        } else if self.rounds_started == 1 {
             schedule::first_offset(self.spec.kv, self.spec.interval)
         } else {
             self.spec.interval
@@ -239,13 +295,15 @@ impl BackupActor {
         }
     }
 
-    /// Closes the metadata session (after every write queued before), then
-    /// answers the stop and stops the actor.
+    /// Closes the metadata session (after every write queued before it);
+    /// the actor stops once no linker job of it is left.
     fn close(&mut self, ctx: &mut Context<Self>) {
         if self.closed {
             return;
         }
         self.closed = true;
+        self.cancel.store(true, Ordering::Release);
+        let linking = self.phase == Phase::Linking;
         let Some((_, session)) = self.opened else {
             return ctx.stop();
         };
@@ -253,7 +311,13 @@ impl BackupActor {
             .metadata
             .send(CloseSession { session })
             .into_actor(self)
-            .map(|_, _, ctx| ctx.stop())
+            .map(move |_, _, ctx| {
+                // A job at the linker pool finishes first (it is cancelled,
+                // so it links at most one more file): on_linked stops then.
+                if !linking {
+                    ctx.stop();
+                }
+            })
             .wait(ctx);
     }
 }
@@ -262,63 +326,89 @@ impl Actor for BackupActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.span = tracing::info_span!("backup", kv_store = self.spec.kv.0);
+        self.span = tracing::info_span!(
+            "backup",
+            kv_store = self.spec.kv.0,
+            generation = self.spec.generation
+        );
         let open = OpenDir {
             kv: self.spec.kv,
             path: self.spec.dir.clone(),
             counters: Arc::clone(&self.spec.counters),
         };
-        let span = self.span.clone();
-        // `wait`: no message (a stop, a status) is handled before the dir is open.
+        // `wait`: no message (a stop) is handled before the dir is open.
         self.spec
             .metadata
             .send(open)
-            .instrument(span)
+            .instrument(self.span.clone())
             .into_actor(self)
-            .map(|res, act, ctx| {
-                let res = res.unwrap_or(Err(Error::ComponentStopped));
-                match res {
-                    Ok(opened) => {
-                        act.spec.counters.last.lock().dir = Some(act.spec.dir.clone());
-                        act.opened = Some((opened.dir, opened.session));
-                        if let Some(tx) = act.on_started.take() {
-                            let _ = tx.send(Ok(()));
-                        }
-                        act.span.in_scope(|| {
-                            tracing::info!(dir = %act.spec.dir.display(), interval = ?act.spec.interval, "backup started");
-                        });
-                        act.next_due = Instant::now();
+            .map(|res, act, ctx| match res.unwrap_or(Err(Error::ComponentStopped)) {
+                Ok(opened) => {
+                    act.spec.counters.last.lock().dir = Some(act.spec.dir.clone());
+                    act.opened = Some((opened.dir, opened.session));
+                    if let Some(tx) = act.on_started.take() {
+                        let _ = tx.send(Ok(()));
+                    }
+                    act.span.in_scope(|| {
+                        tracing::info!(dir = %act.spec.dir.display(), interval = ?act.spec.interval, "backup started");
+                    });
+                    act.next_due = Instant::now();
+                    if act.spec.first_delay.is_zero() {
                         act.start_round(ctx);
+                    } else {
+                        act.next_due += act.spec.first_delay;
+                        act.tick = Some(ctx.run_later(act.spec.first_delay, |act, ctx| {
+                            act.tick = None;
+                            act.start_round(ctx);
+                        }));
                     }
-                    Err(e) => {
-                        if let Some(tx) = act.on_started.take() {
-                            let _ = tx.send(Err(e));
-                        }
-                        act.closed = true;
-                        ctx.stop();
+                }
+                Err(e) => {
+                    if let Some(tx) = act.on_started.take() {
+                        let _ = tx.send(Err(e));
                     }
+                    act.closed = true;
+                    ctx.stop();
                 }
             })
             .wait(ctx);
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        let _entered = self.span.enter();
-        tracing::info!("backup stopped");
+        self.cancel.store(true, Ordering::Release);
+        if !self.closed {
+            // Stopped without a close (the system is going down): later
+            // writes of this start must still be refused.
+            if let Some((_, session)) = self.opened {
+                self.spec.metadata.do_send(CloseSession { session });
+            }
+        }
+        self.span.in_scope(|| tracing::info!("backup stopped"));
         if let Some(stopping) = self.stopping.take() {
+            let failed = match stopping.final_result {
+                Some(Err(e)) if stopping.final_asked => Some(e.to_string()),
+                _ => None,
+            };
             for waiter in stopping.waiters {
-                let _ = waiter.send(());
+                let _ = waiter.send(match &failed {
+                    None => Ok(()),
+                    Some(reason) => Err(Error::FinalRoundFailed {
+                        kv: self.spec.kv,
+                        reason: reason.clone(),
+                    }),
+                });
             }
         }
         self.spec.supervisor.do_send(BackupEnded {
             kv: self.spec.kv,
             generation: self.spec.generation,
+            unacked: std::mem::take(&mut self.spec.unacked),
         });
     }
 }
 
 impl Handler<StopStore> for BackupActor {
-    type Result = ResponseFuture<()>;
+    type Result = ResponseFuture<Result<()>>;
 
     fn handle(&mut self, msg: StopStore, ctx: &mut Context<Self>) -> Self::Result {
         if let Some(tick) = self.tick.take() {
@@ -326,18 +416,21 @@ impl Handler<StopStore> for BackupActor {
         }
         let (tx, rx) = oneshot::channel();
         let stopping = self.stopping.get_or_insert(Stopping {
+            final_asked: msg.final_round,
             final_round_pending: msg.final_round,
+            final_result: None,
             waiters: Vec::new(),
         });
+        // A later stop without a final round abandons one still to come.
+        stopping.final_round_pending &= msg.final_round;
+        stopping.final_asked &= msg.final_round;
         stopping.waiters.push(tx);
-        if !self.in_flight {
-            self.advance_stop(ctx);
-        } else if !msg.final_round {
+        match self.phase {
+            Phase::Idle => self.advance_stop(ctx),
             // Do not wait for a round that may sit in a blocked callback.
-            self.close(ctx);
+            _ if !msg.final_round => self.close(ctx),
+            _ => {} // the final round follows the one in flight
         }
-        Box::pin(async move {
-            let _ = rx.await;
-        })
+        Box::pin(async move { rx.await.unwrap_or(Ok(())) })
     }
 }

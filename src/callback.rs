@@ -90,27 +90,40 @@ pub(crate) struct CallbackOutcome {
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// The thread that runs one store's callbacks, started on first use and
-/// ended when the runner drops (after the call in progress, if any).
+/// The thread that runs one store's callbacks. Clones share the thread; it
+/// ends when the last clone drops (after the call in progress, if any).
 ///
 /// A thread per store, not a shared pool: a callback that blocks forever then
 /// holds only its own store, and process exit does not wait for it (it is
-/// not joined, unlike tokio's blocking pool at runtime shutdown).
+/// not joined, unlike tokio's blocking pool at runtime shutdown). Every start
+/// of a store uses the same thread, so callbacks of a stopping start and of
+/// the next one run one after the other, never at once.
+#[derive(Clone)]
 pub(crate) struct CallbackRunner {
     kv: KvId,
-    jobs: Option<mpsc::Sender<Job>>,
+    jobs: mpsc::Sender<Job>,
 }
 
 impl CallbackRunner {
-    pub fn new(kv: KvId) -> Self {
-        CallbackRunner { kv, jobs: None }
+    /// Starts the store's callback thread.
+    pub fn start(kv: KvId) -> Result<Self> {
+        let (jobs, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name(format!("cbk-callback-{kv}"))
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job();
+                }
+            })
+            .map_err(|e| Error::io("start callback thread", format!("KV store {kv}"), e))?;
+        Ok(CallbackRunner { kv, jobs })
     }
 
     /// Calls `cb` on the store's callback thread; the receiver gets the
     /// outcome (a panic becomes [`Error::Panicked`]). The snapshot is dropped
     /// only after the call returns.
     pub fn run(
-        &mut self,
+        &self,
         cb: Arc<dyn BackupCallback>,
         snapshot: Box<dyn Snapshot>,
         files: Vec<BackupFile>,
@@ -121,6 +134,7 @@ impl CallbackRunner {
         let kv = self.kv;
         let job: Job = Box::new(move || {
             let _entered = span.enter();
+            crate::faults::crash_point("round.before_callback");
             let start = Instant::now();
             let result = catch_unwind(AssertUnwindSafe(|| cb.on_round(kv, &*snapshot, &files, writer)));
             let took = start.elapsed();
@@ -128,39 +142,22 @@ impl CallbackRunner {
             let result = match result {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(source)) => Err(Error::Callback { kv, source }),
-                Err(panic) => Err(Error::Panicked {
-                    kv,
-                    what: "callback",
-                    message: panic_message(&*panic),
-                }),
+                Err(panic) => {
+                    let message = panic_message(&*panic);
+                    tracing::error!(kv_store = kv.0, %message, "backup callback panicked");
+                    Err(Error::Panicked {
+                        kv,
+                        what: "callback",
+                        message,
+                    })
+                }
             };
             let _ = tx.send(CallbackOutcome { result, took });
         });
-        if let Err(mpsc::SendError(job)) = self.sender().send(job) {
-            // The thread is gone (it cannot panic, but it can fail to start);
-            // start a new one.
-            self.jobs = None;
-            let _ = self.sender().send(job);
-        }
+        // The thread ends only when every sender is gone, so this cannot
+        // fail; if it did, the dropped `tx` fails the round.
+        let _ = self.jobs.send(job);
         rx
-    }
-
-    fn sender(&mut self) -> &mpsc::Sender<Job> {
-        let kv = self.kv;
-        self.jobs.get_or_insert_with(|| {
-            let (tx, rx) = mpsc::channel::<Job>();
-            let spawned = std::thread::Builder::new()
-                .name(format!("cbk-callback-{kv}"))
-                .spawn(move || {
-                    while let Ok(job) = rx.recv() {
-                        job();
-                    }
-                });
-            if let Err(e) = spawned {
-                tracing::error!(kv_store = kv.0, error = %e, "cannot start the callback thread");
-            }
-            tx
-        })
     }
 }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::backup::schedule::MAX_STEP;
 use crate::error::{Error, Result};
 
 /// How the component runs. Every field has a default (see [`Config::default`]).
@@ -18,6 +19,10 @@ pub struct Config {
     /// Time between two rounds of one store, when start names none.
     /// Default: 120 s, as production engines use.
     pub interval: Duration,
+    /// Longest wait between retries of a store whose rounds keep failing:
+    /// the wait doubles from `interval` with each failure in a row, up to
+    /// this (never below `interval`). Default: 10 min.
+    pub max_backoff: Duration,
     /// Threads of the `LinkerActor` pool that do every link and fsync of a
     /// round. Default: 2.
     pub linker_threads: usize,
@@ -28,6 +33,7 @@ impl Default for Config {
         Config {
             backup_root: None,
             interval: Duration::from_secs(120),
+            max_backoff: Duration::from_secs(600),
             linker_threads: 2,
         }
     }
@@ -36,10 +42,11 @@ impl Default for Config {
 impl Config {
     /// Checks every field against its range.
     pub fn validate(&self) -> Result<()> {
-        if self.interval.is_zero() {
+        check_interval(self.interval)?;
+        if self.max_backoff > MAX_STEP {
             return Err(Error::Config {
-                field: "interval",
-                reason: "must be above zero",
+                field: "max_backoff",
+                reason: "must be at most 7 days",
             });
         }
         if !(1..=256).contains(&self.linker_threads) {
@@ -58,6 +65,17 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Checks a round interval: above zero, at most 7 days.
+pub(crate) fn check_interval(interval: Duration) -> Result<()> {
+    if interval.is_zero() || interval > MAX_STEP {
+        return Err(Error::Config {
+            field: "interval",
+            reason: "must be above zero and at most 7 days",
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

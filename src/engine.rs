@@ -60,6 +60,7 @@ pub struct IndexFile {
     len: u64,
     low_seqno: u64,
     high_seqno: u64,
+    file_id: Option<u64>,
 }
 
 impl IndexFile {
@@ -88,7 +89,26 @@ impl IndexFile {
             len,
             low_seqno,
             high_seqno,
+            file_id: None,
         })
+    }
+
+    /// Adds an id that tells this file apart from any other file the engine
+    /// ever lists under the same path (an inode number, a creation counter).
+    ///
+    /// Backups recognise a file they already linked by its path, length,
+    /// seqno range and this id. An engine that may reuse a path for different
+    /// bytes while a backup of the store runs (a store dropped and created
+    /// again between two rounds) must set it, or the new file could be taken
+    /// for the old one and never linked.
+    pub fn with_file_id(mut self, id: u64) -> Self {
+        self.file_id = Some(id);
+        self
+    }
+
+    /// The id set by [`with_file_id`](Self::with_file_id).
+    pub fn file_id(&self) -> Option<u64> {
+        self.file_id
     }
 
     /// Absolute path of the file in the engine's data dir.

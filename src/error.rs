@@ -152,6 +152,49 @@ pub enum Error {
         reason: String,
     },
 
+    /// An fsync of the backup dir failed earlier: the kernel may have dropped
+    /// entries it had not written, and a later fsync proves nothing about
+    /// them, so the dir is not used again until the backup is restarted.
+    #[error("backup dir {path} had an fsync fail; stop and start the backup to reopen it")]
+    BackupDirPoisoned {
+        /// The dir.
+        path: PathBuf,
+    },
+
+    /// A file the engine listed was gone when it was to be linked: the engine
+    /// broke the snapshot's promise to keep it.
+    #[error("{path} vanished while a snapshot held it: the engine deleted a file it listed")]
+    SourceVanished {
+        /// The engine's file.
+        path: PathBuf,
+    },
+
+    /// A file has as many hard links as its file system allows.
+    #[error("{path} has the most hard links its file system allows (EMLINK); it cannot be linked again")]
+    LinkLimit {
+        /// The engine's file.
+        path: PathBuf,
+    },
+
+    /// The final round of a stop failed: the store is stopped, but its backup
+    /// may lack the last files.
+    #[error("final round of KV store {kv} failed; its backup may lack the last files: {reason}")]
+    FinalRoundFailed {
+        /// The store.
+        kv: KvId,
+        /// Why the round failed.
+        reason: String,
+    },
+
+    /// A start queued behind the stop of the same store failed.
+    #[error("start of KV store {kv} failed: {reason}")]
+    StartFailed {
+        /// The store.
+        kv: KvId,
+        /// Why.
+        reason: String,
+    },
+
     /// A file could not be linked under any free name.
     #[error("no free name for {name} in {dir} after {tries} tries")]
     NoFreeName {

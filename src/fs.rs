@@ -8,17 +8,18 @@
 //! `linkat` failing with `EEXIST`).
 
 use std::fs::{DirBuilder, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, CWD};
 use rustix::io::Errno;
 
 use crate::engine::IndexFile;
 use crate::error::{Error, Result};
+use crate::faults::{self, FsOp};
 
 /// Prefix of every temp file the component creates in a backup dir. Files
 /// with it are incomplete writes of an earlier run and are removed on open.
@@ -42,7 +43,15 @@ pub(crate) struct BackupDir {
     /// Set once a link failed with `EXDEV`: later files are copied without
     /// trying to link first.
     cross_device: AtomicBool,
+    /// Set for good when an fsync of the dir failed: the kernel may have
+    /// dropped the dirty entries, and a later fsync that succeeds proves
+    /// nothing about them ("fsyncgate"). Every later operation fails until
+    /// the dir is opened again.
+    poisoned: AtomicBool,
 }
+
+/// Distinguishes the temp files of concurrent copies.
+static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// How a file got into the backup dir.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,7 +102,23 @@ impl BackupDir {
             path: path.to_path_buf(),
             fd,
             cross_device: AtomicBool::new(false),
+            poisoned: AtomicBool::new(false),
         })
+    }
+
+    /// Fails if an earlier dir fsync failed.
+    fn check_usable(&self) -> Result<()> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(Error::BackupDirPoisoned {
+                path: self.path.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The injected fault for `op`, as the errno a real call would give.
+    fn injected(&self, op: FsOp) -> std::result::Result<(), Errno> {
+        faults::check(&self.path, op).map_err(|e| Errno::from_raw_os_error(e.raw_os_error().unwrap_or(0)))
     }
 
     /// The dir's path.
@@ -112,7 +137,15 @@ impl BackupDir {
 
     /// Makes every entry created in the dir so far durable.
     pub fn sync(&self) -> Result<()> {
-        rustix::fs::fsync(&self.fd).map_err(|e| Error::io("fsync dir", &self.path, errno_io(e)))
+        self.check_usable()?;
+        let synced = self
+            .injected(FsOp::SyncDir)
+            .and_then(|()| rustix::fs::fsync(&self.fd));
+        synced.map_err(|e| {
+            self.poisoned.store(true, Ordering::Release);
+            tracing::error!(dir = %self.path.display(), error = %e, "fsync of backup dir failed; the dir is unusable until reopened");
+            Error::io("fsync dir", &self.path, errno_io(e))
+        })
     }
 
     /// The names in the dir.
@@ -168,10 +201,14 @@ impl BackupDir {
     fn create_temp(&self, temp: &str) -> Result<File> {
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW;
         let mode = Mode::from_raw_mode(FILE_MODE);
-        let fd = match rustix::fs::openat(&self.fd, temp, flags, mode) {
+        let open = || {
+            self.injected(FsOp::CreateTemp)
+                .and_then(|()| rustix::fs::openat(&self.fd, temp, flags, mode))
+        };
+        let fd = match open() {
             Err(Errno::EXIST) => {
                 self.remove_temp(temp)?;
-                rustix::fs::openat(&self.fd, temp, flags, mode)
+                open()
             }
             other => other,
         }
@@ -182,7 +219,10 @@ impl BackupDir {
     /// Renames `temp` to `name` unless `name` exists. Ok(false) when it does
     /// (the temp file is then removed).
     fn publish(&self, temp: &str, name: &str) -> Result<bool> {
-        match rustix::fs::renameat_with(&self.fd, temp, &self.fd, name, RenameFlags::NOREPLACE) {
+        let renamed = self
+            .injected(FsOp::Rename)
+            .and_then(|()| rustix::fs::renameat_with(&self.fd, temp, &self.fd, name, RenameFlags::NOREPLACE));
+        match renamed {
             Ok(()) => Ok(true),
             Err(Errno::EXIST) => {
                 self.remove_temp(temp)?;
@@ -200,17 +240,19 @@ impl BackupDir {
     /// when this returns Ok is the file durable. A failed fsync is never
     /// retried: the temp file is dropped and the error returned.
     pub fn write_new_file(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        self.check_usable()?;
         let temp = format!("{TEMP_PREFIX}{name}");
         let mut file = self.create_temp(&temp)?;
-        let written = file
-            .write_all(bytes)
-            .map_err(|e| Error::io("write", self.at(&temp), e))
-            .and_then(|()| file.sync_all().map_err(|e| Error::io("fsync", self.at(&temp), e)));
+        let written = self
+            .write_synced(&mut file, &mut &bytes[..])
+            .map(drop)
+            .map_err(|(op, e)| Error::io(op, self.at(&temp), e));
         drop(file);
         if let Err(e) = written {
             let _ = self.remove_temp(&temp);
             return Err(e);
         }
+        faults::crash_point("metadata.temp_synced");
         if !self.publish(&temp, name)? {
             return Err(Error::io(
                 "rename into place",
@@ -221,7 +263,25 @@ impl BackupDir {
                 ),
             ));
         }
+        faults::crash_point("metadata.renamed_before_dir_sync");
         self.sync()
+    }
+
+    /// Writes everything `src` yields to a new temp file and fsyncs it;
+    /// returns the byte count.
+    fn write_synced(
+        &self,
+        file: &mut File,
+        src: &mut dyn Read,
+    ) -> std::result::Result<u64, (&'static str, io::Error)> {
+        let n = faults::check(&self.path, FsOp::Write)
+            .and_then(|()| io::copy(src, file))
+            .map_err(|e| ("write", e))?;
+        faults::crash_point("temp.written");
+        faults::check(&self.path, FsOp::SyncFile)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| ("fsync", e))?;
+        Ok(n)
     }
 
     /// Places `src` in the dir under its own name, or under `name~k` for the
@@ -232,6 +292,7 @@ impl BackupDir {
     /// Links where it can; copies (temp, fsync, rename) when the dir is on
     /// another file system. The caller fsyncs the dir before reporting.
     pub fn place(&self, src: &IndexFile) -> Result<Placed> {
+        self.check_usable()?;
         let mut src_id = None;
         for k in 0..MAX_CLASH_TRIES {
             let name = if k == 0 {
@@ -240,7 +301,10 @@ impl BackupDir {
                 format!("{}~{k}", src.name())
             };
             if !self.is_cross_device() {
-                match rustix::fs::linkat(CWD, src.path(), &self.fd, name.as_str(), AtFlags::empty()) {
+                let linked = self.injected(FsOp::Link).and_then(|()| {
+                    rustix::fs::linkat(CWD, src.path(), &self.fd, name.as_str(), AtFlags::empty())
+                });
+                match linked {
                     Ok(()) => {
                         return Ok(Placed {
                             name,
@@ -302,18 +366,20 @@ impl BackupDir {
 
     fn copy_in(&self, src: &IndexFile, name: &str) -> Result<CopyOutcome> {
         if self.exists(name)? {
-            return Ok(if same_bytes(src.path(), &self.at(name))? {
+            return Ok(if self.holds_same_bytes(name, src.path())? {
                 CopyOutcome::AlreadyThere
             } else {
                 CopyOutcome::Taken
             });
         }
-        let temp = format!("{TEMP_PREFIX}copy.{name}");
+        let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
+        let temp = format!("{TEMP_PREFIX}copy.{seq}.{name}");
         let mut out = self.create_temp(&temp)?;
         let copied = File::open(src.path())
             .map_err(|e| Error::io("open for copy", src.path(), e))
             .and_then(|mut input| {
-                io::copy(&mut input, &mut out).map_err(|e| Error::io("copy", self.at(&temp), e))
+                self.write_synced(&mut out, &mut input)
+                    .map_err(|(op, e)| Error::io(op, self.at(&temp), e))
             })
             .and_then(|n| {
                 if n == src.len() {
@@ -324,8 +390,7 @@ impl BackupDir {
                         reason: format!("the engine listed {} bytes but {n} were read", src.len()),
                     })
                 }
-            })
-            .and_then(|()| out.sync_all().map_err(|e| Error::io("fsync", self.at(&temp), e)));
+            });
         drop(out);
         if let Err(e) = copied {
             let _ = self.remove_temp(&temp);
@@ -336,6 +401,24 @@ impl BackupDir {
         } else {
             CopyOutcome::Taken
         })
+    }
+
+    /// Whether `name` in the dir is a regular file (not followed if a
+    /// symlink) with the same bytes as the file at `src`.
+    fn holds_same_bytes(&self, name: &str, src: &Path) -> Result<bool> {
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let fd = match rustix::fs::openat(&self.fd, name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            // A symlink (ELOOP) or anything else we cannot open is not our copy.
+            Err(_) => return Ok(false),
+        };
+        let st = rustix::fs::fstat(&fd).map_err(|e| Error::io("stat", self.at(name), errno_io(e)))?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+            return Ok(false);
+        }
+        let ours = File::from(fd);
+        let theirs = File::open(src).map_err(|e| Error::io("open", src, e))?;
+        same_bytes(ours, theirs).map_err(|e| Error::io("compare", self.at(name), e))
     }
 }
 
@@ -351,32 +434,33 @@ fn file_id_of(path: &Path) -> Result<(u64, u64)> {
 }
 
 fn link_error(src: &Path, dst: &Path, e: Errno) -> Error {
-    let op = match e {
-        Errno::NOENT => "link (the engine deleted the file while a snapshot held it)",
-        Errno::MLINK => "link (the file has the most hard links the file system allows)",
-        Errno::PERM | Errno::ACCESS => {
-            "link (permission denied: check the backup dir's mode and fs.protected_hardlinks)"
-        }
-        _ => "link",
-    };
-    Error::io(op, format!("{} -> {}", src.display(), dst.display()), errno_io(e))
+    match e {
+        Errno::NOENT => Error::SourceVanished {
+            path: src.to_path_buf(),
+        },
+        Errno::MLINK => Error::LinkLimit {
+            path: src.to_path_buf(),
+        },
+        Errno::PERM | Errno::ACCESS => Error::io(
+            "link (permission denied: check the backup dir's mode, and fs.protected_hardlinks when the data files belong to another user)",
+            format!("{} -> {}", src.display(), dst.display()),
+            errno_io(e),
+        ),
+        e => Error::io("link", format!("{} -> {}", src.display(), dst.display()), errno_io(e)),
+    }
 }
 
-fn same_bytes(a: &Path, b: &Path) -> Result<bool> {
-    let mut fa = File::open(a).map_err(|e| Error::io("open", a, e))?;
-    let mut fb = File::open(b).map_err(|e| Error::io("open", b, e))?;
-    let la = fa.metadata().map_err(|e| Error::io("stat", a, e))?.len();
-    let lb = fb.metadata().map_err(|e| Error::io("stat", b, e))?.len();
-    if la != lb {
+fn same_bytes(mut a: File, mut b: File) -> io::Result<bool> {
+    if a.metadata()?.len() != b.metadata()?.len() {
         return Ok(false);
     }
     let (mut ba, mut bb) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
     loop {
-        let n = fa.read(&mut ba).map_err(|e| Error::io("read", a, e))?;
+        let n = a.read(&mut ba)?;
         if n == 0 {
             return Ok(true);
         }
-        fb.read_exact(&mut bb[..n]).map_err(|e| Error::io("read", b, e))?;
+        b.read_exact(&mut bb[..n])?;
         if ba[..n] != bb[..n] {
             return Ok(false);
         }

@@ -47,6 +47,7 @@ mod callback;
 mod config;
 mod engine;
 mod error;
+pub mod faults;
 mod fs;
 mod handle;
 mod linker;

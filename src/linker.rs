@@ -3,15 +3,16 @@
 //! an actor's mailbox thread.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use actix::{Actor, Handler, MessageResult, SyncContext};
 
-use crate::backup::state::BackupState;
+use crate::backup::state::LinkSet;
 use crate::callback::{panic_message, BackupFile};
-use crate::engine::{Engine, KvId};
+use crate::engine::{Engine, IndexFile, KvId};
 use crate::error::{Error, Result};
-use crate::fs::BackupDir;
+use crate::faults;
 use crate::messages::{LinkRound, Linked, RoundLinked};
 
 /// One thread of the linker pool.
@@ -32,14 +33,15 @@ impl Actor for LinkerActor {
 impl Handler<LinkRound> for LinkerActor {
     type Result = MessageResult<LinkRound>;
 
-    fn handle(&mut self, msg: LinkRound, _: &mut SyncContext<Self>) -> Self::Result {
-        let _entered = msg.span.enter();
-        let mut state = msg.state;
+    fn handle(&mut self, mut msg: LinkRound, _: &mut SyncContext<Self>) -> Self::Result {
+        let span = msg.span.clone();
+        let _entered = span.enter();
+        let mut links = std::mem::take(&mut msg.links);
+        let mut recorded = Vec::new();
         // A panic must not kill this thread: a dead SyncArbiter thread
-        // silently shrinks the pool. The state stays consistent (it records
-        // only links that were made).
+        // silently shrinks the pool.
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            link_round(&*self.engine, msg.kv, &msg.dir, &mut state)
+            link_round(&*self.engine, &msg, &mut links, &mut recorded)
         }))
         .unwrap_or_else(|panic| {
             Err(Error::Panicked {
@@ -48,13 +50,32 @@ impl Handler<LinkRound> for LinkerActor {
                 message: panic_message(&*panic),
             })
         });
-        MessageResult(RoundLinked { state, outcome })
+        if outcome.is_err() {
+            // A failed round leaves the link set as it was: its files are
+            // placed again (idempotently) and reported by the next round.
+            links.roll_back(&recorded);
+        }
+        MessageResult(RoundLinked { links, outcome })
     }
 }
 
-/// The linker's half of a round: snapshot, link what is new, fsync the dir,
-/// and list what the callback must be told.
-fn link_round(engine: &dyn Engine, kv: KvId, dir: &BackupDir, state: &mut BackupState) -> Result<Linked> {
+fn check_cancel(kv: KvId, cancel: &AtomicBool) -> Result<()> {
+    if cancel.load(Ordering::Acquire) {
+        return Err(Error::BackupStopped { kv });
+    }
+    Ok(())
+}
+
+/// The linker's half of a round: snapshot, link what is new, fsync the dir.
+/// `recorded` collects the files added to `links`, for a roll-back.
+fn link_round(
+    engine: &dyn Engine,
+    msg: &LinkRound,
+    links: &mut LinkSet,
+    recorded: &mut Vec<IndexFile>,
+) -> Result<Linked> {
+    let (kv, dir) = (msg.kv, &*msg.dir);
+    check_cancel(kv, &msg.cancel)?;
     let snapshot = engine.snapshot(kv)?;
     if snapshot.kv_id() != kv {
         return Err(Error::Engine {
@@ -67,17 +88,18 @@ fn link_round(engine: &dyn Engine, kv: KvId, dir: &BackupDir, state: &mut Backup
         });
     }
     let (mut files_linked, mut bytes_linked, mut files_copied, mut bytes_copied) = (0, 0, 0, 0);
+    let mut placed_files = Vec::new();
     let was_cross_device = dir.is_cross_device();
-    for file in state.to_link(snapshot.files()) {
+    for file in links.to_link(snapshot.files()) {
+        check_cancel(kv, &msg.cancel)?;
         let placed = dir.place(file)?;
-        if placed.created {
-            if placed.copied {
-                files_copied += 1;
-                bytes_copied += file.len();
-            } else {
-                files_linked += 1;
-                bytes_linked += file.len();
-            }
+        faults::crash_point("round.linking");
+        if placed.created && placed.copied {
+            files_copied += 1;
+            bytes_copied += file.len();
+        } else if placed.created {
+            files_linked += 1;
+            bytes_linked += file.len();
         }
         let entry = BackupFile {
             name: placed.name,
@@ -85,7 +107,9 @@ fn link_round(engine: &dyn Engine, kv: KvId, dir: &BackupDir, state: &mut Backup
             low_seqno: file.low_seqno(),
             high_seqno: file.high_seqno(),
         };
-        state.record_linked(file, entry);
+        links.record(file, entry.clone());
+        recorded.push(file.clone());
+        placed_files.push(entry);
     }
     if !was_cross_device && dir.is_cross_device() {
         tracing::warn!(
@@ -93,21 +117,21 @@ fn link_round(engine: &dyn Engine, kv: KvId, dir: &BackupDir, state: &mut Backup
             "backup dir is on another file system than the data: files are copied, not linked"
         );
     }
-    if state.needs_sync() {
+    if !placed_files.is_empty() {
+        faults::crash_point("round.linked_before_dir_sync");
+        // Reported only once their entries are durable.
         dir.sync()?;
-        state.synced();
     }
-    state.forget_absent(snapshot.files());
-    let report = state.report();
+    links.forget_absent(snapshot.files());
     tracing::debug!(
         linked = files_linked,
         copied = files_copied,
-        reported = report.len(),
+        placed = placed_files.len(),
         "round linked"
     );
     Ok(Linked {
         snapshot,
-        report,
+        placed: placed_files,
         files_linked,
         bytes_linked,
         files_copied,

@@ -8,6 +8,7 @@
 //! is the one that holds.
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use actix::Message;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::backup::state::BackupState;
+use crate::backup::state::{LinkSet, Unacked};
 use crate::callback::{BackupCallback, BackupFile};
 use crate::engine::{KvId, Snapshot};
 use crate::error::Result;
@@ -134,45 +135,50 @@ pub(crate) struct CloseSession {
 }
 
 /// Backup actor → linker pool, with `send`: take a snapshot, link what is
-/// new, fsync the dir. The state travels with the job and comes back in the
-/// reply, so two rounds of a store cannot overlap.
+/// new, fsync the dir. The link set travels with the job and comes back in
+/// the reply, so two rounds of a store cannot overlap. `cancel` is set when
+/// the store stops without a final round: the job then links nothing more.
 #[derive(Message)]
 #[rtype(result = "RoundLinked")]
 pub(crate) struct LinkRound {
     pub kv: KvId,
     pub dir: Arc<BackupDir>,
-    pub state: Box<BackupState>,
+    pub links: Box<LinkSet>,
+    pub cancel: Arc<AtomicBool>,
     pub span: tracing::Span,
 }
 
-/// The linker's reply: the state back, and what the round linked.
+/// The linker's reply: the link set back, and what the round linked.
 pub(crate) struct RoundLinked {
-    pub state: Box<BackupState>,
+    pub links: Box<LinkSet>,
     pub outcome: Result<Linked>,
 }
 
 /// A round's links, durable, ready to be reported.
 pub(crate) struct Linked {
     pub snapshot: Box<dyn Snapshot>,
-    pub report: Vec<BackupFile>,
+    /// Files placed by this round (newly or found already there).
+    pub placed: Vec<BackupFile>,
     pub files_linked: u64,
     pub bytes_linked: u64,
     pub files_copied: u64,
     pub bytes_copied: u64,
 }
 
-/// Supervisor → backup actor, with `send`.
+/// Supervisor → backup actor, with `send`. Replies when the actor has
+/// stopped: the final round's error, if one was asked for and failed.
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Result<()>")]
 pub(crate) struct StopStore {
     pub final_round: bool,
 }
 
 /// Backup actor → supervisor, with `do_send` from `stopped()`: the actor of
-/// this generation is gone.
+/// this generation is gone; its unacknowledged files go to the next start.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct BackupEnded {
     pub kv: KvId,
     pub generation: u64,
+    pub unacked: Unacked,
 }

@@ -7,6 +7,7 @@
 //! the handle callbacks get.
 
 use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use actix::{Actor, Addr, Handler, MessageResult, SyncContext};
 use tokio::sync::oneshot;
 
+use crate::callback::panic_message;
 use crate::engine::{KvId, METADATA_PREFIX};
 use crate::error::{Error, Result};
 use crate::fs::BackupDir;
@@ -41,6 +43,10 @@ pub fn parse_metadata_file_name(name: &str) -> Option<u64> {
 pub(crate) struct MetadataLog {
     dir: Arc<BackupDir>,
     next_n: u64,
+    /// Set when a failed write left it unknown whether its name became
+    /// visible: guessing could reuse `n` or leave a hole, so the log refuses
+    /// writes until the dir is opened again.
+    failed: bool,
 }
 
 impl MetadataLog {
@@ -57,7 +63,15 @@ impl MetadataLog {
             .filter_map(|n| parse_metadata_file_name(n))
             .max()
             .unwrap_or(0);
-        Ok(MetadataLog { dir, next_n: max + 1 })
+        let next_n = max.checked_add(1).ok_or(Error::InvalidBackupDir {
+            path: dir.path().to_path_buf(),
+            reason: "it holds a metadata file numbered u64::MAX: no number is left",
+        })?;
+        Ok(MetadataLog {
+            dir,
+            next_n,
+            failed: false,
+        })
     }
 
     /// The `n` the next write gets.
@@ -79,20 +93,29 @@ impl MetadataLog {
                 max: MAX_METADATA_LEN,
             });
         }
+        if self.failed {
+            return Err(Error::BackupDirPoisoned {
+                path: self.dir.path().to_path_buf(),
+            });
+        }
         let n = self.next_n;
         let name = metadata_file_name(n);
-        match self.dir.write_new_file(&name, data.as_bytes()) {
-            Ok(()) => {
-                self.next_n += 1;
-                Ok(n)
-            }
-            Err(e) => {
-                if self.dir.exists(&name).unwrap_or(true) {
-                    self.next_n += 1;
+        let written = self.dir.write_new_file(&name, data.as_bytes());
+        let visible = match &written {
+            Ok(()) => true,
+            Err(_) => match self.dir.exists(&name) {
+                Ok(visible) => visible,
+                Err(_) => {
+                    self.failed = true;
+                    false
                 }
-                Err(e)
-            }
+            },
+        };
+        if visible {
+            // Never reused, even when the write failed after the rename.
+            self.next_n = n.saturating_add(1);
         }
+        written.map(|()| n)
     }
 }
 
@@ -128,10 +151,30 @@ impl Actor for MetadataActor {
     type Context = SyncContext<Self>;
 }
 
+/// Runs a handler body so that a panic becomes an error instead of killing
+/// the only metadata thread.
+fn guarded<T>(kv: KvId, body: impl FnOnce() -> Result<T>) -> Result<T> {
+    catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|panic| {
+        tracing::error!(kv_store = kv.0, "metadata thread caught a panic");
+        Err(Error::Panicked {
+            kv,
+            what: "metadata writer",
+            message: panic_message(&*panic),
+        })
+    })
+}
+
 impl Handler<OpenDir> for MetadataActor {
     type Result = Result<OpenedDir>;
 
     fn handle(&mut self, msg: OpenDir, _: &mut SyncContext<Self>) -> Self::Result {
+        let kv = msg.kv;
+        guarded(kv, || self.open(msg))
+    }
+}
+
+impl MetadataActor {
+    fn open(&mut self, msg: OpenDir) -> Result<OpenedDir> {
         let _span = tracing::info_span!("open_backup_dir", kv_store = msg.kv.0).entered();
         // A dir still open for an earlier start of a store (stopping while
         // the next start opens it) keeps its log, so numbering stays unique.
@@ -165,30 +208,36 @@ impl Handler<WriteMetadata> for MetadataActor {
     type Result = ();
 
     fn handle(&mut self, msg: WriteMetadata, _: &mut SyncContext<Self>) {
+        let (kv, reply) = (msg.kv, msg.reply);
+        let (session, data) = (msg.session, msg.data);
+        let result = guarded(kv, || self.write(kv, session, &data));
+        let _ = reply.send(result);
+    }
+}
+
+impl MetadataActor {
+    fn write(&mut self, kv: KvId, session: SessionId, data: &str) -> Result<u64> {
         // A session is open exactly while its dir's log is (see CloseSession).
-        let open = self
+        let Some((session, open)) = self
             .sessions
-            .get(&msg.session)
-            .and_then(|session| Some((session, self.logs.get_mut(&session.path)?)));
-        let result = match open {
-            None => Err(Error::BackupStopped { kv: msg.kv }),
-            Some((session, open)) => {
-                let _span = tracing::debug_span!("metadata_write", kv_store = msg.kv.0).entered();
-                let written = open.log.write(msg.kv, &msg.data);
-                let c = &session.counters;
-                c.next_metadata_n.store(open.log.next_n(), Relaxed);
-                match &written {
-                    Ok(n) => {
-                        StoreCounters::add(&c.metadata_writes, 1);
-                        StoreCounters::add(&c.metadata_bytes, msg.data.len() as u64);
-                        tracing::debug!(n, bytes = msg.data.len(), "metadata written");
-                    }
-                    Err(e) => tracing::warn!(error = %e, "metadata write failed"),
-                }
-                written
-            }
+            .get(&session)
+            .and_then(|session| Some((session, self.logs.get_mut(&session.path)?)))
+        else {
+            return Err(Error::BackupStopped { kv });
         };
-        let _ = msg.reply.send(result);
+        let _span = tracing::debug_span!("metadata_write", kv_store = kv.0).entered();
+        let written = open.log.write(kv, data);
+        let c = &session.counters;
+        c.next_metadata_n.store(open.log.next_n(), Relaxed);
+        match &written {
+            Ok(n) => {
+                StoreCounters::add(&c.metadata_writes, 1);
+                StoreCounters::add(&c.metadata_bytes, data.len() as u64);
+                tracing::debug!(n, bytes = data.len(), "metadata written");
+            }
+            Err(e) => tracing::warn!(error = %e, "metadata write failed"),
+        }
+        written
     }
 }
 

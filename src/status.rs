@@ -27,6 +27,7 @@ pub(crate) struct StoreCounters {
     pub next_metadata_n: AtomicU64,
     pub callbacks: AtomicU64,
     pub callback_nanos: AtomicU64,
+    pub restarts: AtomicU64,
     pub cross_device: AtomicBool,
     pub last: Mutex<LastRound>,
 }
@@ -63,6 +64,7 @@ impl StoreCounters {
             next_metadata_n: self.next_metadata_n.load(Relaxed),
             callbacks: self.callbacks.load(Relaxed),
             callback_time: Duration::from_nanos(self.callback_nanos.load(Relaxed)),
+            restarts: self.restarts.load(Relaxed),
             last_round_finished: last.finished,
             last_round_duration: last.duration,
             last_error: last.error,
@@ -104,6 +106,8 @@ pub struct StoreStatus {
     pub callbacks: u64,
     /// Time spent in the callback, in all.
     pub callback_time: Duration,
+    /// Times the supervisor restarted the store's actor after it failed.
+    pub restarts: u64,
     /// When the last round finished (wall clock, for display only).
     pub last_round_finished: Option<SystemTime>,
     /// How long the last round took, from listing to callback return.

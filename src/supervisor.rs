@@ -2,15 +2,16 @@
 //! state, status, shutdown), owns the per-store `BackupActor`s and routes to
 //! them.
 //!
-//! Every control message is handled to completion of its synchronous part
-//! before the next: the map of running stores changes at once, in arrival
-//! order, so after any burst of vBucket state messages exactly the stores
-//! whose last state was `Active` are running. A stopped store's actor drains
-//! in the background; a new start of the same store may begin meanwhile (the
-//! metadata actor keeps one numbering per dir, and placing files is
-//! idempotent, so the two cannot clash).
+//! Per store it keeps one [`Store`] while the store runs or drains. Every
+//! control message changes it at once, in arrival order, so after any burst
+//! of vBucket state messages exactly the stores whose last state was
+//! `Active` are running. A store's starts never overlap: a start that comes
+//! while the previous one drains waits for it to end (and a stop that comes
+//! meanwhile cancels the waiting start). A running store whose actor ends on
+//! its own is restarted, after a backoff, and the restart is counted.
 
 use std::collections::{BTreeMap, HashMap};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,9 +19,11 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
+use crate::backup::schedule;
+use crate::backup::state::Unacked;
 use crate::backup::{BackupActor, BackupSpec};
-use crate::callback::{BackupCallback, CallbackFactory};
-use crate::config::Config;
+use crate::callback::{panic_message, BackupCallback, CallbackFactory, CallbackRunner};
+use crate::config::{check_interval, Config};
 use crate::engine::{Engine, KvId};
 use crate::error::{Error, Result};
 use crate::linker::LinkerActor;
@@ -30,10 +33,37 @@ use crate::messages::{
 use crate::metadata::MetadataActor;
 use crate::status::{Status, StoreCounters};
 
-struct Running {
-    addr: Addr<BackupActor>,
+/// What a start asks for.
+#[derive(Clone)]
+struct Plan {
     dir: PathBuf,
+    callback: Arc<dyn BackupCallback>,
+    interval: Duration,
+}
+
+/// A start waiting for the previous start of its store to end.
+struct Queued {
+    plan: Plan,
+    waiters: Vec<oneshot::Sender<Result<()>>>,
+}
+
+enum Phase {
+    /// Rounds run. `opened` once the dir is open (before that, an end is a
+    /// failed start, not a failure to restart from).
+    Running { opened: bool },
+    /// Stopping; `next` starts when the actor has ended.
+    Draining { next: Option<Queued> },
+}
+
+/// One store that runs or drains.
+struct Store {
     generation: u64,
+    addr: Addr<BackupActor>,
+    plan: Plan,
+    phase: Phase,
+    runner: CallbackRunner,
+    /// Restarts after failures in a row, for the restart backoff.
+    restarts_in_a_row: u32,
 }
 
 /// Routes control messages to one `BackupActor` per running KV store. Start
@@ -44,9 +74,21 @@ pub struct Supervisor {
     factory: Option<CallbackFactory>,
     linker: Addr<LinkerActor>,
     metadata: Addr<MetadataActor>,
-    running: HashMap<KvId, Running>,
+    stores: HashMap<KvId, Store>,
     counters: BTreeMap<KvId, Arc<StoreCounters>>,
     next_generation: u64,
+    shutting_down: bool,
+}
+
+type Reply = ResponseActFuture<Supervisor, Result<()>>;
+
+fn ready(res: Result<()>) -> Reply {
+    Box::pin(fut::ready(res))
+}
+
+/// Waits for a start's outcome.
+async fn outcome(rx: oneshot::Receiver<Result<()>>) -> Result<()> {
+    rx.await.unwrap_or(Err(Error::ComponentStopped))
 }
 
 impl Supervisor {
@@ -63,20 +105,25 @@ impl Supervisor {
             factory,
             linker,
             metadata,
-            running: HashMap::new(),
+            stores: HashMap::new(),
             counters: BTreeMap::new(),
             next_generation: 1,
+            shutting_down: false,
         }
     }
 
     /// Checks a start's arguments without touching the file system.
-    fn check_start(&self, kv: KvId, dir: &Path, interval: Duration) -> Result<()> {
+    fn check_start(&self, kv: KvId, plan: &Plan) -> Result<()> {
+        let dir = &plan.dir;
         let invalid = |reason| {
             Err(Error::InvalidBackupDir {
                 path: dir.to_path_buf(),
                 reason,
             })
         };
+        if self.shutting_down {
+            return Err(Error::ComponentStopped);
+        }
         if !dir.is_absolute() {
             return invalid("the path is relative; give an absolute path");
         }
@@ -88,13 +135,12 @@ impl Supervisor {
                 return invalid("it lies inside the engine's data dir; put backups elsewhere");
             }
         }
-        if interval.is_zero() {
-            return Err(Error::Config {
-                field: "interval",
-                reason: "must be above zero",
-            });
-        }
-        if let Some((holder, _)) = self.running.iter().find(|(id, r)| **id != kv && r.dir == dir) {
+        check_interval(plan.interval)?;
+        let holder = self
+            .stores
+            .iter()
+            .find(|(id, s)| **id != kv && Self::dirs_of(s).any(|d| d == dir));
+        if let Some((holder, _)) = holder {
             return Err(Error::BackupDirInUse {
                 path: dir.to_path_buf(),
                 holder: *holder,
@@ -103,77 +149,227 @@ impl Supervisor {
         Ok(())
     }
 
-    fn start_store(
+    /// The dirs a store uses or is about to use.
+    fn dirs_of(store: &Store) -> impl Iterator<Item = &Path> {
+        let next = match &store.phase {
+            Phase::Draining { next: Some(q) } => Some(q.plan.dir.as_path()),
+            _ => None,
+        };
+        std::iter::once(store.plan.dir.as_path()).chain(next)
+    }
+
+    fn start_store(&mut self, kv: KvId, plan: Plan, ctx: &mut Context<Self>) -> Reply {
+        if let Err(e) = self.check_start(kv, &plan) {
+            return ready(Err(e));
+        }
+        let Some(store) = self.stores.get_mut(&kv) else {
+            let runner = match CallbackRunner::start(kv) {
+                Ok(runner) => runner,
+                Err(e) => return ready(Err(e)),
+            };
+            let started = self.spawn(kv, plan, runner, Unacked::default(), 0, Duration::ZERO, ctx);
+            return self.await_start(kv, started);
+        };
+        match &mut store.phase {
+            Phase::Running { .. } if store.plan.dir == plan.dir => ready(Ok(())),
+            Phase::Running { .. } => ready(Err(Error::AlreadyRunning {
+                kv,
+                dir: store.plan.dir.clone(),
+            })),
+            Phase::Draining { next: Some(q) } if q.plan.dir != plan.dir => {
+                ready(Err(Error::AlreadyRunning {
+                    kv,
+                    dir: q.plan.dir.clone(),
+                }))
+            }
+            Phase::Draining { next } => {
+                let (tx, rx) = oneshot::channel();
+                next.get_or_insert_with(|| Queued {
+                    plan,
+                    waiters: Vec::new(),
+                })
+                .waiters
+                .push(tx);
+                Box::pin(outcome(rx).into_actor(self))
+            }
+        }
+    }
+
+    /// Starts a new generation of `kv` as a running store, its first round
+    /// after `first_delay`; returns the generation and a receiver told
+    /// whether its dir opened.
+    fn spawn(
         &mut self,
         kv: KvId,
-        dir: PathBuf,
-        callback: Arc<dyn BackupCallback>,
-        interval: Option<Duration>,
+        plan: Plan,
+        runner: CallbackRunner,
+        unacked: Unacked,
+        restarts_in_a_row: u32,
+        first_delay: Duration,
         ctx: &mut Context<Self>,
-    ) -> ResponseActFuture<Self, Result<()>> {
-        let interval = interval.unwrap_or(self.config.interval);
-        if let Err(e) = self.check_start(kv, &dir, interval) {
-            return Box::pin(fut::ready(Err(e)));
-        }
-        if let Some(r) = self.running.get(&kv) {
-            let res = if r.dir == dir {
-                Ok(())
-            } else {
-                Err(Error::AlreadyRunning {
-                    kv,
-                    dir: r.dir.clone(),
-                })
-            };
-            return Box::pin(fut::ready(res));
-        }
+    ) -> (u64, oneshot::Receiver<Result<()>>) {
         let generation = self.next_generation;
         self.next_generation += 1;
         let (on_started, started) = oneshot::channel();
         let spec = BackupSpec {
             kv,
             generation,
-            dir: dir.clone(),
-            interval,
-            callback,
+            dir: plan.dir.clone(),
+            interval: plan.interval,
+            max_backoff: self.config.max_backoff,
+            callback: Arc::clone(&plan.callback),
             linker: self.linker.clone(),
             metadata: self.metadata.clone(),
             supervisor: ctx.address().recipient(),
             counters: Arc::clone(self.counters.entry(kv).or_default()),
+            runner: runner.clone(),
+            unacked,
+            first_delay,
         };
         let addr = BackupActor::new(spec, on_started).start();
-        self.running.insert(
+        self.stores.insert(
             kv,
-            Running {
-                addr,
-                dir,
+            Store {
                 generation,
+                addr,
+                plan,
+                phase: Phase::Running { opened: false },
+                runner,
+                restarts_in_a_row,
             },
         );
-        Box::pin(
-            async move { started.await.unwrap_or(Err(Error::ComponentStopped)) }
-                .into_actor(self)
-                .map(move |res, act, _| {
-                    if res.is_err() {
-                        act.forget(kv, generation);
-                    }
-                    res
-                }),
-        )
+        (generation, started)
     }
 
-    fn stop_store(&mut self, kv: KvId, final_round: bool) -> ResponseActFuture<Self, Result<()>> {
-        let Some(running) = self.running.remove(&kv) else {
-            return Box::pin(fut::ready(Err(Error::NotRunning { kv })));
+    /// Replies with the start's outcome; marks the store opened, or forgets
+    /// it if its dir could not be opened.
+    fn await_start(
+        &mut self,
+        kv: KvId,
+        (generation, started): (u64, oneshot::Receiver<Result<()>>),
+    ) -> Reply {
+        Box::pin(outcome(started).into_actor(self).map(move |res, act, _| {
+            if let Some(store) = act.stores.get_mut(&kv).filter(|s| s.generation == generation) {
+                if let Phase::Running { opened } = &mut store.phase {
+                    *opened = res.is_ok();
+                }
+            }
+            res
+        }))
+    }
+
+    fn stop_store(&mut self, kv: KvId, final_round: bool) -> Reply {
+        let Some(store) = self.stores.get_mut(&kv) else {
+            return ready(Err(Error::NotRunning { kv }));
         };
-        let stopped = running.addr.send(StopStore { final_round });
-        // A mailbox error means the actor is already gone: stopped either way.
-        Box::pin(async move { stopped.await.map_or(Ok(()), Ok) }.into_actor(self))
+        match &mut store.phase {
+            Phase::Running { .. } => {
+                store.phase = Phase::Draining { next: None };
+                let stopped = store.addr.send(StopStore { final_round });
+                // A mailbox error means the actor is already gone: stopped.
+                Box::pin(async move { stopped.await.unwrap_or(Ok(())) }.into_actor(self))
+            }
+            Phase::Draining { next } => {
+                if let Some(queued) = next.take() {
+                    // The later stop wins over a start that never ran.
+                    for waiter in queued.waiters {
+                        let _ = waiter.send(Ok(()));
+                    }
+                    return ready(Ok(()));
+                }
+                // Stopping already: abandon its final round, wait for the end.
+                let stopped = store.addr.send(StopStore { final_round: false });
+                Box::pin(async move { stopped.await.map(drop).or(Ok(())) }.into_actor(self))
+            }
+        }
     }
 
-    fn forget(&mut self, kv: KvId, generation: u64) {
-        if self.running.get(&kv).is_some_and(|r| r.generation == generation) {
-            self.running.remove(&kv);
+    /// A store's actor ended: start what waits, restart what failed, or
+    /// forget the store.
+    fn ended(&mut self, msg: BackupEnded, ctx: &mut Context<Self>) {
+        let kv = msg.kv;
+        let Some(store) = self
+            .stores
+            .get_mut(&kv)
+            .filter(|s| s.generation == msg.generation)
+        else {
+            return;
+        };
+        let runner = store.runner.clone();
+        match &mut store.phase {
+            Phase::Draining { next } => match next.take() {
+                Some(queued) if !self.shutting_down => {
+                    let started = self.spawn(kv, queued.plan, runner, msg.unacked, 0, Duration::ZERO, ctx);
+                    self.await_start(kv, started)
+                        .map(move |res, _, _| answer(queued.waiters, kv, res))
+                        .spawn(ctx);
+                }
+                _ => {
+                    self.stores.remove(&kv);
+                }
+            },
+            Phase::Running { opened: true } if !self.shutting_down => {
+                // Failed on its own: restart it from what is in the backup
+                // dir (and what it had not reported), its first round after
+                // a backoff that grows while restarts keep coming.
+                let restarts = store.restarts_in_a_row + 1;
+                let wait = schedule::backoff(
+                    store.plan.interval.min(Duration::from_secs(1)),
+                    self.config.max_backoff,
+                    restarts,
+                );
+                let plan = store.plan.clone();
+                tracing::error!(kv_store = kv.0, ?wait, "backup actor failed; restarting it");
+                if let Some(c) = self.counters.get(&kv) {
+                    StoreCounters::add(&c.restarts, 1);
+                }
+                let started = self.spawn(kv, plan, runner, msg.unacked, restarts, wait, ctx);
+                self.await_start(kv, started).map(|_, _, _| ()).spawn(ctx);
+            }
+            Phase::Running { .. } => {
+                // A start whose dir did not open, or the end of a shutdown.
+                self.stores.remove(&kv);
+            }
         }
+    }
+
+    /// The callback of a vBucket-driven start, from the configured factory.
+    fn vbucket_plan(&self, kv: KvId) -> Result<Plan> {
+        let root = self.config.backup_root.as_ref().ok_or(Error::Config {
+            field: "backup_root",
+            reason: "must be set for vBucket-driven backups",
+        })?;
+        let factory = self.factory.as_ref().ok_or(Error::Config {
+            field: "callback factory",
+            reason: "must be given to ContinuousBackup::start for vBucket-driven backups",
+        })?;
+        let callback = catch_unwind(AssertUnwindSafe(|| factory(kv))).map_err(|panic| Error::Panicked {
+            kv,
+            what: "callback factory",
+            message: panic_message(&*panic),
+        })?;
+        Ok(Plan {
+            dir: root.join(kv.to_string()),
+            callback,
+            interval: self.config.interval,
+        })
+    }
+}
+
+/// Tells every waiter of a queued start its outcome (the first gets the
+/// error itself, the others its text).
+fn answer(waiters: Vec<oneshot::Sender<Result<()>>>, kv: KvId, res: Result<()>) {
+    let reason = res.as_ref().err().map(ToString::to_string);
+    let mut res = Some(res);
+    for waiter in waiters {
+        let r = res.take().unwrap_or_else(|| match &reason {
+            None => Ok(()),
+            Some(reason) => Err(Error::StartFailed {
+                kv,
+                reason: reason.clone(),
+            }),
+        });
+        let _ = waiter.send(r);
     }
 }
 
@@ -189,48 +385,44 @@ impl Actor for Supervisor {
 }
 
 impl Handler<StartBackup> for Supervisor {
-    type Result = ResponseActFuture<Self, Result<()>>;
+    type Result = Reply;
 
-    fn handle(&mut self, msg: StartBackup, ctx: &mut Context<Self>) -> Self::Result {
-        self.start_store(msg.kv, msg.dir, msg.callback, msg.interval, ctx)
+    fn handle(&mut self, msg: StartBackup, ctx: &mut Context<Self>) -> Reply {
+        let plan = Plan {
+            dir: msg.dir,
+            callback: msg.callback,
+            interval: msg.interval.unwrap_or(self.config.interval),
+        };
+        self.start_store(msg.kv, plan, ctx)
     }
 }
 
 impl Handler<StopBackup> for Supervisor {
-    type Result = ResponseActFuture<Self, Result<()>>;
+    type Result = Reply;
 
-    fn handle(&mut self, msg: StopBackup, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: StopBackup, _: &mut Context<Self>) -> Reply {
         self.stop_store(msg.kv, msg.final_round)
     }
 }
 
 impl Handler<SetVbucketState> for Supervisor {
-    type Result = ResponseActFuture<Self, Result<()>>;
+    type Result = Reply;
 
-    fn handle(&mut self, msg: SetVbucketState, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: SetVbucketState, ctx: &mut Context<Self>) -> Reply {
         let kv = msg.kv;
-        let running = self.running.contains_key(&kv);
-        match msg.state {
-            VbucketState::Active if running => Box::pin(fut::ready(Ok(()))),
-            VbucketState::Active => {
-                let Some(root) = &self.config.backup_root else {
-                    return Box::pin(fut::ready(Err(Error::Config {
-                        field: "backup_root",
-                        reason: "must be set for vBucket-driven backups",
-                    })));
-                };
-                let Some(factory) = &self.factory else {
-                    return Box::pin(fut::ready(Err(Error::Config {
-                        field: "callback factory",
-                        reason: "must be given to ContinuousBackup::start for vBucket-driven backups",
-                    })));
-                };
-                let dir = root.join(kv.to_string());
-                let callback = factory(kv);
-                self.start_store(kv, dir, callback, None, ctx)
+        let phase = self.stores.get(&kv).map(|s| &s.phase);
+        let active = msg.state == VbucketState::Active;
+        match phase {
+            // Already running, or about to: a repeat.
+            Some(Phase::Running { .. }) | Some(Phase::Draining { next: Some(_) }) if active => ready(Ok(())),
+            _ if active => match self.vbucket_plan(kv) {
+                Ok(plan) => self.start_store(kv, plan, ctx),
+                Err(e) => ready(Err(e)),
+            },
+            Some(Phase::Running { .. }) | Some(Phase::Draining { next: Some(_) }) => {
+                self.stop_store(kv, false)
             }
-            _ if running => self.stop_store(kv, false),
-            _ => Box::pin(fut::ready(Ok(()))),
+            _ => ready(Ok(())),
         }
     }
 }
@@ -242,7 +434,10 @@ impl Handler<GetStatus> for Supervisor {
         let stores = self
             .counters
             .iter()
-            .map(|(kv, c)| c.snapshot(*kv, self.running.contains_key(kv)))
+            .map(|(kv, c)| {
+                let running = matches!(self.stores.get(kv).map(|s| &s.phase), Some(Phase::Running { .. }));
+                c.snapshot(*kv, running)
+            })
             .collect();
         MessageResult(Status { stores })
     }
@@ -252,11 +447,18 @@ impl Handler<Shutdown> for Supervisor {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) -> Self::Result {
-        let stops: Vec<_> = self
-            .running
-            .drain()
-            .map(|(_, r)| r.addr.send(StopStore { final_round: false }))
-            .collect();
+        self.shutting_down = true;
+        let mut stops = Vec::new();
+        for store in self.stores.values_mut() {
+            if let Phase::Draining { next } = &mut store.phase {
+                for waiter in next.take().into_iter().flat_map(|q| q.waiters) {
+                    let _ = waiter.send(Err(Error::ComponentStopped));
+                }
+            }
+            store.phase = Phase::Draining { next: None };
+            // Also to stores already stopping: abandon their final rounds.
+            stops.push(store.addr.send(StopStore { final_round: false }));
+        }
         tracing::info!(stores = stops.len(), "shutting down");
         Box::pin(async move {
             // Every stop was queued above; they proceed in parallel.
@@ -270,7 +472,7 @@ impl Handler<Shutdown> for Supervisor {
 impl Handler<BackupEnded> for Supervisor {
     type Result = ();
 
-    fn handle(&mut self, msg: BackupEnded, _: &mut Context<Self>) {
-        self.forget(msg.kv, msg.generation);
+    fn handle(&mut self, msg: BackupEnded, ctx: &mut Context<Self>) {
+        self.ended(msg, ctx);
     }
 }

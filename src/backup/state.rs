@@ -1,28 +1,26 @@
 //! The pure round logic of one store: what is linked, what is new, what the
 //! next callback must be told. No actix, no clock, no file system.
+//!
+//! Two halves, so that each lives where it is used:
+//! - [`LinkSet`] (which engine files are in the backup dir) travels with the
+//!   round to the linker pool and back. A round that fails rolls its own
+//!   additions back, so a failed round leaves it as it was.
+//! - [`Unacked`] (linked files no successful round has reported) stays with
+//!   the actor, and with the supervisor between two starts of the store, so
+//!   delivery is at least once even across stop and start.
 
 use std::collections::{HashMap, HashSet};
 
 use crate::callback::BackupFile;
 use crate::engine::IndexFile;
 
-/// What one store's backup knows between rounds.
-///
-/// A file is *linked* once it is in the backup dir, and *acknowledged* once a
-/// round that reported it succeeded (its callback returned Ok). Rounds report
-/// every linked, unacknowledged file, so delivery is at least once.
+/// Engine files known to be in the backup dir, so they are not linked again.
 #[derive(Debug, Default)]
-pub(crate) struct BackupState {
-    /// Engine file → its entry in the backup dir, for files in the latest
-    /// snapshot that were linked (so they are not linked again).
+pub(crate) struct LinkSet {
     linked: HashMap<IndexFile, BackupFile>,
-    /// Linked files no successful round has reported yet, in link order.
-    unacked: Vec<BackupFile>,
-    /// Whether links were made since the last fsync of the backup dir.
-    unsynced: bool,
 }
 
-impl BackupState {
+impl LinkSet {
     /// The files of a snapshot that are not linked yet, in snapshot order.
     pub fn to_link<'a>(&self, snapshot: &'a [IndexFile]) -> Vec<&'a IndexFile> {
         snapshot
@@ -32,24 +30,20 @@ impl BackupState {
     }
 
     /// Records that `file` is in the backup dir as `entry`.
-    pub fn record_linked(&mut self, file: &IndexFile, entry: BackupFile) {
-        self.linked.insert(file.clone(), entry.clone());
-        self.unacked.push(entry);
-        self.unsynced = true;
+    pub fn record(&mut self, file: &IndexFile, entry: BackupFile) {
+        self.linked.insert(file.clone(), entry);
     }
 
-    /// Whether the backup dir needs an fsync before the next report.
-    pub fn needs_sync(&self) -> bool {
-        self.unsynced
+    /// Undoes [`record`](Self::record) for files of a round that failed:
+    /// the next round places them again (idempotently) and reports them.
+    pub fn roll_back<'a>(&mut self, files: impl IntoIterator<Item = &'a IndexFile>) {
+        for f in files {
+            self.linked.remove(f);
+        }
     }
 
-    /// Records that the backup dir was fsynced.
-    pub fn synced(&mut self) {
-        self.unsynced = false;
-    }
-
-    /// Forgets linked files the engine no longer lists (compacted away: they
-    /// cannot come back). Unacknowledged ones are still reported.
+    /// Forgets files the engine no longer lists (compacted away: they cannot
+    /// come back), so the set stays as large as the store.
     pub fn forget_absent(&mut self, snapshot: &[IndexFile]) {
         if self.linked.len() <= snapshot.len() && snapshot.iter().all(|f| self.linked.contains_key(f)) {
             return;
@@ -58,24 +52,43 @@ impl BackupState {
         self.linked.retain(|f, _| live.contains(f));
     }
 
-    /// What the round must report: every linked, unacknowledged file.
-    pub fn report(&self) -> Vec<BackupFile> {
-        if self.unsynced {
-            return Vec::new();
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.linked.len()
+    }
+}
+
+/// Linked files that no successful round has reported yet, in link order.
+#[derive(Debug, Default)]
+pub(crate) struct Unacked {
+    files: Vec<BackupFile>,
+}
+
+impl Unacked {
+    /// Adds the files a round linked (and made durable).
+    pub fn add(&mut self, linked: Vec<BackupFile>) {
+        for f in linked {
+            if !self.files.iter().any(|g| g.name == f.name) {
+                self.files.push(f);
+            }
         }
-        self.unacked.clone()
+    }
+
+    /// What the round reports: every linked, unacknowledged file.
+    pub fn report(&self) -> Vec<BackupFile> {
+        self.files.clone()
     }
 
     /// A round that reported `reported` succeeded.
     pub fn acknowledge(&mut self, reported: &[BackupFile]) {
         let done: HashSet<&str> = reported.iter().map(|f| f.name.as_str()).collect();
-        self.unacked.retain(|f| !done.contains(f.name.as_str()));
+        self.files.retain(|f| !done.contains(f.name.as_str()));
     }
 
-    /// How many files are linked and not yet acknowledged.
+    /// How many files wait for a successful round.
     #[cfg(test)]
-    pub fn unacknowledged(&self) -> usize {
-        self.unacked.len()
+    pub fn len(&self) -> usize {
+        self.files.len()
     }
 }
 
@@ -96,77 +109,95 @@ mod tests {
         }
     }
 
-    /// Runs the linker's half of a round as the real one does.
-    fn link_round(state: &mut BackupState, snapshot: &[IndexFile]) -> Vec<BackupFile> {
-        for f in state.to_link(snapshot) {
-            state.record_linked(f, entry(f));
+    /// One round as the linker and the actor run it; `ok` is the callback's verdict.
+    fn round(
+        links: &mut LinkSet,
+        unacked: &mut Unacked,
+        snapshot: &[IndexFile],
+        ok: bool,
+    ) -> Vec<BackupFile> {
+        let new: Vec<_> = links.to_link(snapshot).into_iter().cloned().collect();
+        for f in &new {
+            links.record(f, entry(f));
         }
-        state.synced();
-        state.forget_absent(snapshot);
-        state.report()
+        links.forget_absent(snapshot);
+        unacked.add(new.iter().map(entry).collect());
+        let report = unacked.report();
+        if ok {
+            unacked.acknowledge(&report);
+        }
+        report
     }
 
     #[test]
     fn first_round_reports_every_file_in_the_snapshot() {
-        let mut s = BackupState::default();
+        let (mut l, mut u) = Default::default();
         let snap = [file(1), file(2), file(3)];
-        let report = link_round(&mut s, &snap);
-        assert_eq!(report, snap.iter().map(entry).collect::<Vec<_>>());
+        assert_eq!(
+            round(&mut l, &mut u, &snap, true),
+            snap.iter().map(entry).collect::<Vec<_>>()
+        );
     }
 
     #[test]
     fn later_rounds_report_only_new_files_and_empty_when_idle() {
-        let mut s = BackupState::default();
-        let r1 = link_round(&mut s, &[file(1)]);
-        s.acknowledge(&r1);
-        let r2 = link_round(&mut s, &[file(1), file(2)]);
-        assert_eq!(r2, vec![entry(&file(2))]);
-        s.acknowledge(&r2);
-        assert!(link_round(&mut s, &[file(1), file(2)]).is_empty());
+        let (mut l, mut u) = Default::default();
+        round(&mut l, &mut u, &[file(1)], true);
+        assert_eq!(
+            round(&mut l, &mut u, &[file(1), file(2)], true),
+            vec![entry(&file(2))]
+        );
+        assert!(round(&mut l, &mut u, &[file(1), file(2)], true).is_empty());
     }
 
     #[test]
     fn a_failed_rounds_files_are_reported_again_but_not_relinked() {
-        let mut s = BackupState::default();
-        let r1 = link_round(&mut s, &[file(1)]);
-        // No acknowledge: the callback failed.
-        assert!(
-            s.to_link(&[file(1), file(2)]) == vec![&file(2)],
+        let (mut l, mut u) = Default::default();
+        let r1 = round(&mut l, &mut u, &[file(1)], false);
+        assert_eq!(
+            l.to_link(&[file(1), file(2)]),
+            vec![&file(2)],
             "file 1 is not linked twice"
         );
-        let r2 = link_round(&mut s, &[file(1), file(2)]);
+        let r2 = round(&mut l, &mut u, &[file(1), file(2)], true);
         assert_eq!(r2, vec![entry(&file(1)), entry(&file(2))]);
         assert_eq!(r1, vec![entry(&file(1))]);
-        s.acknowledge(&r2);
-        assert_eq!(s.unacknowledged(), 0);
+        assert_eq!(u.len(), 0);
     }
 
     #[test]
     fn unacknowledged_files_survive_compaction_of_their_source() {
-        let mut s = BackupState::default();
-        link_round(&mut s, &[file(1), file(2)]);
+        let (mut l, mut u) = Default::default();
+        round(&mut l, &mut u, &[file(1), file(2)], false);
         // Callback failed; then compaction replaced 1 and 2 by 3.
-        let report = link_round(&mut s, &[file(3)]);
+        let report = round(&mut l, &mut u, &[file(3)], true);
         assert_eq!(report, vec![entry(&file(1)), entry(&file(2)), entry(&file(3))]);
     }
 
     #[test]
-    fn nothing_is_reported_before_the_dir_is_synced() {
-        let mut s = BackupState::default();
-        s.record_linked(&file(1), entry(&file(1)));
-        assert!(s.needs_sync());
-        assert!(s.report().is_empty());
-        s.synced();
-        assert_eq!(s.report().len(), 1);
+    fn a_rolled_back_round_links_its_files_again() {
+        let mut l = LinkSet::default();
+        l.record(&file(1), entry(&file(1)));
+        l.record(&file(2), entry(&file(2)));
+        l.roll_back([&file(2)]);
+        assert_eq!(l.to_link(&[file(1), file(2)]), vec![&file(2)]);
+    }
+
+    #[test]
+    fn a_reused_path_with_another_file_id_is_a_new_file() {
+        let mut l = LinkSet::default();
+        let old = file(1).with_file_id(100);
+        l.record(&old, entry(&old));
+        let new = file(1).with_file_id(200);
+        assert_eq!(l.to_link(std::slice::from_ref(&new)), vec![&new]);
     }
 
     #[test]
     fn compacted_away_files_are_forgotten() {
-        let mut s = BackupState::default();
-        let r = link_round(&mut s, &[file(1), file(2)]);
-        s.acknowledge(&r);
-        link_round(&mut s, &[file(3)]);
-        assert_eq!(s.linked.len(), 1);
-        assert!(s.to_link(&[file(3)]).is_empty());
+        let (mut l, mut u) = Default::default();
+        round(&mut l, &mut u, &[file(1), file(2)], true);
+        round(&mut l, &mut u, &[file(3)], true);
+        assert_eq!(l.len(), 1);
+        assert!(l.to_link(&[file(3)]).is_empty());
     }
 }

@@ -252,9 +252,8 @@ impl Store {
         let mut files = Vec::with_capacity(live.len());
         for f in live {
             let (records, offsets) = decoded.remove(&f.number).unwrap_or_default();
-            let len = fs::metadata(&f.path)
-                .map_err(|e| Error::io("stat", &f.path, e))?
-                .len();
+            let meta = fs::metadata(&f.path).map_err(|e| Error::io("stat", &f.path, e))?;
+            let (len, ino) = (meta.len(), std::os::unix::fs::MetadataExt::ino(&meta));
             let index = records
                 .into_iter()
                 .zip(offsets)
@@ -269,7 +268,7 @@ impl Store {
                     (r.key, slot)
                 })
                 .collect();
-            let desc = IndexFile::new(f.path, len, f.low, f.high)?;
+            let desc = IndexFile::new(f.path, len, f.low, f.high)?.with_file_id(ino);
             files.push(Arc::new(LiveFile::new(desc, index, Arc::clone(&dir))));
         }
         tracing::debug!(
@@ -490,7 +489,11 @@ impl Store {
                 (r.key.to_vec(), slot)
             })
             .collect();
-        let desc = IndexFile::new(dest, written.len, low, high)?;
+        // The inode tells this file apart from an earlier one of the same name
+        // (a dropped store's), which a backup dir still links.
+        let ino = fs::metadata(&dest).map_err(|e| Error::io("stat", &dest, e))?;
+        let desc = IndexFile::new(dest, written.len, low, high)?
+            .with_file_id(std::os::unix::fs::MetadataExt::ino(&ino));
         Ok(LiveFile::new(desc, index, Arc::clone(&self.dir)))
     }
 
