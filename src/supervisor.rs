@@ -55,6 +55,26 @@ enum Phase {
     Draining { next: Option<Queued> },
 }
 
+/// What a new start of a store takes over from the previous one.
+struct Carry {
+    runner: CallbackRunner,
+    unacked: Unacked,
+    restarts_in_a_row: u32,
+    /// Wait before the first round (a restart's backoff).
+    first_delay: Duration,
+}
+
+impl Carry {
+    fn fresh(runner: CallbackRunner, unacked: Unacked) -> Self {
+        Carry {
+            runner,
+            unacked,
+            restarts_in_a_row: 0,
+            first_delay: Duration::ZERO,
+        }
+    }
+}
+
 /// One store that runs or drains.
 struct Store {
     generation: u64,
@@ -75,6 +95,10 @@ pub struct Supervisor {
     linker: Addr<LinkerActor>,
     metadata: Addr<MetadataActor>,
     stores: HashMap<KvId, Store>,
+    /// Stores not running now: their callback thread (a callback of the
+    /// last start may still run on it) and their unreported files, for the
+    /// next start.
+    resting: HashMap<KvId, (CallbackRunner, Unacked)>,
     counters: BTreeMap<KvId, Arc<StoreCounters>>,
     next_generation: u64,
     shutting_down: bool,
@@ -106,6 +130,7 @@ impl Supervisor {
             linker,
             metadata,
             stores: HashMap::new(),
+            resting: HashMap::new(),
             counters: BTreeMap::new(),
             next_generation: 1,
             shutting_down: false,
@@ -163,11 +188,14 @@ impl Supervisor {
             return ready(Err(e));
         }
         let Some(store) = self.stores.get_mut(&kv) else {
-            let runner = match CallbackRunner::start(kv) {
-                Ok(runner) => runner,
-                Err(e) => return ready(Err(e)),
+            let (runner, unacked) = match self.resting.remove(&kv) {
+                Some(rest) => rest,
+                None => match CallbackRunner::start(kv) {
+                    Ok(runner) => (runner, Unacked::default()),
+                    Err(e) => return ready(Err(e)),
+                },
             };
-            let started = self.spawn(kv, plan, runner, Unacked::default(), 0, Duration::ZERO, ctx);
+            let started = self.spawn(kv, plan, Carry::fresh(runner, unacked), ctx);
             return self.await_start(kv, started);
         };
         match &mut store.phase {
@@ -195,19 +223,21 @@ impl Supervisor {
         }
     }
 
-    /// Starts a new generation of `kv` as a running store, its first round
-    /// after `first_delay`; returns the generation and a receiver told
-    /// whether its dir opened.
+    /// Starts a new generation of `kv` as a running store; returns the
+    /// generation and a receiver told whether its dir opened.
     fn spawn(
         &mut self,
         kv: KvId,
         plan: Plan,
-        runner: CallbackRunner,
-        unacked: Unacked,
-        restarts_in_a_row: u32,
-        first_delay: Duration,
+        carry: Carry,
         ctx: &mut Context<Self>,
     ) -> (u64, oneshot::Receiver<Result<()>>) {
+        let Carry {
+            runner,
+            unacked,
+            restarts_in_a_row,
+            first_delay,
+        } = carry;
         let generation = self.next_generation;
         self.next_generation += 1;
         let (on_started, started) = oneshot::channel();
@@ -299,14 +329,12 @@ impl Supervisor {
         match &mut store.phase {
             Phase::Draining { next } => match next.take() {
                 Some(queued) if !self.shutting_down => {
-                    let started = self.spawn(kv, queued.plan, runner, msg.unacked, 0, Duration::ZERO, ctx);
+                    let started = self.spawn(kv, queued.plan, Carry::fresh(runner, msg.unacked), ctx);
                     self.await_start(kv, started)
                         .map(move |res, _, _| answer(queued.waiters, kv, res))
                         .spawn(ctx);
                 }
-                _ => {
-                    self.stores.remove(&kv);
-                }
+                _ => self.rest(kv, msg.unacked),
             },
             Phase::Running { opened: true } if !self.shutting_down => {
                 // Failed on its own: restart it from what is in the backup
@@ -323,13 +351,24 @@ impl Supervisor {
                 if let Some(c) = self.counters.get(&kv) {
                     StoreCounters::add(&c.restarts, 1);
                 }
-                let started = self.spawn(kv, plan, runner, msg.unacked, restarts, wait, ctx);
+                let carry = Carry {
+                    runner,
+                    unacked: msg.unacked,
+                    restarts_in_a_row: restarts,
+                    first_delay: wait,
+                };
+                let started = self.spawn(kv, plan, carry, ctx);
                 self.await_start(kv, started).map(|_, _, _| ()).spawn(ctx);
             }
-            Phase::Running { .. } => {
-                // A start whose dir did not open, or the end of a shutdown.
-                self.stores.remove(&kv);
-            }
+            // A start whose dir did not open, or the end of a shutdown.
+            Phase::Running { .. } => self.rest(kv, msg.unacked),
+        }
+    }
+
+    /// Moves an ended store to `resting`.
+    fn rest(&mut self, kv: KvId, unacked: Unacked) {
+        if let Some(store) = self.stores.remove(&kv) {
+            self.resting.insert(kv, (store.runner, unacked));
         }
     }
 

@@ -182,3 +182,123 @@ async fn bad_backup_dirs_are_refused_before_anything_is_written() {
     assert_eq!(std::fs::read(&file).unwrap(), b"x");
     assert!(backup.status().await.unwrap().running().is_empty());
 }
+
+#[actix_rt::test]
+async fn the_snapshot_keeps_its_files_until_the_callback_returns() {
+    let fx = Fixture::new();
+    fx.flush_some(KV, 2);
+    fx.flush_some(KV, 2);
+    let engine = fx.engine.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = parking_lot::Mutex::new(tx);
+    // The first callback compacts its store: the listed inputs must stay on
+    // disk while the callback holds the snapshot.
+    let (cb, mut rounds) = recorder_with(move |round| {
+        if round.files.len() == 2 {
+            engine.compact(round.kv)?;
+            let alive = round.snapshot.iter().all(|f| f.path().exists());
+            tx.lock().send((alive, round.snapshot.clone())).ok();
+        }
+        Ok(())
+    });
+    let backup = fx.start(Config::default());
+    backup
+        .start_backup(KV, fx.backup_dir(KV), cb, Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    next_round(&mut rounds, Duration::from_secs(5)).await;
+    let (alive, listed) = blocking(move || rx.recv().unwrap()).await;
+    assert!(alive, "compaction deleted a file the snapshot lists");
+    assert!(
+        listed.iter().all(|f| !f.path().exists()),
+        "deleted once the snapshot dropped"
+    );
+}
+
+#[actix_rt::test]
+async fn no_snapshot_is_taken_while_a_round_is_in_its_callback() {
+    let fx = Fixture::new();
+    fx.flush_some(KV, 1);
+    struct Clocked {
+        inner: RefEngine,
+        taken: parking_lot::Mutex<Vec<std::time::Instant>>,
+    }
+    impl Engine for Clocked {
+        fn snapshot(&self, kv: KvId) -> continuous_backup::Result<Box<dyn Snapshot>> {
+            self.taken.lock().push(std::time::Instant::now());
+            self.inner.snapshot(kv)
+        }
+    }
+    let engine = Arc::new(Clocked {
+        inner: fx.engine.clone(),
+        taken: parking_lot::Mutex::new(Vec::new()),
+    });
+    // Callbacks take three intervals each.
+    let (cb, mut rx) = recorder_with(|_| {
+        std::thread::sleep(ms(60));
+        Ok(())
+    });
+    let backup = ContinuousBackup::start(engine.clone(), Config::default(), None).unwrap();
+    backup
+        .start_backup(KV, fx.backup_dir(KV), cb, Some(ms(20)))
+        .await
+        .unwrap();
+    let mut rounds = Vec::new();
+    for _ in 0..5 {
+        rounds.push(next_round(&mut rx, Duration::from_secs(5)).await);
+    }
+    backup.stop_backup(KV, false).await.unwrap();
+    let taken = engine.taken.lock().clone();
+    for (i, pair) in rounds.windows(2).enumerate() {
+        let between = taken
+            .iter()
+            .filter(|t| **t > pair[0].started && **t < pair[0].ended)
+            .count();
+        assert_eq!(between, 0, "a snapshot was taken during callback {i}");
+        assert!(pair[1].started > pair[0].ended);
+    }
+}
+
+#[actix_rt::test]
+async fn a_file_that_vanished_fails_the_round_and_the_rest_come_once_it_is_gone() {
+    let fx = Fixture::new();
+    let real = fx.flush_some(KV, 1);
+    // For two calls the engine lists a file it already deleted.
+    let engine = faulty(&fx, |call, snap| {
+        if call >= 2 {
+            return Ok(snap);
+        }
+        let mut files = snap.files().to_vec();
+        let real = &files[0];
+        let gone = real.path().with_file_name("000000000099.sqi");
+        files.insert(0, IndexFile::new(gone, 10, 1, 1)?);
+        Ok(Box::new(Listed(snap.kv_id(), files, snap)))
+    });
+    let backup = ContinuousBackup::start(engine, Config::default(), None).unwrap();
+    let (cb, mut rx) = recorder();
+    backup
+        .start_backup(KV, fx.backup_dir(KV), cb, Some(ms(20)))
+        .await
+        .unwrap();
+    let round = next_round(&mut rx, Duration::from_secs(10)).await;
+    assert_eq!(
+        round.files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
+        vec![real.name()]
+    );
+    let s = backup.status().await.unwrap();
+    let s = s.store(KV).unwrap();
+    assert_eq!(s.failed_rounds, 2);
+    assert!(names(&fx.backup_dir(KV)).iter().all(|n| n != "000000000099.sqi"));
+}
+
+/// A snapshot whose listing is replaced, holding the real one alive.
+struct Listed(KvId, Vec<IndexFile>, #[allow(dead_code)] Box<dyn Snapshot>);
+
+impl Snapshot for Listed {
+    fn kv_id(&self) -> KvId {
+        self.0
+    }
+    fn files(&self) -> &[IndexFile] {
+        &self.1
+    }
+}
