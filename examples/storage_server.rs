@@ -16,7 +16,7 @@
 #![expect(clippy::print_stdout, reason = "the example prints its report")]
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,11 +42,18 @@ struct Args {
     /// Backup interval in milliseconds.
     #[arg(long, default_value_t = 200)]
     interval_ms: u64,
+    /// Append one JSON line per acknowledged metadata write (the record, its
+    /// `n`, the files reported) to FILE, fsynced: the crash tests check the
+    /// backup dirs against it after a kill -9.
+    #[arg(long)]
+    journal: Option<PathBuf>,
 }
 
 /// The metadata record the callback writes each round.
 #[derive(serde::Serialize)]
 struct RoundRecord {
+    /// `<pid>-<call>`: tells apart records that are otherwise equal.
+    writer: String,
     kv: u16,
     files: usize,
     bytes: u64,
@@ -55,12 +62,43 @@ struct RoundRecord {
 }
 
 fn round_record(kv: KvId, files: &[BackupFile]) -> RoundRecord {
+    static CALLS: AtomicU64 = AtomicU64::new(0);
     RoundRecord {
+        writer: format!("{}-{}", std::process::id(), CALLS.fetch_add(1, Ordering::Relaxed)),
         kv: kv.0,
         files: files.len(),
         bytes: files.iter().map(|f| f.len).sum(),
         low_seqno: files.iter().map(|f| f.low_seqno).min(),
         high_seqno: files.iter().map(|f| f.high_seqno).max(),
+    }
+}
+
+/// The crash tests' record of what the component acknowledged.
+struct Journal(parking_lot::Mutex<std::fs::File>);
+
+impl Journal {
+    fn open(path: &Path) -> std::io::Result<Self> {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Journal(parking_lot::Mutex::new(file)))
+    }
+
+    /// One line per acknowledged write; `snapshot` is the snapshot's file
+    /// count on the first round of a start.
+    fn append(
+        &self,
+        kv: KvId,
+        n: u64,
+        record: &str,
+        files: &[BackupFile],
+        snapshot: Option<usize>,
+    ) -> std::io::Result<()> {
+        use std::io::Write;
+        let line = serde_json::json!({
+            "kv": kv.0, "n": n, "record": record, "files": files, "first_round_snapshot": snapshot,
+        });
+        let mut file = self.0.lock();
+        writeln!(file, "{line}")?;
+        file.sync_data()
     }
 }
 
@@ -148,10 +186,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let backup_root = root.join("backup");
     let stores = args.stores;
 
-    let factory: CallbackFactory = Arc::new(|_kv| {
-        callback(|kv, _snapshot, files, metadata| {
+    let journal = match &args.journal {
+        Some(path) => Some(Arc::new(Journal::open(path)?)),
+        None => None,
+    };
+    let factory: CallbackFactory = Arc::new(move |_kv| {
+        let journal = journal.clone();
+        let first = AtomicBool::new(true);
+        callback(move |kv, snapshot, files, metadata| {
             let record = serde_json::to_string(&round_record(kv, files))?;
-            metadata.write(&record)?;
+            let n = metadata.write(&record)?;
+            if let Some(journal) = &journal {
+                let first = first.swap(false, Ordering::Relaxed);
+                journal.append(kv, n, &record, files, first.then(|| snapshot.files().len()))?;
+            }
             Ok(())
         })
     });

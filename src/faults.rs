@@ -154,7 +154,7 @@ pub const CRASH_POINTS: &[&str] = &[
     "round.linking",
     "round.linked_before_dir_sync",
     "round.before_callback",
-    "metadata.temp_written",
+    "temp.written",
     "metadata.temp_synced",
     "metadata.renamed_before_dir_sync",
 ];
