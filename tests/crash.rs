@@ -4,6 +4,9 @@
 //! metadata write, between rename and dir fsync), each time on a later pass.
 //! After every run the backup dirs are checked against the journal of what
 //! the component had acknowledged, and against what earlier runs left.
+//!
+//! `cargo test --test crash -- --nocapture` prints the counts.
+#![expect(clippy::print_stdout, reason = "the suite prints its counts")]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::fs::MetadataExt;
