@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backup::schedule::MAX_STEP;
 use crate::error::{Error, Result};
+use crate::fs::Modes;
 
 /// How the component runs. Every field has a default (see [`Config::default`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +27,12 @@ pub struct Config {
     /// Threads of the `LinkerActor` pool that do every link and fsync of a
     /// round. Default: 2.
     pub linker_threads: usize,
+    /// Permission bits of the backup dirs (and missing parents) the
+    /// component creates; must include `0o700`. Default: `0o700`.
+    pub dir_mode: u32,
+    /// Permission bits of the files it creates (metadata files, copies);
+    /// must include `0o600`. Default: `0o600`.
+    pub file_mode: u32,
 }
 
 impl Default for Config {
@@ -35,6 +42,8 @@ impl Default for Config {
             interval: Duration::from_secs(120),
             max_backoff: Duration::from_secs(600),
             linker_threads: 2,
+            dir_mode: 0o700,
+            file_mode: 0o600,
         }
     }
 }
@@ -55,6 +64,18 @@ impl Config {
                 reason: "must be between 1 and 256",
             });
         }
+        if self.dir_mode > 0o777 || self.dir_mode & 0o700 != 0o700 {
+            return Err(Error::Config {
+                field: "dir_mode",
+                reason: "must be permission bits (at most 0o777) that include 0o700",
+            });
+        }
+        if self.file_mode > 0o777 || self.file_mode & 0o600 != 0o600 {
+            return Err(Error::Config {
+                field: "file_mode",
+                reason: "must be permission bits (at most 0o777) that include 0o600",
+            });
+        }
         if let Some(root) = &self.backup_root {
             if !root.is_absolute() {
                 return Err(Error::Config {
@@ -64,6 +85,15 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+impl Config {
+    pub(crate) fn modes(&self) -> Modes {
+        Modes {
+            dir: self.dir_mode,
+            file: self.file_mode,
+        }
     }
 }
 
@@ -113,5 +143,13 @@ mod tests {
             ..Config::default()
         };
         assert!(relative.validate().is_err());
+        for (dir_mode, file_mode) in [(0o500, 0o600), (0o700, 0o400), (0o1777, 0o600)] {
+            let c = Config {
+                dir_mode,
+                file_mode,
+                ..Config::default()
+            };
+            assert!(c.validate().is_err(), "{dir_mode:o} {file_mode:o}");
+        }
     }
 }

@@ -28,11 +28,23 @@ pub(crate) const TEMP_PREFIX: &str = ".cbk-tmp.";
 /// How many `name~k` alternatives are tried before a clash is an error.
 const MAX_CLASH_TRIES: u32 = 10_000;
 
-/// Mode of directories the component creates.
-const DIR_MODE: u32 = 0o700;
+/// Permission bits of what the component creates in a backup dir.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Modes {
+    /// Directories (the backup dir and missing parents).
+    pub dir: u32,
+    /// Files (metadata files and copies).
+    pub file: u32,
+}
 
-/// Mode of files the component creates (metadata files and copies).
-const FILE_MODE: u32 = 0o600;
+impl Default for Modes {
+    fn default() -> Self {
+        Modes {
+            dir: 0o700,
+            file: 0o600,
+        }
+    }
+}
 
 /// An open backup dir: its path (for messages) and a descriptor that every
 /// operation is relative to.
@@ -40,6 +52,7 @@ const FILE_MODE: u32 = 0o600;
 pub(crate) struct BackupDir {
     path: PathBuf,
     fd: OwnedFd,
+    modes: Modes,
     /// Set once a link failed with `EXDEV`: later files are copied without
     /// trying to link first.
     cross_device: AtomicBool,
@@ -70,17 +83,23 @@ fn errno_io(e: Errno) -> io::Error {
 }
 
 impl BackupDir {
-    /// Creates `path` (and missing parents, mode 0700, each new entry made
-    /// durable by an fsync of its parent) and opens it without following a
-    /// symlink at its last component.
+    /// [`open_with`](Self::open_with) the default modes (0700, 0600).
+    #[cfg(test)]
     pub fn open(path: &Path) -> Result<BackupDir> {
+        Self::open_with(path, Modes::default())
+    }
+
+    /// Creates `path` (and missing parents, mode `modes.dir`, each new entry
+    /// made durable by an fsync of its parent) and opens it without following
+    /// a symlink at its last component.
+    pub fn open_with(path: &Path, modes: Modes) -> Result<BackupDir> {
         if !path.is_absolute() {
             return Err(Error::InvalidBackupDir {
                 path: path.to_path_buf(),
                 reason: "the path is relative; give an absolute path",
             });
         }
-        create_dirs(path)?;
+        create_dirs(path, modes.dir)?;
         let fd = rustix::fs::openat(
             CWD,
             path,
@@ -101,6 +120,7 @@ impl BackupDir {
         Ok(BackupDir {
             path: path.to_path_buf(),
             fd,
+            modes,
             cross_device: AtomicBool::new(false),
             poisoned: AtomicBool::new(false),
         })
@@ -200,7 +220,7 @@ impl BackupDir {
     /// Creates `temp` exclusively (replacing a stale temp of the same name).
     fn create_temp(&self, temp: &str) -> Result<File> {
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW;
-        let mode = Mode::from_raw_mode(FILE_MODE);
+        let mode = Mode::from_raw_mode(self.modes.file);
         let open = || {
             self.injected(FsOp::CreateTemp)
                 .and_then(|()| rustix::fs::openat(&self.fd, temp, flags, mode))
@@ -467,9 +487,9 @@ fn same_bytes(mut a: File, mut b: File) -> io::Result<bool> {
     }
 }
 
-/// Creates `path` and every missing parent with mode 0700, fsyncing each
+/// Creates `path` and every missing parent with mode `mode`, fsyncing each
 /// new entry's parent so the new dirs survive a crash.
-fn create_dirs(path: &Path) -> Result<()> {
+fn create_dirs(path: &Path, mode: u32) -> Result<()> {
     let mut missing = Vec::new();
     let mut cur = path;
     loop {
@@ -492,7 +512,7 @@ fn create_dirs(path: &Path) -> Result<()> {
         }
     }
     for dir in missing.into_iter().rev() {
-        match DirBuilder::new().mode(DIR_MODE).create(dir) {
+        match DirBuilder::new().mode(mode).create(dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) if e.raw_os_error() == Some(libc_enotdir()) => {

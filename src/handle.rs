@@ -35,7 +35,8 @@ impl ContinuousBackup {
         let linker = SyncArbiter::start(config.linker_threads, move || {
             LinkerActor::new(Arc::clone(&linker_engine))
         });
-        let metadata = SyncArbiter::start(1, MetadataActor::new);
+        let modes = config.modes();
+        let metadata = SyncArbiter::start(1, move || MetadataActor::new(modes));
         let addr = Supervisor::new(engine, config, factory, linker, metadata).start();
         Ok(ContinuousBackup { addr })
     }

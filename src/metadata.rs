@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 use crate::callback::panic_message;
 use crate::engine::{KvId, METADATA_PREFIX};
 use crate::error::{Error, Result};
-use crate::fs::BackupDir;
+use crate::fs::{BackupDir, Modes};
 use crate::messages::{CloseSession, OpenDir, OpenedDir, SessionId, WriteMetadata};
 use crate::status::StoreCounters;
 
@@ -132,14 +132,16 @@ struct Session {
 /// Serialises every metadata write of the node on one thread (a
 /// `SyncArbiter` of size 1), in mailbox order.
 pub(crate) struct MetadataActor {
+    modes: Modes,
     logs: HashMap<PathBuf, OpenLog>,
     sessions: HashMap<SessionId, Session>,
     next_session: u64,
 }
 
 impl MetadataActor {
-    pub fn new() -> Self {
+    pub fn new(modes: Modes) -> Self {
         MetadataActor {
+            modes,
             logs: HashMap::new(),
             sessions: HashMap::new(),
             next_session: 1,
@@ -181,7 +183,7 @@ impl MetadataActor {
         let open = match self.logs.entry(msg.path.clone()) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                let dir = Arc::new(BackupDir::open(&msg.path)?);
+                let dir = Arc::new(BackupDir::open_with(&msg.path, self.modes)?);
                 e.insert(OpenLog {
                     log: MetadataLog::open(dir)?,
                     sessions: 0,
