@@ -337,10 +337,24 @@ impl BackupDir {
                             Some(id) => id,
                             None => *src_id.insert(file_id_of(src.path())?),
                         };
-                        if self.file_id(&name)? == Some(id) {
+                        let existing = self.file_id(&name)?;
+                        if existing == Some(id) {
                             return Ok(Placed {
                                 name,
                                 copied: false,
+                                created: false,
+                            });
+                        }
+                        // The kernel reports EEXIST before EXDEV: a name on
+                        // another device than the source can only be a copy
+                        // of an earlier run.
+                        if existing.is_some_and(|(dev, _)| dev != id.0)
+                            && self.holds_same_bytes(&name, src.path())?
+                        {
+                            self.cross_device.store(true, Ordering::Relaxed);
+                            return Ok(Placed {
+                                name,
+                                copied: true,
                                 created: false,
                             });
                         }
