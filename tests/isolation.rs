@@ -56,3 +56,45 @@ async fn blocking_callback_does_not_delay_other_stores() {
     assert!(!status.store(slow).unwrap().running);
     release.send(()).unwrap();
 }
+
+#[actix_rt::test]
+async fn a_callback_that_keeps_panicking_backs_off_and_other_stores_run() {
+    let fx = Fixture::new();
+    let (bad, good) = (KvId(3), KvId(4));
+    fx.flush_some(bad, 1);
+    fx.flush_some(good, 1);
+    let backup = fx.start(Config {
+        max_backoff: Duration::from_secs(60),
+        ..Config::default()
+    });
+    let (bad_cb, _bad_rx) = recorder_with(|_| panic!("callback bug"));
+    let (good_cb, mut good_rx) = recorder();
+    backup
+        .start_backup(bad, fx.backup_dir(bad), bad_cb, Some(ms(10)))
+        .await
+        .unwrap();
+    backup
+        .start_backup(good, fx.backup_dir(good), good_cb, Some(ms(10)))
+        .await
+        .unwrap();
+    // A second of rounds for the good store: 10 ms apart.
+    let t0 = std::time::Instant::now();
+    let mut good_rounds = 0;
+    while t0.elapsed() < Duration::from_secs(1) {
+        next_round(&mut good_rx, Duration::from_secs(10)).await;
+        good_rounds += 1;
+    }
+    let status = backup.status().await.unwrap();
+    let b = status.store(bad).unwrap();
+    // Without backoff the bad store would fail ~100 times in that second;
+    // with doubling waits from 10 ms it fails about 7 times.
+    assert!(
+        b.failed_rounds >= 3 && b.failed_rounds <= 12,
+        "{} failed rounds",
+        b.failed_rounds
+    );
+    assert_eq!(b.failed_rounds, b.rounds, "every round of the bad store failed");
+    assert!(b.running && b.last_error.as_deref().unwrap().contains("callback bug"));
+    assert!(good_rounds > b.rounds as usize, "the good store kept its pace");
+    assert_eq!(status.store(good).unwrap().failed_rounds, 0);
+}

@@ -262,3 +262,81 @@ async fn nothing_is_reported_when_the_dir_fsync_fails_and_the_store_recovers_by_
     assert_eq!(round.files[0].name, file.name(), "caught up after the restart");
     assert!(backup.status().await.unwrap().store(KV).unwrap().running);
 }
+
+#[actix_rt::test]
+async fn shutdown_is_bounded_completes_queued_writes_and_leaves_no_temp_files() {
+    let fx = Fixture::new();
+    let backup = fx.start(Config::default());
+    let (release, gate) = mpsc::channel::<()>();
+    let gate = Mutex::new(gate);
+    let (blocked_cb, _brx) = recorder_with(move |_| {
+        gate.lock().recv().ok();
+        Ok(())
+    });
+    fx.flush_some(KvId(0), 1);
+    backup
+        .start_backup(KvId(0), fx.backup_dir(KvId(0)), blocked_cb, Some(ms(20)))
+        .await
+        .unwrap();
+    let mut writers = Vec::new();
+    for kv in 1..6 {
+        let kv = KvId(kv);
+        fx.flush_some(kv, 1);
+        let (cb, mut rx) = recorder();
+        backup
+            .start_backup(kv, fx.backup_dir(kv), cb, Some(ms(20)))
+            .await
+            .unwrap();
+        writers.push((kv, next_round(&mut rx, Duration::from_secs(5)).await.writer));
+    }
+    // Writers keep writing while the component shuts down.
+    let threads: Vec<_> = writers
+        .into_iter()
+        .map(|(kv, w)| {
+            std::thread::spawn(move || {
+                let mut results = Vec::new();
+                for i in 0..100_000 {
+                    let r = w.write(&format!("{kv}-{i}"));
+                    let failed = r.is_err();
+                    results.push((i, r));
+                    if failed {
+                        break;
+                    }
+                }
+                (kv, results)
+            })
+        })
+        .collect();
+    actix_rt::time::sleep(ms(100)).await;
+    actix_rt::time::timeout(Duration::from_secs(10), backup.shutdown())
+        .await
+        .expect("shutdown waited for a blocked callback")
+        .unwrap();
+    let results = blocking(move || threads.into_iter().map(|t| t.join().unwrap()).collect::<Vec<_>>()).await;
+    for (kv, results) in results {
+        let dir = fx.backup_dir(kv);
+        for (i, r) in results {
+            match r {
+                Ok(n) => assert_eq!(
+                    std::fs::read_to_string(dir.join(continuous_backup::metadata_file_name(n))).unwrap(),
+                    format!("{kv}-{i}")
+                ),
+                Err(Error::BackupStopped { .. }) => {}
+                Err(e) => panic!("kv {kv}: write {i} failed: {e}"),
+            }
+        }
+        assert!(
+            names(&dir).iter().all(|n| !n.starts_with('.')),
+            "temp files left in {}",
+            dir.display()
+        );
+    }
+    assert!(backup.status().await.unwrap().running().is_empty());
+    let (cb, _rx) = recorder();
+    let err = backup
+        .start_backup(KvId(9), fx.backup_dir(KvId(9)), cb, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::ComponentStopped), "{err}");
+    release.send(()).unwrap();
+}
