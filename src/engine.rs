@@ -202,6 +202,26 @@ pub trait Engine: Send + Sync + 'static {
     fn data_dir(&self) -> Option<&Path> {
         None
     }
+
+    /// Tells the engine that `files` of store `kv` are now durably in its
+    /// backup dir. Called after every successful link phase of a round (with
+    /// an empty list when nothing was new), on a linker thread.
+    ///
+    /// An engine that wants exact point-in-time restores keeps a compaction
+    /// input listed in its snapshots (and on disk) until it was reported
+    /// here, for stores whose backup runs: otherwise the versions that
+    /// compaction dropped are gone before the backup saw them. The default
+    /// does nothing.
+    fn files_backed_up(&self, kv: KvId, files: &[IndexFile]) {
+        let _ = (kv, files);
+    }
+
+    /// Tells the engine that the backup of store `kv` stopped: files it
+    /// kept for the backup may go. Called on a linker thread. The default
+    /// does nothing.
+    fn backup_stopped(&self, kv: KvId) {
+        let _ = kv;
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use crate::callback::{panic_message, BackupFile};
 use crate::engine::{Engine, IndexFile, KvId};
 use crate::error::{Error, Result};
 use crate::faults;
-use crate::messages::{LinkRound, Linked, RoundLinked};
+use crate::messages::{BackupStoppedHook, LinkRound, Linked, RoundLinked};
 
 /// One thread of the linker pool.
 pub(crate) struct LinkerActor {
@@ -56,6 +56,17 @@ impl Handler<LinkRound> for LinkerActor {
             links.roll_back(&recorded);
         }
         MessageResult(RoundLinked { links, outcome })
+    }
+}
+
+impl Handler<BackupStoppedHook> for LinkerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: BackupStoppedHook, _: &mut SyncContext<Self>) {
+        let engine = &*self.engine;
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| engine.backup_stopped(msg.kv))) {
+            tracing::error!(kv_store = msg.kv.0, message = %panic_message(&*panic), "engine panicked in backup_stopped");
+        }
     }
 }
 
@@ -123,6 +134,7 @@ fn link_round(
         dir.sync()?;
     }
     links.forget_absent(snapshot.files());
+    engine.files_backed_up(kv, recorded);
     tracing::debug!(
         linked = files_linked,
         copied = files_copied,

@@ -182,3 +182,11 @@ pub(crate) struct BackupEnded {
     pub generation: u64,
     pub unacked: Unacked,
 }
+
+/// Supervisor → linker pool, with `do_send`, when a store stops for good
+/// (not when it restarts): tells the engine (`Engine::backup_stopped`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct BackupStoppedHook {
+    pub kv: KvId,
+}

@@ -28,7 +28,8 @@ use crate::engine::{Engine, KvId};
 use crate::error::{Error, Result};
 use crate::linker::LinkerActor;
 use crate::messages::{
-    BackupEnded, GetStatus, SetVbucketState, Shutdown, StartBackup, StopBackup, StopStore, VbucketState,
+    BackupEnded, BackupStoppedHook, GetStatus, SetVbucketState, Shutdown, StartBackup, StopBackup, StopStore,
+    VbucketState,
 };
 use crate::metadata::MetadataActor;
 use crate::status::{Status, StoreCounters};
@@ -365,10 +366,11 @@ impl Supervisor {
         }
     }
 
-    /// Moves an ended store to `resting`.
+    /// Moves an ended store to `resting`, and tells the engine.
     fn rest(&mut self, kv: KvId, unacked: Unacked) {
         if let Some(store) = self.stores.remove(&kv) {
             self.resting.insert(kv, (store.runner, unacked));
+            self.linker.do_send(BackupStoppedHook { kv });
         }
     }
 
