@@ -195,6 +195,33 @@ pub enum Error {
         reason: String,
     },
 
+    /// A backup root holds no backup of this store.
+    #[error("{root} holds no backup of KV store {kv}")]
+    NotInBackup {
+        /// The store.
+        kv: KvId,
+        /// The backup root.
+        root: PathBuf,
+    },
+
+    /// A restore was asked for what the backup cannot give exactly.
+    #[error("cannot restore KV store {kv} to seqno {seqno}: {reason}")]
+    NotRestorable {
+        /// The store.
+        kv: KvId,
+        /// The seqno asked for.
+        seqno: u64,
+        /// Why, with what the backup covers.
+        reason: String,
+    },
+
+    /// A restore target that already holds something.
+    #[error("restore target {path} is not empty; give a new or empty dir")]
+    RestoreTargetNotEmpty {
+        /// The dir.
+        path: PathBuf,
+    },
+
     /// A file could not be linked under any free name.
     #[error("no free name for {name} in {dir} after {tries} tries")]
     NoFreeName {

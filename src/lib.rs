@@ -54,6 +54,7 @@ mod linker;
 pub mod messages;
 mod metadata;
 pub mod refengine;
+pub mod restore;
 mod status;
 mod supervisor;
 

@@ -1,0 +1,97 @@
+//! `inspect`: per store, what its backup dir holds.
+
+use std::os::unix::fs::MetadataExt;
+
+use serde::Serialize;
+
+use super::{coverage_gaps, BackupRoot, RecordReader, StoreBackup};
+use crate::engine::KvId;
+use crate::error::{Error, Result};
+
+/// How long the last metadata record may be in a report before it is cut.
+const SHORT: usize = 80;
+
+/// The metadata files of a store's backup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MetadataSummary {
+    /// How many there are.
+    pub count: usize,
+    /// The smallest `n`.
+    pub first_n: Option<u64>,
+    /// The largest `n`.
+    pub last_n: Option<u64>,
+    /// The last record's content, cut to 80 characters.
+    pub last: Option<String>,
+}
+
+/// What one store's backup holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StoreReport {
+    /// The store.
+    pub kv: KvId,
+    /// Seqno-index files.
+    pub files: usize,
+    /// Their bytes.
+    pub bytes: u64,
+    /// The lowest seqno covered.
+    pub lowest_seqno: Option<u64>,
+    /// The highest seqno covered.
+    pub highest_seqno: Option<u64>,
+    /// Inclusive seqno ranges between files that no file covers.
+    pub gaps: Vec<(u64, u64)>,
+    /// Its metadata files.
+    pub metadata: MetadataSummary,
+    /// Files that are hard links still shared with another dir (link count
+    /// above 1: typically the live data dir).
+    pub shared_with_live: usize,
+    /// Temp files of an interrupted write.
+    pub temp_files: usize,
+}
+
+fn shorten(text: &str) -> String {
+    let line = text.lines().next().unwrap_or("");
+    match line.char_indices().nth(SHORT) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line.to_owned(),
+    }
+}
+
+fn report(store: &StoreBackup, reader: &dyn RecordReader) -> Result<StoreReport> {
+    let mut ranges = Vec::new();
+    let (mut bytes, mut shared) = (0, 0);
+    for path in &store.files {
+        let md = std::fs::symlink_metadata(path).map_err(|e| Error::io("stat", path, e))?;
+        bytes += md.len();
+        shared += usize::from(md.nlink() > 1);
+        let file = reader.read(path)?;
+        ranges.push((file.low_seqno, file.high_seqno));
+    }
+    let last = match store.metadata.last() {
+        Some((_, path)) => Some(shorten(
+            &std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?,
+        )),
+        None => None,
+    };
+    Ok(StoreReport {
+        kv: store.kv,
+        files: store.files.len(),
+        bytes,
+        lowest_seqno: ranges.iter().map(|r| r.0).min(),
+        highest_seqno: ranges.iter().map(|r| r.1).max(),
+        gaps: coverage_gaps(&ranges),
+        metadata: MetadataSummary {
+            count: store.metadata.len(),
+            first_n: store.metadata.first().map(|m| m.0),
+            last_n: store.metadata.last().map(|m| m.0),
+            last,
+        },
+        shared_with_live: shared,
+        temp_files: store.temp_files.len(),
+    })
+}
+
+/// Reports on every store of the backup root. A file that cannot be read
+/// fails the report (run `verify` to list every problem).
+pub fn inspect(root: &BackupRoot, reader: &dyn RecordReader) -> Result<Vec<StoreReport>> {
+    root.stores().iter().map(|s| report(s, reader)).collect()
+}

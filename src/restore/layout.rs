@@ -1,0 +1,105 @@
+//! Where things are in a backup root.
+
+use std::path::{Path, PathBuf};
+
+use crate::engine::KvId;
+use crate::error::{Error, Result};
+use crate::metadata::parse_metadata_file_name;
+
+/// A backup root: one dir per KV store, named by its id.
+#[derive(Clone, Debug)]
+pub struct BackupRoot {
+    path: PathBuf,
+    stores: Vec<StoreBackup>,
+}
+
+/// What one store's backup dir holds, by name.
+#[derive(Clone, Debug)]
+pub struct StoreBackup {
+    /// The store.
+    pub kv: KvId,
+    /// Its backup dir.
+    pub dir: PathBuf,
+    /// Seqno-index files (links or copies), sorted by name.
+    pub files: Vec<PathBuf>,
+    /// Metadata files as `(n, path)`, sorted by `n`.
+    pub metadata: Vec<(u64, PathBuf)>,
+    /// Temp files of an interrupted write (removed when the backup starts again).
+    pub temp_files: Vec<PathBuf>,
+}
+
+fn read_dir(path: &Path) -> Result<Vec<(String, PathBuf, std::fs::FileType)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(|e| Error::io("read dir", path, e))? {
+        let entry = entry.map_err(|e| Error::io("read dir", path, e))?;
+        let kind = entry
+            .file_type()
+            .map_err(|e| Error::io("stat", entry.path(), e))?;
+        if let Ok(name) = entry.file_name().into_string() {
+            out.push((name, entry.path(), kind));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+impl BackupRoot {
+    /// Lists the backup root at `path`: every subdir named by a 16-bit
+    /// number is a store's backup dir.
+    pub fn open(path: &Path) -> Result<Self> {
+        if !path.is_dir() {
+            return Err(Error::InvalidBackupDir {
+                path: path.to_path_buf(),
+                reason: "it is not a directory",
+            });
+        }
+        let mut stores = Vec::new();
+        for (name, dir, kind) in read_dir(path)? {
+            let Ok(id) = name.parse::<u16>() else { continue };
+            if !kind.is_dir() || id.to_string() != name {
+                continue;
+            }
+            let mut store = StoreBackup {
+                kv: KvId(id),
+                dir: dir.clone(),
+                files: Vec::new(),
+                metadata: Vec::new(),
+                temp_files: Vec::new(),
+            };
+            for (name, path, kind) in read_dir(&dir)? {
+                if name.starts_with('.') {
+                    store.temp_files.push(path);
+                } else if let Some(n) = parse_metadata_file_name(&name) {
+                    store.metadata.push((n, path));
+                } else if kind.is_file() {
+                    store.files.push(path);
+                }
+            }
+            store.metadata.sort_by_key(|(n, _)| *n);
+            stores.push(store);
+        }
+        stores.sort_by_key(|s| s.kv);
+        Ok(BackupRoot {
+            path: path.to_path_buf(),
+            stores,
+        })
+    }
+
+    /// The root's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every store found, ordered by id.
+    pub fn stores(&self) -> &[StoreBackup] {
+        &self.stores
+    }
+
+    /// The backup of `kv`.
+    pub fn store(&self, kv: KvId) -> Result<&StoreBackup> {
+        self.stores.iter().find(|s| s.kv == kv).ok_or(Error::NotInBackup {
+            kv,
+            root: self.path.clone(),
+        })
+    }
+}
