@@ -2,8 +2,10 @@
 //!
 //! A file is a sequence of records followed by a fixed-size footer. All
 //! integers are little-endian. Records are sorted by seqno, strictly
-//! increasing; each key appears at most once in a file. A file always holds at
-//! least one record: an empty memtable is never flushed.
+//! increasing. A key may appear more than once in a file (a flush keeps every
+//! version written since the previous flush); its record with the highest
+//! seqno is its newest version in the file. A file always holds at least one
+//! record: an empty memtable is never flushed.
 //!
 //! **Record** (repeated `record_count` times from offset 0, no padding):
 //!
@@ -29,11 +31,15 @@
 //! | 36 | 4 | `crc32` | u32 LE, CRC-32 (IEEE, as `crc32fast` computes it) of every byte of the file before this field |
 //!
 //! `low_seqno..=high_seqno` is the range of seqnos the file *covers*, which
-//! can be wider than the seqnos of its records: a flush covers every seqno
-//! handed out since the previous flush, even those whose record a later
-//! mutation of the same key replaced in the memtable; a compaction output
+//! can be wider than the seqnos of its records: the reference engine's
+//! flushes hold one record per seqno of their range, but a compaction output
 //! covers the union of its inputs' ranges although it keeps only the newest
-//! version of each key. Ranges of one store's live files never overlap.
+//! version of each key. Ranges of one store's live files never overlap; a
+//! compaction input kept for a backup (see the [engine docs](super)) lies
+//! inside the range of the compaction's output.
+//!
+//! [`write_index_file`] and [`write_index_file_durably`] write a file in this
+//! format durably, e.g. for a restore tool building a data dir.
 //!
 //! [`read_index_file`] checks all of the above and fails with
 //! [`Error::Corrupt`] (or [`Error::SeqnoOutOfRange`] for a seqno above
@@ -90,7 +96,8 @@ pub struct Footer {
 /// Reads and fully verifies one seqno-index file: length, magic, checksum,
 /// version, footer fields, and every record (kind, lengths, seqno inside the
 /// footer's range and above the previous record's, exactly `record_count` of
-/// them filling the space before the footer).
+/// them filling the space before the footer). A key may appear in several
+/// records; they are returned in file (seqno) order.
 ///
 /// Errors name the path and what is wrong: [`Error::Io`] if the file cannot
 /// be read, [`Error::SeqnoOutOfRange`] for a seqno above 2^48-1,
@@ -286,15 +293,31 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<(Footer, Vec<Record>, Vec<u64>)> 
     Ok((footer, records, offsets))
 }
 
-/// A record to write, borrowed from a memtable or a compaction's merge.
-pub(crate) struct RecordRef<'a> {
+/// A record to write, borrowed (from a memtable, a compaction's merge, or a
+/// restore tool's [`Record`]s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    /// The mutation's seqno.
     pub seqno: u64,
+    /// The key.
     pub key: &'a [u8],
+    /// The value, or `None` for a tombstone.
     pub value: Option<&'a [u8]>,
 }
 
+impl<'a> From<&'a Record> for RecordRef<'a> {
+    fn from(r: &'a Record) -> Self {
+        RecordRef {
+            seqno: r.seqno,
+            key: &r.key,
+            value: r.value.as_deref(),
+        }
+    }
+}
+
 /// What [`write_index_file`] wrote.
-pub(crate) struct Written {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
     /// Length of the file in bytes.
     pub len: u64,
     /// Offset of each record's value, in record order.
@@ -318,11 +341,16 @@ impl<W: Write> Hashing<W> {
 }
 
 /// Encodes `records` (sorted by seqno, strictly increasing, at least one, each
-/// inside `low..=high`) into `w`.
+/// inside `low..=high`, `1 <= low <= high`) into `w`. A key may repeat.
 fn encode<W: Write>(w: W, low: u64, high: u64, records: &[RecordRef<'_>]) -> io::Result<Written> {
     let invalid = |msg: String| io::Error::new(io::ErrorKind::InvalidInput, msg);
     if records.is_empty() {
         return Err(invalid("a seqno-index file must hold at least one record".into()));
+    }
+    if low == 0 || low > high {
+        return Err(invalid(format!(
+            "the seqno range {low}..={high} is empty or starts at 0; seqnos start at 1"
+        )));
     }
     let mut h = Hashing {
         inner: w,
@@ -376,7 +404,16 @@ fn encode<W: Write>(w: W, low: u64, high: u64, records: &[RecordRef<'_>]) -> io:
 /// Writes `records` durably as the file `dest`: to the temp file `tmp`, which
 /// is fsynced and renamed to `dest`, then `dest`'s directory is fsynced. The
 /// temp file is removed if anything fails. `dest` must not exist.
-pub(crate) fn write_index_file(
+///
+/// `records` must be at least one, sorted by seqno (strictly increasing; a
+/// key may repeat), each inside `low..=high`, with `1 <= low <= high <=
+/// 2^48-1`; anything else fails with an [`Error::Io`] of kind
+/// `InvalidInput` (or [`Error::SeqnoOutOfRange`]) and writes nothing.
+///
+/// For a file the reference engine opens as part of a store, give `tmp` a
+/// name starting with `.` in the same dir (recovery removes such leftovers)
+/// and `dest` a [`file_name`].
+pub fn write_index_file(
     tmp: &Path,
     dest: &Path,
     low: u64,
@@ -418,6 +455,38 @@ fn write_durably(tmp: &Path, dest: &Path, low: u64, high: u64, records: &[Record
     Ok(written)
 }
 
+/// Writes `records` durably as the file `name` in `dir`, covering
+/// `low..=high`, and returns its length in bytes: [`write_index_file`] with
+/// the temp file `.tmp-<name>` in `dir` (removed if anything fails).
+///
+/// The rules on `records`, `low` and `high` are [`write_index_file`]'s;
+/// `name` must be a plain file name (no `/`, not starting with `.`) and
+/// `dir/name` must not exist. A store dir (`<data_dir>/kv-<id>/`) whose files
+/// are written this way under [`file_name`]s, with non-overlapping ranges, is
+/// opened by the reference engine as a store.
+pub fn write_index_file_durably(
+    dir: &Path,
+    name: &str,
+    records: &[Record],
+    low: u64,
+    high: u64,
+) -> Result<u64> {
+    let dest = dir.join(name);
+    if name.is_empty() || name.starts_with('.') || name.contains('/') {
+        return Err(Error::io(
+            "write",
+            &dest,
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("`{name}` is not a plain file name that does not start with `.`"),
+            ),
+        ));
+    }
+    let refs: Vec<RecordRef<'_>> = records.iter().map(RecordRef::from).collect();
+    let written = write_index_file(&dir.join(format!(".tmp-{name}")), &dest, low, high, &refs)?;
+    Ok(written.len)
+}
+
 /// Fsyncs a directory, making the entries created, renamed or removed in it
 /// durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
@@ -427,8 +496,8 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 /// Name of the seqno-index file numbered `number`: 12 zero-padded decimal
-/// digits and `.sqi`.
-pub(crate) fn file_name(number: u64) -> String {
+/// digits and `.sqi` (`000000000001.sqi`).
+pub fn file_name(number: u64) -> String {
     format!("{number:012}.sqi")
 }
 

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 
 use super::store_dir::StoreDir;
 
-/// Where a key's newest version in one file is.
+/// Where a key's newest version (its highest-seqno record) in one file is.
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Slot {
     /// A put whose value is `len` bytes at `offset`.
@@ -25,10 +25,12 @@ pub(super) enum Slot {
 /// snapshots and by in-flight reads.
 ///
 /// When compaction or `drop_store` retires the file it is marked obsolete; the
-/// last holder to let go of it deletes it.
+/// last holder to let go of it (a snapshot, the store's list of files
+/// retained for a backup, an in-flight read) deletes it.
 pub(super) struct LiveFile {
     desc: IndexFile,
-    /// Key -> location of its record, so `get` reads one value, not the file.
+    /// Key -> location of its newest record (a key may have several), so
+    /// `get` reads one value, not the file.
     index: HashMap<Vec<u8>, Slot>,
     obsolete: AtomicBool,
     /// Keeps the store's directory (and the `dropped-` marker protecting this

@@ -15,29 +15,73 @@
 //! # Writes, seqnos and durability
 //!
 //! Each [`put`](RefEngine::put) or [`delete`](RefEngine::delete) (a tombstone)
-//! takes the store's next seqno, from 1, and goes to an in-memory memtable
-//! holding the newest version of each key. Seqnos never exceed
+//! takes the store's next seqno, from 1, and goes to an in-memory memtable as
+//! its own record: **every version of a key is kept until compaction**, so a
+//! store can be rebuilt exactly as it was at any seqno its files cover.
+//! Seqnos never exceed
 //! [`MAX_SEQNO`](crate::engine::MAX_SEQNO) (2^48-1): the mutation that would
 //! is refused with [`Error::SeqnoOutOfRange`].
 //!
 //! **The memtable is not logged: [`flush`](RefEngine::flush) is the
 //! durability point.** It writes the memtable as one new file covering every
-//! seqno handed out since the previous flush (temp file, fsync, rename, fsync
-//! of the dir). Mutations not yet flushed are lost on a crash, and after
+//! seqno handed out since the previous flush, one record per mutation in
+//! seqno order (a key written twice appears twice), durably (temp file,
+//! fsync, rename, fsync of the dir). Mutations not yet flushed are lost on a crash, and after
 //! reopening, seqnos continue from the highest flushed one (so the lost ones
 //! are handed out again).
 //!
-//! [`compact`](RefEngine::compact) merges all of a store's files into one new
-//! file covering the union of their ranges, keeping only the newest version of
-//! each key (tombstones included), then retires the inputs.
+//! [`get`](RefEngine::get) returns the newest version: the memtable's, else
+//! the newest file's holding the key (within a file, its highest-seqno
+//! record).
+//!
+//! [`compact`](RefEngine::compact) merges all of a store's live files into one
+//! new file covering the union of their ranges, keeping only the newest
+//! version of each key (tombstones included), then retires the inputs.
 //!
 //! # Snapshots and retired files
 //!
 //! Every live file is an `Arc`-counted handle. A [`Snapshot`] clones the
 //! handles of the store's files, so it is cheap and keeps each file on disk:
 //! a file retired by compaction or [`drop_store`](RefEngine::drop_store) is
-//! deleted by whoever lets go of it last — at once if no snapshot holds it,
-//! else when the last snapshot holding it drops.
+//! deleted by whoever lets go of it last — at once if no snapshot (and no
+//! retention, below) holds it, else when the last holder lets go.
+//!
+//! # Retention for backup (exact point-in-time restore)
+//!
+//! Compaction drops the intermediate versions its inputs held. If a backup
+//! has not linked an input yet, those versions would never reach it, and a
+//! restore to a seqno inside that input's range could not be exact. So the
+//! engine implements [`Engine::files_backed_up`] and
+//! [`Engine::backup_stopped`]:
+//!
+//! - A store's backup is *active* from any `files_backed_up` call for it
+//!   (even with an empty list) until `backup_stopped`. The flag is kept per
+//!   store id, so it survives the store being dropped and created again.
+//! - `files_backed_up` records which of the store's files the backup has
+//!   (recognised by absolute path and file id).
+//! - When compaction retires an input while the backup is active and has not
+//!   reported that input, the input is **retained**: [`get`](RefEngine::get)
+//!   no longer reads it (the output holds its newest versions), but
+//!   snapshots still list it and it stays on disk, until `files_backed_up`
+//!   reports it (it is then deleted as soon as no snapshot holds it),
+//!   `backup_stopped` is called (every retained file of the store is
+//!   released and the reported set forgotten), or the store is dropped.
+//!   [`RefEngine::retained`] counts them.
+//! - A snapshot lists the live files and the retained ones, ordered by low
+//!   seqno; a retained file's range lies inside the range of the compaction
+//!   output that retired it, so ranges may overlap.
+//!
+//! The cost: while a backup is active, an input stays on disk until the next
+//! round of the backup has linked it — at most about one backup interval
+//! longer than without retention. A store with no active backup, or an
+//! engine opened with [`RefOptions::retain_for_backup`] `false`, deletes
+//! inputs as soon as no snapshot holds them.
+//!
+//! **Limit: retention is not persisted.** Retained files are deleted when
+//! the engine closes, and after a crash recovery removes them as inputs of a
+//! finished compaction (below). So exactness for the versions of a
+//! compaction that ran less than one backup round before a crash (or a
+//! close) is lost: the backup gets the compaction output only.
 //!
 //! # Dropping and re-creating a store
 //!
@@ -55,9 +99,9 @@
 //! `dropped-` marker removes the dir; a `reused-<n>` marker removes files
 //! numbered `<= n`; a file whose seqno range lies within the range of a
 //! higher-numbered file is the input of a compaction interrupted between
-//! writing its output and deleting its inputs, and is removed (ranges of live
-//! files never overlap otherwise: flushes produce adjacent ranges and
-//! compaction merges all files). Every remaining file is fully verified. The
+//! writing its output and deleting its inputs (or retained for a backup, see
+//! above), and is removed (ranges of live files never overlap otherwise:
+//! flushes produce adjacent ranges and compaction merges all live files). Every remaining file is fully verified. The
 //! next file number is the highest remaining plus one; the next seqno is the
 //! highest flushed seqno plus one. Only one engine may use a data dir at a
 //! time.
@@ -65,9 +109,11 @@
 //! # Concurrency
 //!
 //! [`RefEngine`] is a cheap `Clone` handle, `Send + Sync`. Per store, a
-//! `parking_lot` mutex guards the memtable and file list (held briefly, never
-//! across IO: `put` and `snapshot` do not wait for a flush's or compaction's
-//! IO), and a second mutex serializes flush, compaction and drop.
+//! `parking_lot` mutex guards the memtable, the file lists and the backup's
+//! reported files (held briefly, never across IO: `put`, `snapshot` and the
+//! backup hooks do not wait for a flush's or compaction's IO), and a second
+//! mutex serializes flush, compaction and drop. The backup hooks delete the
+//! files they release with no lock held.
 
 pub mod format;
 mod live_file;
@@ -76,7 +122,7 @@ mod store_dir;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -87,10 +133,10 @@ use parking_lot::{Mutex, RwLock};
 use crate::engine::{Engine, IndexFile, KvId, Snapshot};
 use crate::error::{Error, Result};
 
-pub use format::{read_index_file, Footer, Record};
+pub use format::{read_index_file, write_index_file_durably, Footer, Record};
 
 use live_file::LiveFile;
-use store::Store;
+use store::{ActiveBackups, Retention, Store};
 use store_dir::StoreDir;
 
 /// The reference engine: a data dir of KV stores, each a memtable plus
@@ -102,8 +148,33 @@ pub struct RefEngine {
     inner: Arc<Inner>,
 }
 
+/// Options of a [`RefEngine`], given to [`RefEngine::open_with`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RefOptions {
+    /// Whether compaction keeps, for a store whose backup is active, the
+    /// inputs the backup has not reported by [`Engine::files_backed_up`]
+    /// yet, so that the backup links every version and restores are exact
+    /// at every seqno (see the [module docs](self#retention-for-backup-exact-point-in-time-restore)).
+    ///
+    /// Default: `true`. `false` deletes compaction inputs as soon as no
+    /// snapshot holds them (the behaviour of an engine without the hook;
+    /// tests use it to show what retention buys).
+    pub retain_for_backup: bool,
+}
+
+impl Default for RefOptions {
+    fn default() -> Self {
+        RefOptions {
+            retain_for_backup: true,
+        }
+    }
+}
+
 struct Inner {
     data_dir: PathBuf,
+    options: RefOptions,
+    /// The stores whose backup is active (see `Retention`).
+    active_backups: ActiveBackups,
     /// Serializes creating and dropping stores with the cleanup of dropped
     /// stores' dirs. Never held while a file handle or store is released.
     dirs_lock: Arc<Mutex<()>>,
@@ -114,6 +185,7 @@ impl fmt::Debug for RefEngine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RefEngine")
             .field("data_dir", &self.inner.data_dir)
+            .field("options", &self.inner.options)
             .field("stores", &self.stores())
             .finish()
     }
@@ -121,11 +193,17 @@ impl fmt::Debug for RefEngine {
 
 impl RefEngine {
     /// Opens (creating if missing) a data dir holding any number of KV
-    /// stores, recovering every store found in it (see the module docs).
+    /// stores, recovering every store found in it (see the module docs),
+    /// with the default [`RefOptions`] (retention for backup on).
     ///
     /// The path is made absolute (canonical), as snapshots list absolute
     /// paths. Fails if a remaining file is corrupt or files overlap.
     pub fn open(data_dir: impl AsRef<Path>) -> Result<RefEngine> {
+        Self::open_with(data_dir, RefOptions::default())
+    }
+
+    /// [`open`](Self::open) with `options`.
+    pub fn open_with(data_dir: impl AsRef<Path>, options: RefOptions) -> Result<RefEngine> {
         let given = data_dir.as_ref();
         let existed = given.exists();
         fs::create_dir_all(given).map_err(|e| Error::io("create data dir", given, e))?;
@@ -136,6 +214,11 @@ impl RefEngine {
             }
         }
         let dirs_lock = Arc::new(Mutex::new(()));
+        let active_backups: ActiveBackups = Arc::new(Mutex::new(HashSet::new()));
+        let retention = Retention {
+            enabled: options.retain_for_backup,
+            active: Arc::clone(&active_backups),
+        };
         let mut stores = BTreeMap::new();
         let entries = fs::read_dir(&data_dir).map_err(|e| Error::io("read dir", &data_dir, e))?;
         for entry in entries {
@@ -151,7 +234,7 @@ impl RefEngine {
                 continue;
             }
             let dir = StoreDir::new(kv, &data_dir, Arc::clone(&dirs_lock));
-            if let Some(store) = Store::recover(dir)? {
+            if let Some(store) = Store::recover(dir, retention.clone())? {
                 stores.insert(kv, Arc::new(store));
             }
         }
@@ -159,6 +242,8 @@ impl RefEngine {
         Ok(RefEngine {
             inner: Arc::new(Inner {
                 data_dir,
+                options,
+                active_backups,
                 dirs_lock,
                 stores: RwLock::new(stores),
             }),
@@ -168,6 +253,18 @@ impl RefEngine {
     /// The (absolute) data dir.
     pub fn data_dir(&self) -> &Path {
         &self.inner.data_dir
+    }
+
+    /// The options the engine was opened with.
+    pub fn options(&self) -> RefOptions {
+        self.inner.options
+    }
+
+    fn retention(&self) -> Retention {
+        Retention {
+            enabled: self.inner.options.retain_for_backup,
+            active: Arc::clone(&self.inner.active_backups),
+        }
     }
 
     fn store(&self, kv: KvId) -> Result<Arc<Store>> {
@@ -191,14 +288,16 @@ impl RefEngine {
             return Ok(());
         }
         let dir = StoreDir::new(kv, &self.inner.data_dir, Arc::clone(&self.inner.dirs_lock));
-        let store = Store::create(dir)?;
+        let store = Store::create(dir, self.retention())?;
         self.inner.stores.write().insert(kv, Arc::new(store));
         tracing::info!(kv_store = %kv, "created store");
         Ok(())
     }
 
-    /// Deletes a store and all its files (a vBucket deleted). Files still held
-    /// by a snapshot are deleted when the snapshot drops. A later
+    /// Deletes a store and all its files (a vBucket deleted), files retained
+    /// for its backup included. Files still held by a snapshot are deleted
+    /// when the snapshot drops. Whether the store's backup is active is kept
+    /// (see the module docs). A later
     /// [`create_store`](Self::create_store) or [`put`](Self::put) starts the
     /// store again from seqno 1 and file number 1, so file names are reused
     /// (numbering starts above any file a snapshot still holds).
@@ -258,29 +357,40 @@ impl RefEngine {
     }
 
     /// The newest version of `key` in store `kv`: the memtable's, else the
-    /// newest file's holding the key. `None` if absent or deleted.
+    /// newest live file's holding the key (its highest-seqno record there).
+    /// `None` if absent or deleted. Files retained for a backup are not read.
     pub fn get(&self, kv: KvId, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.store(kv)?.get(key)
     }
 
     /// Writes the memtable of store `kv` as one new immutable seqno-index file,
-    /// durably (temp file, fsync, rename, fsync dir), and returns it.
-    /// `Ok(None)` if the memtable is empty.
+    /// every mutation its own record in seqno order, durably (temp file,
+    /// fsync, rename, fsync dir), and returns it. `Ok(None)` if the memtable
+    /// is empty.
     pub fn flush(&self, kv: KvId) -> Result<Option<IndexFile>> {
         self.store(kv)?.flush()
     }
 
-    /// Merges all current files of store `kv` into one new file, keeping for
+    /// Merges all live files of store `kv` into one new file, keeping for
     /// each key only its newest version (tombstones are kept), then retires the
     /// inputs: each is deleted as soon as no snapshot holds it (immediately if
-    /// none does). `Ok(None)` if the store has fewer than 2 files.
+    /// none does) — unless it is retained for the store's active backup,
+    /// which has not reported it yet (see the module docs). `Ok(None)` if the
+    /// store has fewer than 2 live files.
     pub fn compact(&self, kv: KvId) -> Result<Option<IndexFile>> {
         self.store(kv)?.compact()
     }
 
-    /// The current live files of store `kv`, ordered by low seqno.
+    /// The current live files of store `kv`, ordered by low seqno (not the
+    /// files retained for a backup, which snapshots list too).
     pub fn files(&self, kv: KvId) -> Result<Vec<IndexFile>> {
         self.store(kv)?.files()
+    }
+
+    /// How many compaction inputs of store `kv` are retained for its backup
+    /// (listed in snapshots and kept on disk until the backup reports them).
+    pub fn retained(&self, kv: KvId) -> Result<usize> {
+        self.store(kv)?.retained()
     }
 
     /// The last seqno handed out in store `kv` (0 if none).
@@ -294,8 +404,8 @@ impl RefEngine {
     }
 }
 
-/// A snapshot of one store: its live files, each held on disk while the
-/// snapshot lives.
+/// A snapshot of one store: its live and retained files, each held on disk
+/// while the snapshot lives.
 struct RefSnapshot {
     kv: KvId,
     files: Vec<IndexFile>,
@@ -314,7 +424,7 @@ impl Snapshot for RefSnapshot {
 
 impl Engine for RefEngine {
     fn snapshot(&self, kv: KvId) -> Result<Box<dyn Snapshot>> {
-        let held = self.store(kv)?.live_files()?;
+        let held = self.store(kv)?.snapshot_files()?;
         let files = held.iter().map(|f| f.desc().clone()).collect();
         Ok(Box::new(RefSnapshot {
             kv,
@@ -325,5 +435,35 @@ impl Engine for RefEngine {
 
     fn data_dir(&self) -> Option<&Path> {
         Some(&self.inner.data_dir)
+    }
+
+    /// Marks the store's backup active and records `files` as backed up:
+    /// retained ones are released (deleted once no snapshot holds them),
+    /// live ones will be when compaction retires them.
+    fn files_backed_up(&self, kv: KvId, files: &[IndexFile]) {
+        self.inner.active_backups.lock().insert(kv);
+        let Ok(store) = self.store(kv) else {
+            return;
+        };
+        let released = store.files_backed_up(files);
+        if !released.is_empty() {
+            tracing::debug!(kv_store = %kv, released = released.len(), "backup has retained files; released");
+        }
+        // Let go of with no lock held: the last release deletes a file.
+        drop(released);
+        drop(store);
+    }
+
+    /// Marks the store's backup inactive and releases every file retained
+    /// for it.
+    fn backup_stopped(&self, kv: KvId) {
+        self.inner.active_backups.lock().remove(&kv);
+        let Ok(store) = self.store(kv) else {
+            return;
+        };
+        let released = store.backup_stopped();
+        tracing::debug!(kv_store = %kv, released = released.len(), "backup stopped; retained files released");
+        drop(released);
+        drop(store);
     }
 }

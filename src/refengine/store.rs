@@ -1,7 +1,8 @@
 //! One KV store: its memtable, its live files, flush, compaction, recovery.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -13,65 +14,110 @@ use super::format::{self, sync_dir, RecordRef};
 use super::live_file::{LiveFile, Slot};
 use super::store_dir::{self, Listing, MarkerKind, StoreDir};
 
-/// The newest version of one key in a memtable.
+/// One mutation in a memtable.
 #[derive(Clone, Debug)]
-struct MemEntry {
+struct MemRecord {
     seqno: u64,
+    key: Vec<u8>,
     /// `None` for a tombstone.
     value: Option<Vec<u8>>,
 }
 
-/// The mutations since the last flush, newest version per key. Covers the
-/// seqnos `low..=high`: every seqno handed out since the last flush.
+/// Every mutation since the last flush, each its own record, in seqno order:
+/// the seqnos `low..=high` of [`range`](Self::range), every seqno handed out
+/// since the last flush.
 #[derive(Debug, Default)]
 struct Memtable {
-    entries: HashMap<Vec<u8>, MemEntry>,
-    low: u64,
-    high: u64,
+    /// The mutations, in (strictly increasing) seqno order.
+    records: Vec<MemRecord>,
+    /// Key -> index in `records` of its newest version.
+    newest: HashMap<Vec<u8>, usize>,
 }
 
 impl Memtable {
     fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.records.is_empty()
     }
 
-    fn insert(&mut self, seqno: u64, key: Vec<u8>, value: Option<Vec<u8>>) {
-        if self.is_empty() {
-            self.low = seqno;
+    /// The seqnos covered: the first and last record's.
+    fn range(&self) -> (u64, u64) {
+        match (self.records.first(), self.records.last()) {
+            (Some(first), Some(last)) => (first.seqno, last.seqno),
+            _ => (0, 0),
         }
-        self.high = seqno;
-        self.entries.insert(key, MemEntry { seqno, value });
     }
 
-    /// Puts back the entries of `older`, a memtable taken out for a flush that
-    /// failed; entries written since take precedence.
+    /// Appends a mutation; `seqno` is above every seqno already in.
+    fn insert(&mut self, seqno: u64, key: Vec<u8>, value: Option<Vec<u8>>) {
+        debug_assert!(self.records.last().is_none_or(|r| r.seqno < seqno));
+        self.newest.insert(key.clone(), self.records.len());
+        self.records.push(MemRecord { seqno, key, value });
+    }
+
+    /// The newest version of `key`, if the memtable has one.
+    fn get(&self, key: &[u8]) -> Option<&MemRecord> {
+        self.newest.get(key).map(|&i| &self.records[i])
+    }
+
+    /// Puts back the records of `older`, a memtable taken out for a flush
+    /// that failed: they precede (by seqno) every record written since.
     fn merge_older(&mut self, older: &Memtable) {
         if older.is_empty() {
             return;
         }
-        if self.is_empty() {
-            self.high = older.high;
-        }
-        self.low = older.low;
-        for (k, e) in &older.entries {
-            self.entries.entry(k.clone()).or_insert_with(|| e.clone());
+        let newer = std::mem::take(self);
+        for r in older.records.iter().cloned().chain(newer.records) {
+            self.insert(r.seqno, r.key, r.value);
         }
     }
 
-    /// The entries sorted by seqno, as records to write.
+    /// Every record in seqno order, to write.
     fn sorted_records(&self) -> Vec<RecordRef<'_>> {
-        let mut records: Vec<RecordRef<'_>> = self
-            .entries
+        self.records
             .iter()
-            .map(|(k, e)| RecordRef {
-                seqno: e.seqno,
-                key: k,
-                value: e.value.as_deref(),
+            .map(|r| RecordRef {
+                seqno: r.seqno,
+                key: &r.key,
+                value: r.value.as_deref(),
             })
-            .collect();
-        records.sort_unstable_by_key(|r| r.seqno);
-        records
+            .collect()
     }
+}
+
+/// Which stores' backups are active, shared by the engine and its stores: set
+/// by [`Engine::files_backed_up`](crate::engine::Engine::files_backed_up),
+/// cleared by `backup_stopped`. Kept per store id, so it outlives a store
+/// dropped and created again while its backup runs. A leaf lock: nothing is
+/// locked while it is held.
+pub(super) type ActiveBackups = Arc<Mutex<HashSet<KvId>>>;
+
+/// What a store needs to know to keep compaction inputs for its backup.
+#[derive(Clone)]
+pub(super) struct Retention {
+    /// `RefOptions::retain_for_backup`.
+    pub enabled: bool,
+    /// The engine's set of stores whose backup is active.
+    pub active: ActiveBackups,
+}
+
+impl Retention {
+    /// Whether compaction keeps the inputs the backup has not reported.
+    fn retains(&self, kv: KvId) -> bool {
+        self.enabled && self.active.lock().contains(&kv)
+    }
+}
+
+/// How a file is recognised in a report of `files_backed_up`: its absolute
+/// path and its file id (inode), which tells it apart from an earlier file of
+/// the same name.
+type FileKey = (PathBuf, Option<u64>);
+
+fn key_of(f: &IndexFile) -> FileKey {
+    (f.path().to_path_buf(), f.file_id())
+}
+
+fn same_file(a: &IndexFile, b: &IndexFile) -> bool {
+    a.path() == b.path() && a.file_id() == b.file_id()
 }
 
 /// Everything about a store that `put` and `snapshot` touch. Never held across
@@ -82,6 +128,13 @@ struct State {
     flushing: Option<Arc<Memtable>>,
     /// Live files, ordered by seqno range (which is also file number order).
     files: Vec<Arc<LiveFile>>,
+    /// Compaction inputs kept (already marked obsolete) because the backup
+    /// had not reported them when they were retired: listed by snapshots,
+    /// not read by `get`. In retirement order.
+    retained: Vec<Arc<LiveFile>>,
+    /// Live files the backup reported: a compaction releases them at once.
+    /// Only ever holds keys of files in `files`.
+    backed_up: HashSet<FileKey>,
     next_seqno: u64,
     next_file_number: u64,
     /// Set by `drop_store`; every later call fails with `UnknownKvStore`.
@@ -96,18 +149,28 @@ pub(super) struct Store {
     /// changes under it and file IO happens outside `state`.
     io: Mutex<()>,
     state: Mutex<State>,
+    retention: Retention,
 }
 
 impl Store {
-    fn new(dir: Arc<StoreDir>, files: Vec<Arc<LiveFile>>, next_seqno: u64, next_file_number: u64) -> Store {
+    fn new(
+        dir: Arc<StoreDir>,
+        retention: Retention,
+        files: Vec<Arc<LiveFile>>,
+        next_seqno: u64,
+        next_file_number: u64,
+    ) -> Store {
         Store {
             kv: dir.kv(),
             dir,
             io: Mutex::new(()),
+            retention,
             state: Mutex::new(State {
                 memtable: Memtable::default(),
                 flushing: None,
                 files,
+                retained: Vec::new(),
+                backed_up: HashSet::new(),
                 next_seqno,
                 next_file_number,
                 dropped: false,
@@ -124,7 +187,7 @@ impl Store {
     ///
     /// If the dir is still there because files of a dropped incarnation are
     /// held by snapshots, the new incarnation numbers its files above them.
-    pub(super) fn create(dir: StoreDir) -> Result<Store> {
+    pub(super) fn create(dir: StoreDir, retention: Retention) -> Result<Store> {
         let path = dir.path().to_path_buf();
         let next_file_number = match Listing::read(&path)? {
             None => {
@@ -149,14 +212,23 @@ impl Store {
                 lingering + 1
             }
         };
-        Ok(Store::new(Arc::new(dir), Vec::new(), 1, next_file_number))
+        Ok(Store::new(
+            Arc::new(dir),
+            retention,
+            Vec::new(),
+            1,
+            next_file_number,
+        ))
     }
 
     /// Recovers the store in `dir` (which exists): removes temp files, files
     /// made obsolete by a drop (marker) or a compaction (range contained in a
     /// higher-numbered file's), and loads the rest. `None` if the store was
     /// dropped.
-    pub(super) fn recover(dir: StoreDir) -> Result<Option<Store>> {
+    ///
+    /// Files retained for a backup are not recorded as such: they are
+    /// compaction inputs, so the containment rule removes them too.
+    pub(super) fn recover(dir: StoreDir, retention: Retention) -> Result<Option<Store>> {
         let kv = dir.kv();
         let path = dir.path().to_path_buf();
         let Some(listing) = Listing::read(&path)? else {
@@ -205,7 +277,8 @@ impl Store {
             decoded.insert(*number, (records, offsets));
         }
         // A compaction writes its output before deleting its inputs; a crash
-        // in between leaves inputs whose range the output's contains.
+        // in between, or while inputs were retained for a backup, leaves
+        // inputs whose range the output's contains.
         let obsolete: Vec<u64> = found
             .iter()
             .filter(|f| {
@@ -254,6 +327,8 @@ impl Store {
             let (records, offsets) = decoded.remove(&f.number).unwrap_or_default();
             let meta = fs::metadata(&f.path).map_err(|e| Error::io("stat", &f.path, e))?;
             let (len, ino) = (meta.len(), std::os::unix::fs::MetadataExt::ino(&meta));
+            // Records are in seqno order, so a repeated key ends up at its
+            // newest version's slot.
             let index = records
                 .into_iter()
                 .zip(offsets)
@@ -278,7 +353,13 @@ impl Store {
             next_file_number,
             "recovered store"
         );
-        Ok(Some(Store::new(dir, files, next_seqno, next_file_number)))
+        Ok(Some(Store::new(
+            dir,
+            retention,
+            files,
+            next_seqno,
+            next_file_number,
+        )))
     }
 
     /// Applies a put (`Some(value)`) or a delete (`None`) and returns its
@@ -305,7 +386,8 @@ impl Store {
     }
 
     /// The newest version of `key`: memtable, then the memtable being
-    /// flushed, then files newest first.
+    /// flushed, then live files newest first (never a retained file: the
+    /// compaction output that retired it holds its newest versions).
     pub(super) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let files = {
             let st = self.state.lock();
@@ -314,9 +396,8 @@ impl Store {
             }
             let in_memory = st
                 .memtable
-                .entries
                 .get(key)
-                .or_else(|| st.flushing.as_ref().and_then(|m| m.entries.get(key)));
+                .or_else(|| st.flushing.as_ref().and_then(|m| m.get(key)));
             if let Some(e) = in_memory {
                 return Ok(e.value.clone());
             }
@@ -330,13 +411,53 @@ impl Store {
         Ok(None)
     }
 
-    /// The live files, held.
-    pub(super) fn live_files(&self) -> Result<Vec<Arc<LiveFile>>> {
+    /// What a snapshot lists, held: the live files and the retained ones,
+    /// ordered by low seqno (then high seqno; ranges may overlap).
+    pub(super) fn snapshot_files(&self) -> Result<Vec<Arc<LiveFile>>> {
         let st = self.state.lock();
         if st.dropped {
             return Err(self.unknown());
         }
-        Ok(st.files.clone())
+        let mut files: Vec<Arc<LiveFile>> = st.retained.iter().chain(&st.files).cloned().collect();
+        files.sort_by_key(|f| (f.desc().low_seqno(), f.desc().high_seqno()));
+        Ok(files)
+    }
+
+    /// How many compaction inputs are retained for the backup.
+    pub(super) fn retained(&self) -> Result<usize> {
+        let st = self.state.lock();
+        if st.dropped {
+            return Err(self.unknown());
+        }
+        Ok(st.retained.len())
+    }
+
+    /// Records that the backup has `files`: a retained one is released (and
+    /// returned, for the caller to let go of with no lock held, which deletes
+    /// it unless a snapshot holds it); a live one is released by the
+    /// compaction that retires it. Files the store no longer has are ignored.
+    pub(super) fn files_backed_up(&self, files: &[IndexFile]) -> Vec<Arc<LiveFile>> {
+        let mut st = self.state.lock();
+        let mut released = Vec::new();
+        if st.dropped {
+            return released;
+        }
+        for f in files {
+            if let Some(i) = st.retained.iter().position(|r| same_file(r.desc(), f)) {
+                released.push(st.retained.remove(i));
+            } else if st.files.iter().any(|l| same_file(l.desc(), f)) {
+                st.backed_up.insert(key_of(f));
+            }
+        }
+        released
+    }
+
+    /// The backup stopped: forgets what it reported and returns every
+    /// retained file, to be let go of with no lock held.
+    pub(super) fn backup_stopped(&self) -> Vec<Arc<LiveFile>> {
+        let mut st = self.state.lock();
+        st.backed_up.clear();
+        std::mem::take(&mut st.retained)
     }
 
     /// The live files, described.
@@ -374,7 +495,8 @@ impl Store {
             st.next_file_number += 1;
             (mem, number)
         };
-        let written = self.write_file(number, mem.low, mem.high, &mem.sorted_records());
+        let (low, high) = mem.range();
+        let written = self.write_file(number, low, high, &mem.sorted_records());
         let mut st = self.state.lock();
         st.flushing = None;
         match written {
@@ -387,7 +509,7 @@ impl Store {
                     file = desc.name(),
                     low = desc.low_seqno(),
                     high = desc.high_seqno(),
-                    records = mem.entries.len(),
+                    records = mem.records.len(),
                     "flushed"
                 );
                 Ok(Some(desc))
@@ -401,7 +523,11 @@ impl Store {
         }
     }
 
-    /// Merges every live file into one and retires the inputs.
+    /// Merges every live file into one and retires the inputs. An input is
+    /// retained (kept listed in snapshots and on disk, no longer read) if
+    /// retention is enabled, the store's backup is active and has not
+    /// reported the input; the others are deleted once no snapshot holds
+    /// them.
     pub(super) fn compact(&self) -> Result<Option<IndexFile>> {
         let _io = self.io.lock();
         let (inputs, number) = {
@@ -418,24 +544,35 @@ impl Store {
         };
         let output = self.merge(&inputs, number)?;
         let desc = output.desc().clone();
-        let replaced = {
+        let (replaced, retained) = {
             let mut st = self.state.lock();
+            let retain = self.retention.retains(self.kv);
             // `io` is held, so the list is still exactly `inputs`.
             for f in &inputs {
                 f.mark_obsolete();
             }
-            std::mem::replace(&mut st.files, vec![Arc::new(output)])
+            let replaced = std::mem::replace(&mut st.files, vec![Arc::new(output)]);
+            let mut retained = 0;
+            for f in &replaced {
+                let reported = st.backed_up.remove(&key_of(f.desc()));
+                if retain && !reported {
+                    st.retained.push(Arc::clone(f));
+                    retained += 1;
+                }
+            }
+            (replaced, retained)
         };
         tracing::info!(
             kv_store = %self.kv,
             file = desc.name(),
             inputs = inputs.len(),
+            retained_for_backup = retained,
             low = desc.low_seqno(),
             high = desc.high_seqno(),
             "compacted"
         );
-        // Deletes every input no snapshot holds; the others go when their
-        // last snapshot drops.
+        // Deletes every input neither a snapshot nor the retained list holds;
+        // the others go when their last holder lets go.
         drop(replaced);
         drop(inputs);
         Ok(Some(desc))
@@ -475,6 +612,7 @@ impl Store {
         let dest = dir.join(format::file_name(number));
         let tmp = dir.join(format::temp_file_name(number));
         let written = format::write_index_file(&tmp, &dest, low, high, records)?;
+        // In seqno order: a repeated key ends up at its newest version's slot.
         let index = records
             .iter()
             .zip(written.value_offsets)
@@ -498,8 +636,9 @@ impl Store {
     }
 
     /// The store part of `drop_store`: durably marks the dir dropped, then
-    /// retires every file. Returns the files, to be released by the caller
-    /// once it holds no lock (the last release may clean the dir up).
+    /// retires every file, retained ones included. Returns the files, to be
+    /// released by the caller once it holds no lock (the last release may
+    /// clean the dir up).
     pub(super) fn retire(&self) -> Result<Vec<Arc<LiveFile>>> {
         let _io = self.io.lock();
         let used = {
@@ -521,7 +660,9 @@ impl Store {
         let mut st = self.state.lock();
         st.dropped = true;
         st.memtable = Memtable::default();
-        let files = std::mem::take(&mut st.files);
+        let mut files = std::mem::take(&mut st.files);
+        files.append(&mut st.retained);
+        st.backed_up.clear();
         for f in &files {
             f.mark_obsolete();
         }
@@ -548,11 +689,28 @@ mod tests {
         let mut now = Memtable::default();
         now.insert(3, b"a".to_vec(), Some(b"new".to_vec()));
         now.merge_older(&older);
-        assert_eq!((now.low, now.high), (1, 3));
-        assert_eq!(now.entries[&b"a"[..]].value.as_deref(), Some(&b"new"[..]));
-        assert_eq!(now.entries[&b"b"[..]].seqno, 2);
+        assert_eq!(now.range(), (1, 3));
+        assert_eq!(now.get(b"a").unwrap().value.as_deref(), Some(&b"new"[..]));
+        assert_eq!(now.get(b"b").unwrap().seqno, 2);
+        let seqnos: Vec<u64> = now.sorted_records().iter().map(|r| r.seqno).collect();
+        assert_eq!(seqnos, vec![1, 2, 3], "every version kept, in seqno order");
         let mut empty = Memtable::default();
         empty.merge_older(&older);
-        assert_eq!((empty.low, empty.high, empty.entries.len()), (1, 2, 2));
+        assert_eq!((empty.range(), empty.records.len()), ((1, 2), 2));
+    }
+
+    #[test]
+    fn the_memtable_keeps_every_version_and_reads_the_newest() {
+        let mut m = Memtable::default();
+        assert!(m.is_empty());
+        m.insert(4, b"k".to_vec(), Some(b"1".to_vec()));
+        m.insert(5, b"k".to_vec(), None);
+        m.insert(6, b"k".to_vec(), Some(b"3".to_vec()));
+        assert_eq!(m.range(), (4, 6));
+        assert_eq!(m.get(b"k").unwrap().seqno, 6);
+        let records = m.sorted_records();
+        assert_eq!(records.len(), 3);
+        assert!(records.iter().all(|r| r.key == b"k"));
+        assert_eq!(records[1].value, None);
     }
 }

@@ -83,8 +83,14 @@ fn flush_writes_a_file_that_read_index_file_reads_back_exactly() {
     let (footer, back) = read_index_file(file.path()).unwrap();
     assert_eq!(
         back,
-        vec![rec(3, "a", Some("3")), rec(4, "b", None), rec(5, "c", Some(""))],
-        "newest version per key, in seqno order"
+        vec![
+            rec(1, "a", Some("1")),
+            rec(2, "b", Some("2")),
+            rec(3, "a", Some("3")),
+            rec(4, "b", None),
+            rec(5, "c", Some(""))
+        ],
+        "every version, in seqno order"
     );
     assert_eq!(
         (
@@ -93,7 +99,7 @@ fn flush_writes_a_file_that_read_index_file_reads_back_exactly() {
             footer.low_seqno,
             footer.high_seqno
         ),
-        (format::FORMAT_VERSION, 3, 1, 5)
+        (format::FORMAT_VERSION, 5, 1, 5)
     );
     assert_eq!(e.files(KV).unwrap(), vec![file.clone()]);
     assert_eq!(
@@ -627,4 +633,404 @@ fn snapshots_taken_under_a_concurrent_writer_list_complete_files() {
         "every retired file was deleted"
     );
     assert_eq!(e.get(KV, b"k3").unwrap(), Some(1458u32.to_le_bytes().to_vec()));
+}
+
+// ---- Every version kept until compaction ----
+
+#[test]
+fn a_flush_keeps_every_version_of_a_key_and_get_returns_the_newest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = open(&tmp);
+    e.put(KV, b"k", b"first").unwrap(); // 1
+    e.put(KV, b"other", b"x").unwrap(); // 2
+    e.put(KV, b"k", b"second").unwrap(); // 3
+    assert_eq!(
+        e.get(KV, b"k").unwrap().as_deref(),
+        Some(&b"second"[..]),
+        "memtable: newest"
+    );
+    let file = flush(&e, KV);
+    assert_eq!(
+        records(&file),
+        vec![
+            rec(1, "k", Some("first")),
+            rec(2, "other", Some("x")),
+            rec(3, "k", Some("second"))
+        ],
+        "both versions of `k`, in seqno order"
+    );
+    assert_eq!(
+        e.get(KV, b"k").unwrap().as_deref(),
+        Some(&b"second"[..]),
+        "file: newest"
+    );
+
+    // A tombstone after a put in one flush: the tombstone is the newest.
+    e.put(KV, b"gone", b"v").unwrap(); // 4
+    e.delete(KV, b"gone").unwrap(); // 5
+    let second = flush(&e, KV);
+    assert_eq!(
+        records(&second),
+        vec![rec(4, "gone", Some("v")), rec(5, "gone", None)]
+    );
+    assert_eq!(e.get(KV, b"gone").unwrap(), None);
+
+    // The index rebuilt on open also points at the newest version.
+    drop(e);
+    let e = open(&tmp);
+    assert_eq!(e.get(KV, b"k").unwrap().as_deref(), Some(&b"second"[..]));
+    assert_eq!(e.get(KV, b"gone").unwrap(), None);
+    // Compaction still keeps only the newest version of each key.
+    let out = e.compact(KV).unwrap().unwrap();
+    assert_eq!(
+        records(&out),
+        vec![
+            rec(2, "other", Some("x")),
+            rec(3, "k", Some("second")),
+            rec(5, "gone", None)
+        ]
+    );
+}
+
+#[test]
+fn read_index_file_accepts_repeated_keys_but_rejects_out_of_order_seqnos() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let versions = vec![rec(1, "k", Some("a")), rec(2, "k", Some("b")), rec(4, "k", None)];
+    let len = write_index_file_durably(dir, "000000000001.sqi", &versions, 1, 5).unwrap();
+    let path = dir.join("000000000001.sqi");
+    assert_eq!(fs::metadata(&path).unwrap().len(), len);
+    assert_eq!(names(dir), vec!["000000000001.sqi"], "no temp left");
+    let (footer, back) = read_index_file(&path).unwrap();
+    assert_eq!(back, versions);
+    assert_eq!(
+        (footer.record_count, footer.low_seqno, footer.high_seqno),
+        (3, 1, 5)
+    );
+
+    // The writer refuses records out of order, and writes nothing.
+    let swapped = vec![rec(2, "k", Some("b")), rec(1, "k", Some("a"))];
+    let err = write_index_file_durably(dir, "000000000002.sqi", &swapped, 1, 5).unwrap_err();
+    assert!(matches!(&err, Error::Io { .. }), "{err}");
+    let equal = vec![rec(2, "k", Some("a")), rec(2, "j", Some("b"))];
+    assert!(write_index_file_durably(dir, "000000000002.sqi", &equal, 1, 5).is_err());
+    assert!(write_index_file_durably(dir, "000000000002.sqi", &versions, 0, 5).is_err());
+    assert!(write_index_file_durably(dir, ".hidden", &versions, 1, 5).is_err());
+    assert!(
+        write_index_file_durably(dir, "000000000001.sqi", &versions, 1, 5).is_err(),
+        "exists"
+    );
+    assert_eq!(names(dir), vec!["000000000001.sqi"]);
+
+    // The reader refuses them too, even in a file with a valid checksum:
+    // the first record's seqno becomes 2, equal to the second's.
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[..8].copy_from_slice(&2u64.to_le_bytes());
+    let n = bytes.len();
+    let crc = crc32fast::hash(&bytes[..n - 4]);
+    bytes[n - 4..].copy_from_slice(&crc.to_le_bytes());
+    let bad = dir.join("bad.sqi");
+    fs::write(&bad, &bytes).unwrap();
+    let err = read_index_file(&bad).unwrap_err();
+    assert!(
+        matches!(&err, Error::Corrupt { reason, .. } if reason.contains("does not follow")),
+        "{err}"
+    );
+}
+
+// ---- Retention for backup ----
+
+/// Overwrites, in the file at `path`, every occurrence of `from` with `to`
+/// (same length), as if the file held other values. A `get` that read the
+/// file would return `to`.
+fn poison(path: &Path, from: &[u8], to: &[u8]) {
+    assert_eq!(from.len(), to.len());
+    let mut bytes = fs::read(path).unwrap();
+    let mut found = false;
+    for i in 0..=bytes.len() - from.len() {
+        if &bytes[i..i + from.len()] == from {
+            bytes[i..i + from.len()].copy_from_slice(to);
+            found = true;
+        }
+    }
+    assert!(found, "{} holds no {:?}", path.display(), from);
+    fs::write(path, bytes).unwrap();
+}
+
+fn listed(snap: &dyn Snapshot) -> Vec<String> {
+    snap.files().iter().map(|f| f.name().to_owned()).collect()
+}
+
+#[test]
+fn an_input_the_active_backup_has_not_reported_is_retained_until_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = open(&tmp);
+    e.put(KV, b"a", b"v1").unwrap(); // 1
+    let f1 = flush(&e, KV);
+    e.files_backed_up(KV, std::slice::from_ref(&f1));
+    e.put(KV, b"a", b"v2").unwrap(); // 2
+    e.put(KV, b"a", b"v3").unwrap(); // 3
+    let f2 = flush(&e, KV);
+
+    let out = e.compact(KV).unwrap().unwrap();
+    assert_eq!(e.retained(KV).unwrap(), 1);
+    assert!(
+        !f1.path().exists(),
+        "reported before the compaction: deleted at once"
+    );
+    assert!(f2.path().exists(), "not reported: kept on disk");
+    assert_eq!(e.files(KV).unwrap(), vec![out.clone()], "not a live file");
+    let snap = e.snapshot(KV).unwrap();
+    assert_eq!(
+        snap.files(),
+        &[out.clone(), f2.clone()],
+        "listed, ordered by low seqno (1..=3, then 2..=3)"
+    );
+    assert_eq!(records(&f2).len(), 2, "with its intermediate version");
+
+    // `get` reads the output, never the retained file.
+    poison(f2.path(), b"v3", b"XX");
+    assert_eq!(e.get(KV, b"a").unwrap().as_deref(), Some(&b"v3"[..]));
+
+    // Reported (by a round holding a snapshot): released, deleted once no
+    // snapshot holds it.
+    e.files_backed_up(KV, std::slice::from_ref(&f2));
+    assert_eq!(e.retained(KV).unwrap(), 0);
+    assert_eq!(listed(&*e.snapshot(KV).unwrap()), vec![out.name()]);
+    assert!(f2.path().exists(), "the snapshot still holds it");
+    drop(snap);
+    assert!(!f2.path().exists(), "deleted with the last snapshot");
+    assert_eq!(names(&store_dir(&e, KV)), vec![out.name()]);
+
+    // Reported while no snapshot holds it: deleted at once.
+    e.put(KV, b"b", b"1").unwrap();
+    let f3 = flush(&e, KV);
+    e.compact(KV).unwrap().unwrap();
+    assert_eq!(e.retained(KV).unwrap(), 2, "the first output and f3");
+    assert!(out.path().exists() && f3.path().exists());
+    e.files_backed_up(KV, &[out.clone(), f3.clone()]);
+    assert_eq!(e.retained(KV).unwrap(), 0);
+    assert!(!out.path().exists() && !f3.path().exists());
+}
+
+#[test]
+fn backup_stopped_releases_every_retained_file_and_forgets_the_reported_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = open(&tmp);
+    e.files_backed_up(KV, &[]); // an empty round activates the backup
+    e.put(KV, b"a", b"1").unwrap();
+    let f1 = flush(&e, KV);
+    e.put(KV, b"a", b"2").unwrap();
+    let f2 = flush(&e, KV);
+    let out = e.compact(KV).unwrap().unwrap();
+    assert_eq!(e.retained(KV).unwrap(), 2);
+    assert_eq!(
+        listed(&*e.snapshot(KV).unwrap()),
+        vec![f1.name(), out.name(), f2.name()],
+        "ordered by low seqno, ties by high seqno"
+    );
+    let snap = e.snapshot(KV).unwrap();
+
+    e.backup_stopped(KV);
+    assert_eq!(e.retained(KV).unwrap(), 0);
+    assert!(f1.path().exists() && f2.path().exists(), "held by the snapshot");
+    drop(snap);
+    assert!(!f1.path().exists() && !f2.path().exists());
+    assert_eq!(listed(&*e.snapshot(KV).unwrap()), vec![out.name()]);
+
+    // Inactive now: a compaction deletes its inputs.
+    e.put(KV, b"b", b"1").unwrap();
+    let f3 = flush(&e, KV);
+    let out2 = e.compact(KV).unwrap().unwrap();
+    assert_eq!(e.retained(KV).unwrap(), 0);
+    assert!(!out.path().exists() && !f3.path().exists());
+
+    // What was reported before a stop is forgotten: after a new start that
+    // has not reported `out2` yet, compacting it retains it.
+    e.files_backed_up(KV, std::slice::from_ref(&out2));
+    e.backup_stopped(KV);
+    e.files_backed_up(KV, &[]);
+    e.put(KV, b"c", b"1").unwrap();
+    let f4 = flush(&e, KV);
+    e.files_backed_up(KV, std::slice::from_ref(&f4));
+    e.compact(KV).unwrap().unwrap();
+    assert_eq!(e.retained(KV).unwrap(), 1, "out2 retained, f4 released");
+    assert!(out2.path().exists() && !f4.path().exists());
+}
+
+#[test]
+fn without_retain_for_backup_compaction_deletes_its_inputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = RefOptions {
+        retain_for_backup: false,
+    };
+    let e = RefEngine::open_with(tmp.path().join("data"), options).unwrap();
+    assert_eq!(e.options(), options);
+    assert!(RefOptions::default().retain_for_backup, "on by default");
+    e.files_backed_up(KV, &[]);
+    e.put(KV, b"a", b"1").unwrap();
+    let f1 = flush(&e, KV);
+    e.put(KV, b"a", b"2").unwrap();
+    let f2 = flush(&e, KV);
+    let out = e.compact(KV).unwrap().unwrap();
+    assert_eq!(e.retained(KV).unwrap(), 0);
+    assert!(!f1.path().exists() && !f2.path().exists());
+    assert_eq!(listed(&*e.snapshot(KV).unwrap()), vec![out.name()]);
+}
+
+#[test]
+fn a_store_whose_backup_never_reported_deletes_inputs_at_compaction() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = open(&tmp);
+    // Another store's backup is active; this one's never was.
+    e.files_backed_up(KvId(8), &[]);
+    e.put(KV, b"a", b"1").unwrap();
+    let f1 = flush(&e, KV);
+    e.put(KV, b"a", b"2").unwrap();
+    let f2 = flush(&e, KV);
+    let out = e.compact(KV).unwrap().unwrap();
+    assert_eq!(e.retained(KV).unwrap(), 0);
+    assert!(!f1.path().exists() && !f2.path().exists());
+    assert_eq!(names(&store_dir(&e, KV)), vec![out.name()]);
+}
+
+#[test]
+fn drop_store_releases_retained_files_and_the_backup_stays_active() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = open(&tmp);
+    e.files_backed_up(KV, &[]);
+    e.put(KV, b"a", b"1").unwrap();
+    let f1 = flush(&e, KV);
+    e.put(KV, b"a", b"2").unwrap();
+    let f2 = flush(&e, KV);
+    e.compact(KV).unwrap().unwrap();
+    assert_eq!(e.retained(KV).unwrap(), 2);
+
+    e.drop_store(KV).unwrap();
+    assert!(!f1.path().exists() && !f2.path().exists());
+    assert!(!store_dir(&e, KV).exists(), "nothing left: the dir is gone");
+    assert!(matches!(e.retained(KV), Err(Error::UnknownKvStore { .. })));
+    // Reports for a store that is gone are ignored.
+    e.files_backed_up(KV, std::slice::from_ref(&f1));
+
+    // Created again while its backup runs: retention applies at once.
+    e.put(KV, b"b", b"1").unwrap();
+    flush(&e, KV);
+    e.put(KV, b"b", b"2").unwrap();
+    flush(&e, KV);
+    e.compact(KV).unwrap().unwrap();
+    assert_eq!(e.retained(KV).unwrap(), 2);
+}
+
+#[test]
+fn retained_files_are_removed_by_recovery_after_a_crash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (f1, f2, out);
+    {
+        let e = open(&tmp);
+        e.files_backed_up(KV, &[]);
+        e.put(KV, b"a", b"1").unwrap();
+        f1 = flush(&e, KV);
+        e.put(KV, b"a", b"2").unwrap();
+        f2 = flush(&e, KV);
+        out = e.compact(KV).unwrap().unwrap();
+        assert_eq!(e.retained(KV).unwrap(), 2);
+        // The crash: nothing is released.
+        std::mem::forget(e);
+    }
+    assert!(f1.path().exists() && f2.path().exists());
+    let e = open(&tmp);
+    assert_eq!(e.files(KV).unwrap(), vec![out.clone()]);
+    assert_eq!(e.retained(KV).unwrap(), 0, "retention is not persisted");
+    assert_eq!(names(&store_dir(&e, KV)), vec![out.name()]);
+    assert_eq!(e.get(KV, b"a").unwrap().as_deref(), Some(&b"2"[..]));
+}
+
+/// Drives one store with writes, flushes and compactions while a simulated
+/// backup takes a snapshot every few steps, copies the records of the files
+/// it has not seen and reports them. Returns whether every seqno the backup
+/// covers restores exactly: for each key the newest backed-up version at or
+/// below it equals the oracle's.
+fn backup_restores_exactly(options: RefOptions) -> bool {
+    use std::collections::{BTreeMap, HashMap, HashSet};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let e = RefEngine::open_with(tmp.path().join("data"), options).unwrap();
+    let mut history: Vec<(u64, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+    let mut seen: HashSet<(PathBuf, Option<u64>)> = HashSet::new();
+    let mut backed_up: Vec<Record> = Vec::new();
+    let mut covered = 0;
+    let mut round = |e: &RefEngine, backed_up: &mut Vec<Record>, covered: &mut u64| {
+        let snap = e.snapshot(KV).unwrap();
+        let mut new = Vec::new();
+        for f in snap.files() {
+            if seen.insert((f.path().to_path_buf(), f.file_id())) {
+                backed_up.extend(records(f));
+                *covered = (*covered).max(f.high_seqno());
+                new.push(f.clone());
+            }
+        }
+        e.files_backed_up(KV, &new);
+    };
+    // Seeded, deterministic: a small linear congruential generator.
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = |n: u64| {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (x >> 33) % n
+    };
+    e.create_store(KV).unwrap();
+    round(&e, &mut backed_up, &mut covered);
+    for step in 0..400 {
+        let key = format!("k{}", next(5)).into_bytes();
+        if next(4) == 0 {
+            history.push((e.delete(KV, &key).unwrap(), key, None));
+        } else {
+            let value = format!("v{step}").into_bytes();
+            history.push((e.put(KV, &key, &value).unwrap(), key, Some(value)));
+        }
+        if next(3) == 0 {
+            e.flush(KV).unwrap();
+        }
+        if next(7) == 0 {
+            e.compact(KV).unwrap();
+        }
+        if next(9) == 0 {
+            round(&e, &mut backed_up, &mut covered);
+        }
+    }
+    e.flush(KV).unwrap();
+    round(&e, &mut backed_up, &mut covered);
+    assert_eq!(covered, history.len() as u64, "the backup covers every seqno");
+
+    let mut exact = true;
+    for s in 1..=covered {
+        let mut oracle: BTreeMap<&[u8], Option<&[u8]>> = BTreeMap::new();
+        for (_, k, v) in history.iter().filter(|(seqno, ..)| *seqno <= s) {
+            oracle.insert(k, v.as_deref());
+        }
+        let mut restored: HashMap<&[u8], (u64, Option<&[u8]>)> = HashMap::new();
+        for r in backed_up.iter().filter(|r| r.seqno <= s) {
+            let e = restored.entry(&r.key).or_insert((0, None));
+            if r.seqno >= e.0 {
+                *e = (r.seqno, r.value.as_deref());
+            }
+        }
+        let restored: BTreeMap<&[u8], Option<&[u8]>> =
+            restored.into_iter().map(|(k, (_, v))| (k, v)).collect();
+        exact &= restored == oracle;
+    }
+    exact
+}
+
+#[test]
+fn with_retention_every_covered_seqno_restores_exactly_and_without_it_not() {
+    assert!(backup_restores_exactly(RefOptions::default()));
+    assert!(
+        !backup_restores_exactly(RefOptions {
+            retain_for_backup: false
+        }),
+        "without retention, compaction drops versions the backup never saw"
+    );
 }
