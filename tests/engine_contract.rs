@@ -214,14 +214,15 @@ async fn the_snapshot_keeps_its_files_until_the_callback_returns() {
     let (alive, listed) = blocking(move || rx.recv().unwrap()).await;
     assert!(alive, "compaction deleted a file the snapshot lists");
     // The snapshot drops just after the callback returns.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while listed.iter().any(|f| f.path().exists()) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "inputs kept after the snapshot dropped"
-        );
-        actix_rt::time::sleep(ms(10)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "inputs kept after the snapshot dropped",
+        || {
+            let gone = listed.iter().all(|f| !f.path().exists());
+            async move { gone.then_some(()) }
+        },
+    )
+    .await;
 }
 
 #[actix_rt::test]

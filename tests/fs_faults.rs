@@ -69,22 +69,25 @@ async fn a_full_disk_fails_rounds_cleanly_backs_off_and_catches_up_while_others_
         "the round after the fault catches up"
     );
     // The round finishes (and clears the error) just after its callback returns.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while backup
-        .status()
-        .await
-        .unwrap()
-        .store(sick)
-        .unwrap()
-        .last_error
-        .is_some()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the error stayed after a good round"
-        );
-        actix_rt::time::sleep(ms(5)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "the error stayed after a good round",
+        || {
+            let backup = backup.clone();
+            async move {
+                backup
+                    .status()
+                    .await
+                    .unwrap()
+                    .store(sick)
+                    .unwrap()
+                    .last_error
+                    .is_none()
+                    .then_some(())
+            }
+        },
+    )
+    .await;
 }
 
 #[actix_rt::test]
@@ -122,15 +125,20 @@ async fn read_only_and_permission_errors_are_typed_and_leave_nothing_half_writte
     // A link refused for permissions: the error says what to check.
     let _acces = faults::inject(&dir, FsOp::Link, EACCES);
     let new = fx.flush_some(kv, 1);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let err = loop {
-        let s = backup.status().await.unwrap();
-        if let Some(e) = s.store(kv).unwrap().last_error.clone() {
-            break e;
+    let err = eventually(Duration::from_secs(10), "no round failed", || {
+        let backup = backup.clone();
+        async move {
+            backup
+                .status()
+                .await
+                .unwrap()
+                .store(kv)
+                .unwrap()
+                .last_error
+                .clone()
         }
-        assert!(std::time::Instant::now() < deadline, "no round failed");
-        actix_rt::time::sleep(ms(10)).await;
-    };
+    })
+    .await;
     assert!(
         err.contains("permission denied") && err.contains(new.name()),
         "{err}"

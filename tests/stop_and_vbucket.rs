@@ -120,11 +120,15 @@ async fn vbucket_flapping_ends_with_exactly_the_active_ones_running() {
     }
     // A store whose last state is Active and whose previous start still
     // drains runs as soon as that start has ended.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while backup.status().await.unwrap().running() != expected {
-        assert!(Instant::now() < deadline, "never settled on the active ones");
-        actix_rt::time::sleep(ms(10)).await;
-    }
+    eventually(
+        Duration::from_secs(20),
+        "never settled on the active ones",
+        || {
+            let (backup, expected) = (backup.clone(), expected.clone());
+            async move { (backup.status().await.unwrap().running() == expected).then_some(()) }
+        },
+    )
+    .await;
     assert!(
         !expected.is_empty() && expected.len() < 64,
         "the seed exercises both outcomes"

@@ -21,6 +21,19 @@ pub(super) enum Slot {
     Tombstone,
 }
 
+impl Slot {
+    /// The slot of a record whose value (`None`: a delete) is at `offset`.
+    pub(super) fn of(value: Option<&[u8]>, offset: u64) -> Slot {
+        match value {
+            None => Slot::Tombstone,
+            Some(v) => Slot::Value {
+                offset,
+                len: v.len() as u32,
+            },
+        }
+    }
+}
+
 /// One seqno-index file of a store, shared by the store's file list, by
 /// snapshots and by in-flight reads.
 ///

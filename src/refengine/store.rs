@@ -333,13 +333,7 @@ impl Store {
                 .into_iter()
                 .zip(offsets)
                 .map(|(r, offset)| {
-                    let slot = match r.value {
-                        None => Slot::Tombstone,
-                        Some(v) => Slot::Value {
-                            offset,
-                            len: v.len() as u32,
-                        },
-                    };
+                    let slot = Slot::of(r.value.as_deref(), offset);
                     (r.key, slot)
                 })
                 .collect();
@@ -617,13 +611,7 @@ impl Store {
             .iter()
             .zip(written.value_offsets)
             .map(|(r, offset)| {
-                let slot = match r.value {
-                    None => Slot::Tombstone,
-                    Some(v) => Slot::Value {
-                        offset,
-                        len: v.len() as u32,
-                    },
-                };
+                let slot = Slot::of(r.value, offset);
                 (r.key.to_vec(), slot)
             })
             .collect();

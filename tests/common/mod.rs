@@ -114,6 +114,22 @@ pub async fn no_round_within(rx: &mut UnboundedReceiver<Round>, within: Duration
     actix_rt::time::timeout(within, rx.recv()).await.is_err()
 }
 
+/// Polls `probe` every 10 ms until it yields a value; panics with `what`
+/// after `within` (a liveness bound, not a timing assertion).
+pub async fn eventually<T, Fut>(within: Duration, what: &str, mut probe: impl FnMut() -> Fut) -> T
+where
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        actix_rt::time::sleep(ms(10)).await;
+    }
+}
+
 /// Runs a blocking closure off the actor threads.
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     actix_rt::task::spawn_blocking(f).await.unwrap()
