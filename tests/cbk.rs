@@ -77,6 +77,49 @@ fn help_reads_well() {
     );
 }
 
+/// A store compacted before its backup started: the compaction output kept
+/// only the newest versions, so only its high seqno and above restore
+/// exactly, and inspect says so.
+#[actix_rt::test]
+async fn inspect_names_the_exact_restore_points_of_a_compacted_store() {
+    let fx = Fixture::new();
+    let kv = KvId(3);
+    for i in 0..3u8 {
+        fx.engine.put(kv, b"k", &[i]).unwrap(); // @1, @2, @3
+        fx.engine.flush(kv).unwrap();
+    }
+    fx.engine.compact(kv).unwrap(); // 1..=3 holding k@3 only
+    fx.engine.put(kv, b"k", b"x").unwrap(); // @4
+    fx.engine.flush(kv).unwrap();
+    let backup = fx.start(Config::default());
+    let (cb, mut rx) = recorder();
+    backup
+        .start_backup(kv, fx.backup_dir(kv), cb, Some(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    next_round(&mut rx, Duration::from_secs(5)).await;
+    backup.stop_backup(kv, false).await.unwrap();
+    let o = cbk(&["inspect", &root(&fx)]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("exact restore points: 3..=4 (1 compaction outputs"),
+        "{}",
+        text(&o)
+    );
+    let o = cbk(&[
+        "restore",
+        &root(&fx),
+        "--kv",
+        "3",
+        "--to-seqno",
+        "2",
+        "--out",
+        "/nonexistent/x",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("exact restore points: 3..=4"), "{}", text(&o));
+}
+
 #[actix_rt::test]
 async fn inspect_shows_every_store_as_a_table_and_as_json() {
     let fx = Fixture::new();
@@ -94,6 +137,12 @@ async fn inspect_shows_every_store_as_a_table_and_as_json() {
         assert_eq!(store["files"], 4);
         assert_eq!(store["highest_seqno"], *high);
         assert_eq!(store["gaps"].as_array().unwrap().len(), 0);
+        assert_eq!(
+            store["restorable"],
+            serde_json::json!([[1, *high]]),
+            "flushed files: exact everywhere"
+        );
+        assert_eq!(store["lossy_files"], 0);
         assert_eq!(
             store["shared_with_live"], 4,
             "still linked with the live data dir"

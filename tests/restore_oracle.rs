@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use common::*;
 use continuous_backup::refengine::{RefEngine, RefOptions};
-use continuous_backup::restore::{restore, BackupRoot, RefFormat};
-use continuous_backup::{Config, ContinuousBackup, KvId};
+use continuous_backup::restore::{restore, BackupRoot, RecordReader, RefFormat};
+use continuous_backup::{Config, ContinuousBackup, Error, KvId};
 
 /// xorshift64*: a seeded generator, so every run drives the same history.
 struct Rng(u64);
@@ -151,9 +151,11 @@ async fn restore_at_any_seqno_equals_the_history() {
 
 /// A guard on the guarantee: with compaction inputs deleted at once, a
 /// version that lived only in a file compacted before a round linked it is
-/// gone, and a restore inside that file's range is wrong.
+/// in no backed-up file, and restore refuses the seqnos inside that
+/// compaction output's range instead of answering wrong; with retention the
+/// input is linked and the restore is exact.
 #[actix_rt::test]
-async fn without_retention_for_backup_a_restore_inside_a_compacted_file_is_wrong() {
+async fn without_retention_for_backup_a_restore_inside_a_compacted_file_is_refused() {
     let kv = KvId(0);
     for retain in [true, false] {
         let fx = Fixture::new();
@@ -176,20 +178,33 @@ async fn without_retention_for_backup_a_restore_inside_a_compacted_file_is_wrong
         engine.put(kv, b"k", b"b").unwrap(); // @2
         engine.put(kv, b"k", b"c").unwrap(); // @3
         engine.flush(kv).unwrap(); // file 2 covers 2..=3
-        engine.compact(kv).unwrap(); // file 3 keeps only k@3
+        engine.compact(kv).unwrap(); // file 3 covers 1..=3, keeps only k@3
         backup.stop_backup(kv, true).await.unwrap(); // the final round
         let root = BackupRoot::open(&fx.backup_root()).unwrap();
+        let files = &root.store(kv).unwrap().files;
+        let holds_b = files
+            .iter()
+            .any(|f| RefFormat.read(f).unwrap().records.iter().any(|r| r.seqno == 2));
         let out = fx.tmp.path().join("at-2");
-        restore(&root, &[kv], 2, &out, &RefFormat, &mut |_| {}).unwrap();
-        let got = RefEngine::open(&out).unwrap().get(kv, b"k").unwrap();
+        let restored = restore(&root, &[kv], 2, &out, &RefFormat, &mut |_| {});
         if retain {
+            assert!(holds_b, "the retained input was linked");
+            restored.unwrap();
+            let got = RefEngine::open(&out).unwrap().get(kv, b"k").unwrap();
             assert_eq!(got.as_deref(), Some(&b"b"[..]), "exact with retention");
         } else {
-            assert_ne!(
-                got.as_deref(),
-                Some(&b"b"[..]),
-                "the hole this guards against is gone?"
+            assert!(!holds_b, "k@2 is in no backed-up file: the hole retention closes");
+            let err = restored.unwrap_err();
+            assert!(
+                matches!(&err, Error::NotRestorable { seqno: 2, reason, .. }
+                    if reason.contains("compaction output") && reason.contains("exact restore points: 1..=1, 3..=3")),
+                "{err}"
             );
+            assert!(!out.exists(), "nothing written");
+            // Seqno 3, the compaction output's high seqno, is exact.
+            restore(&root, &[kv], 3, &out, &RefFormat, &mut |_| {}).unwrap();
+            let got = RefEngine::open(&out).unwrap().get(kv, b"k").unwrap();
+            assert_eq!(got.as_deref(), Some(&b"c"[..]));
         }
     }
 }

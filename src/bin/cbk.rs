@@ -24,8 +24,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Per store: files, bytes, seqno coverage and gaps, metadata files, and
-    /// how many files are still hard links shared with a live data dir.
+    /// Per store: files, bytes, seqno coverage and gaps, the seqnos a restore
+    /// gives exactly, metadata files, and how many files are still hard links
+    /// shared with a live data dir. Reads only each file's footer.
     Inspect {
         /// The backup root.
         root: PathBuf,
@@ -56,7 +57,9 @@ struct RestoreArgs {
     /// Restore every store in the backup root.
     #[arg(long)]
     all: bool,
-    /// The seqno to restore to; refused if the backup does not cover it.
+    /// The seqno to restore to; refused, naming the seqnos that work, if the
+    /// backup cannot give it exactly (outside its range, past a gap, or
+    /// inside a compaction output whose inputs' versions it lacks).
     #[arg(long = "to-seqno", value_name = "S")]
     to_seqno: u64,
     /// The new data dir; must be missing or empty.
@@ -92,6 +95,20 @@ fn print_table(reports: &[StoreReport]) {
         );
         for (from, to) in &r.gaps {
             println!("      gap: seqnos {from}..={to} are in no file");
+        }
+        if let (Some(lo), Some(hi)) = (r.lowest_seqno, r.highest_seqno) {
+            if r.restorable != [(lo, hi)] {
+                let exact: Vec<String> = r.restorable.iter().map(|(a, b)| format!("{a}..={b}")).collect();
+                println!(
+                    "      exact restore points: {} ({} compaction outputs without their inputs' versions)",
+                    if exact.is_empty() {
+                        "none".into()
+                    } else {
+                        exact.join(", ")
+                    },
+                    r.lossy_files
+                );
+            }
         }
     }
 }

@@ -93,6 +93,17 @@ pub struct Footer {
     pub crc32: u32,
 }
 
+impl Footer {
+    /// Whether the file holds a record for every seqno it covers, so every
+    /// version written in its range. The reference engine hands out one seqno
+    /// per put or delete and its flushes keep every version, so a flushed
+    /// file holds them all; a compaction output that dropped an older version
+    /// of some key, or a restored store's file, does not.
+    pub fn holds_every_version(&self) -> bool {
+        self.record_count == self.high_seqno - self.low_seqno + 1
+    }
+}
+
 /// Reads and fully verifies one seqno-index file: length, magic, checksum,
 /// version, footer fields, and every record (kind, lengths, seqno inside the
 /// footer's range and above the previous record's, exactly `record_count` of
@@ -133,10 +144,15 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b)
 }
 
-/// Decodes and verifies the bytes of a whole file.
-fn decode(path: &Path, bytes: &[u8]) -> Result<(Footer, Vec<Record>, Vec<u64>)> {
-    let len = bytes.len();
-    if len < FOOTER_LEN + RECORD_HEADER_LEN {
+/// Reads only the footer of the file at `path` (its last 40 bytes) and
+/// checks its fields, but not the checksum, which covers the whole file: for
+/// reports that need a file's range, not its records. [`read_index_file`]
+/// verifies everything.
+pub fn read_footer(path: &Path) -> Result<Footer> {
+    use std::os::unix::fs::FileExt;
+    let file = fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let len = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
+    if len < (FOOTER_LEN + RECORD_HEADER_LEN) as u64 {
         return Err(corrupt(
             path,
             format!(
@@ -144,28 +160,27 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<(Footer, Vec<Record>, Vec<u64>)> 
             ),
         ));
     }
-    let body_len = len - FOOTER_LEN;
-    let f = &bytes[body_len..];
+    let mut f = [0u8; FOOTER_LEN];
+    file.read_exact_at(&mut f, len - FOOTER_LEN as u64)
+        .map_err(|e| Error::io("read", path, e))?;
     if f[..8] != MAGIC {
         return Err(corrupt(
             path,
             "the footer magic `SEQINDEX` is not in the last 40 bytes (truncated, or not a seqno-index file)",
         ));
     }
-    let stored_crc = u32_at(f, 36);
-    let actual_crc = crc32fast::hash(&bytes[..len - 4]);
-    if stored_crc != actual_crc {
-        return Err(corrupt(
-            path,
-            format!("checksum mismatch: the footer says {stored_crc:#010x}, the content hashes to {actual_crc:#010x}"),
-        ));
-    }
+    parse_footer(path, &f)
+}
+
+/// Decodes the footer bytes `f` (magic already checked) and checks every
+/// field but the checksum.
+fn parse_footer(path: &Path, f: &[u8]) -> Result<Footer> {
     let footer = Footer {
         version: u32_at(f, 8),
         record_count: u64_at(f, 12),
         low_seqno: u64_at(f, 20),
         high_seqno: u64_at(f, 28),
-        crc32: stored_crc,
+        crc32: u32_at(f, 36),
     };
     if footer.version != FORMAT_VERSION {
         return Err(corrupt(
@@ -200,6 +215,37 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<(Footer, Vec<Record>, Vec<u64>)> 
             ),
         ));
     }
+    Ok(footer)
+}
+
+/// Decodes and verifies the bytes of a whole file.
+fn decode(path: &Path, bytes: &[u8]) -> Result<(Footer, Vec<Record>, Vec<u64>)> {
+    let len = bytes.len();
+    if len < FOOTER_LEN + RECORD_HEADER_LEN {
+        return Err(corrupt(
+            path,
+            format!(
+                "the file is {len} bytes, shorter than one record plus the {FOOTER_LEN}-byte footer (truncated?)"
+            ),
+        ));
+    }
+    let body_len = len - FOOTER_LEN;
+    let f = &bytes[body_len..];
+    if f[..8] != MAGIC {
+        return Err(corrupt(
+            path,
+            "the footer magic `SEQINDEX` is not in the last 40 bytes (truncated, or not a seqno-index file)",
+        ));
+    }
+    let stored_crc = u32_at(f, 36);
+    let actual_crc = crc32fast::hash(&bytes[..len - 4]);
+    if stored_crc != actual_crc {
+        return Err(corrupt(
+            path,
+            format!("checksum mismatch: the footer says {stored_crc:#010x}, the content hashes to {actual_crc:#010x}"),
+        ));
+    }
+    let footer = parse_footer(path, f)?;
 
     let mut records = Vec::new();
     let mut offsets = Vec::new();
@@ -593,6 +639,44 @@ mod tests {
         // 17 + 5 + 3 + 17 + 4 + 0 + 17 + 0 + 0 + 40
         assert_eq!(bytes.len(), 103);
         assert_eq!(&bytes[bytes.len() - 40..bytes.len() - 32], b"SEQINDEX");
+    }
+
+    #[test]
+    fn the_footer_alone_gives_the_range_and_whether_every_version_is_held() {
+        let (_d, path) = write_raw(&encoded(2, 10, &recs()));
+        let footer = read_footer(&path).unwrap();
+        assert_eq!(
+            (footer.low_seqno, footer.high_seqno, footer.record_count),
+            (2, 10, 3)
+        );
+        assert!(!footer.holds_every_version(), "3 records for 9 seqnos");
+        let mut every = recs()[..2].to_vec();
+        every.insert(
+            1,
+            Record {
+                seqno: 4,
+                key: b"alpha".to_vec(),
+                value: None,
+            },
+        );
+        let (_d, path) = write_raw(&encoded(3, 5, &every));
+        assert!(
+            read_footer(&path).unwrap().holds_every_version(),
+            "one record per seqno"
+        );
+    }
+
+    #[test]
+    fn a_footer_read_refuses_a_truncated_file() {
+        let bytes = encoded(2, 10, &recs());
+        let (_d, path) = write_raw(&bytes[..bytes.len() - 1]);
+        let err = read_footer(&path).unwrap_err();
+        assert!(
+            matches!(&err, Error::Corrupt { reason, .. } if reason.contains("SEQINDEX")),
+            "{err}"
+        );
+        let (_d, path) = write_raw(&bytes[..30]);
+        assert!(matches!(read_footer(&path), Err(Error::Corrupt { .. })));
     }
 
     #[test]

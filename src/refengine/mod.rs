@@ -133,7 +133,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::engine::{Engine, IndexFile, KvId, Snapshot};
 use crate::error::{Error, Result};
 
-pub use format::{read_index_file, write_index_file_durably, Footer, Record};
+pub use format::{read_footer, read_index_file, write_index_file_durably, Footer, Record};
 
 use live_file::LiveFile;
 use store::{ActiveBackups, Retention, Store};

@@ -4,7 +4,7 @@ use std::os::unix::fs::MetadataExt;
 
 use serde::Serialize;
 
-use super::{coverage_gaps, BackupRoot, RecordReader, StoreBackup};
+use super::{BackupRoot, Coverage, RecordReader, StoreBackup};
 use crate::engine::KvId;
 use crate::error::{Error, Result};
 
@@ -39,6 +39,12 @@ pub struct StoreReport {
     pub highest_seqno: Option<u64>,
     /// Inclusive seqno ranges between files that no file covers.
     pub gaps: Vec<(u64, u64)>,
+    /// Inclusive seqno ranges a restore gives exactly (see
+    /// [`Coverage`](super::Coverage)).
+    pub restorable: Vec<(u64, u64)>,
+    /// Files that do not hold every version of their range (compaction
+    /// outputs).
+    pub lossy_files: usize,
     /// Its metadata files.
     pub metadata: MetadataSummary,
     /// Files that are hard links still shared with another dir (link count
@@ -57,15 +63,16 @@ fn shorten(text: &str) -> String {
 }
 
 fn report(store: &StoreBackup, reader: &dyn RecordReader) -> Result<StoreReport> {
-    let mut ranges = Vec::new();
+    let mut files = Vec::new();
     let (mut bytes, mut shared) = (0, 0);
     for path in &store.files {
         let md = std::fs::symlink_metadata(path).map_err(|e| Error::io("stat", path, e))?;
         bytes += md.len();
         shared += usize::from(md.nlink() > 1);
-        let file = reader.read(path)?;
-        ranges.push((file.low_seqno, file.high_seqno));
+        files.push(reader.coverage(path)?);
     }
+    let lossy_files = files.iter().filter(|f| !f.holds_every_version).count();
+    let coverage = Coverage::new(files);
     let last = match store.metadata.last() {
         Some((_, path)) => Some(shorten(
             &std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?,
@@ -76,9 +83,11 @@ fn report(store: &StoreBackup, reader: &dyn RecordReader) -> Result<StoreReport>
         kv: store.kv,
         files: store.files.len(),
         bytes,
-        lowest_seqno: ranges.iter().map(|r| r.0).min(),
-        highest_seqno: ranges.iter().map(|r| r.1).max(),
-        gaps: coverage_gaps(&ranges),
+        lowest_seqno: coverage.lowest,
+        highest_seqno: coverage.highest,
+        gaps: coverage.gaps,
+        restorable: coverage.restorable,
+        lossy_files,
         metadata: MetadataSummary {
             count: store.metadata.len(),
             first_n: store.metadata.first().map(|m| m.0),
@@ -90,7 +99,8 @@ fn report(store: &StoreBackup, reader: &dyn RecordReader) -> Result<StoreReport>
     })
 }
 
-/// Reports on every store of the backup root. A file that cannot be read
+/// Reports on every store of the backup root, reading only each file's
+/// footer (`verify` reads everything). A file whose footer cannot be read
 /// fails the report (run `verify` to list every problem).
 pub fn inspect(root: &BackupRoot, reader: &dyn RecordReader) -> Result<Vec<StoreReport>> {
     root.stores().iter().map(|s| report(s, reader)).collect()

@@ -7,12 +7,14 @@
 //! through [`RecordReader`], so an engine with its own file format plugs in
 //! its own reader; [`RefFormat`] reads the reference engine's.
 
+mod coverage;
 mod inspect;
 mod layout;
 mod pit;
 mod verify;
 mod write;
 
+pub use coverage::{coverage_gaps, Coverage, FileCoverage, Unrestorable};
 pub use inspect::{inspect, MetadataSummary, StoreReport};
 pub use layout::{BackupRoot, StoreBackup};
 pub use pit::{restore, RestoreSummary};
@@ -21,7 +23,7 @@ pub use verify::{verify, Problem};
 use std::path::Path;
 
 use crate::error::Result;
-use crate::refengine::{read_index_file, Record};
+use crate::refengine::{read_footer, read_index_file, Record};
 
 /// One backed-up seqno-index file, read and verified.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,8 +32,22 @@ pub struct BackedUpFile {
     pub low_seqno: u64,
     /// Highest seqno the file covers.
     pub high_seqno: u64,
+    /// Whether it holds every version written in its range (see
+    /// [`FileCoverage::holds_every_version`]).
+    pub holds_every_version: bool,
     /// Its records, in increasing seqno order, each inside the range.
     pub records: Vec<Record>,
+}
+
+impl BackedUpFile {
+    /// What the file covers.
+    pub fn coverage(&self) -> FileCoverage {
+        FileCoverage {
+            low_seqno: self.low_seqno,
+            high_seqno: self.high_seqno,
+            holds_every_version: self.holds_every_version,
+        }
+    }
 }
 
 /// Reads the records out of a backed-up file of some engine's format.
@@ -40,6 +56,12 @@ pub trait RecordReader: Send + Sync {
     /// record inside the covered range and in seqno order); an error names
     /// the path and what is wrong.
     fn read(&self, path: &Path) -> Result<BackedUpFile>;
+
+    /// What the file at `path` covers, for reports: the default reads the
+    /// whole file; a format with a footer reads only that.
+    fn coverage(&self, path: &Path) -> Result<FileCoverage> {
+        self.read(path).map(|f| f.coverage())
+    }
 }
 
 /// The reference engine's format (see `refengine::format`).
@@ -52,38 +74,18 @@ impl RecordReader for RefFormat {
         Ok(BackedUpFile {
             low_seqno: footer.low_seqno,
             high_seqno: footer.high_seqno,
+            holds_every_version: footer.holds_every_version(),
             records,
         })
     }
-}
 
-/// The gaps in the seqno coverage of `ranges` between its lowest and highest
-/// seqno, as inclusive ranges.
-pub fn coverage_gaps(ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut sorted = ranges.to_vec();
-    sorted.sort_unstable();
-    let mut gaps = Vec::new();
-    let mut covered_to: Option<u64> = None;
-    for (low, high) in sorted {
-        if let Some(to) = covered_to {
-            if low > to.saturating_add(1) {
-                gaps.push((to + 1, low - 1));
-            }
-        }
-        covered_to = Some(covered_to.map_or(high, |to| to.max(high)));
-    }
-    gaps
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gaps_lie_between_ranges_and_overlaps_close_them() {
-        assert_eq!(coverage_gaps(&[(1, 10), (11, 20)]), vec![]);
-        assert_eq!(coverage_gaps(&[(11, 20), (1, 5)]), vec![(6, 10)]);
-        assert_eq!(coverage_gaps(&[(1, 30), (5, 10), (40, 50)]), vec![(31, 39)]);
-        assert_eq!(coverage_gaps(&[]), vec![]);
+    /// Reads the footer only (its fields are checked, the checksum is not).
+    fn coverage(&self, path: &Path) -> Result<FileCoverage> {
+        let footer = read_footer(path)?;
+        Ok(FileCoverage {
+            low_seqno: footer.low_seqno,
+            high_seqno: footer.high_seqno,
+            holds_every_version: footer.holds_every_version(),
+        })
     }
 }

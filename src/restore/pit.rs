@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::{coverage_gaps, BackupRoot, RecordReader};
+use super::{BackedUpFile, BackupRoot, Coverage, RecordReader, Unrestorable};
 use crate::engine::KvId;
 use crate::error::{Error, Result};
 use crate::refengine::Record;
@@ -49,21 +49,11 @@ fn rebuild(
         files.push(reader.read(path)?);
         progress(1);
     }
-    let ranges: Vec<(u64, u64)> = files.iter().map(|f| (f.low_seqno, f.high_seqno)).collect();
-    let (Some(lowest), Some(highest)) = (ranges.iter().map(|r| r.0).min(), ranges.iter().map(|r| r.1).max())
-    else {
-        return Err(not_restorable("the backup holds no seqno-index file".into()));
-    };
-    if seqno < lowest || seqno > highest {
-        return Err(not_restorable(format!(
-            "the backup covers seqnos {lowest}..={highest}"
-        )));
+    let coverage = Coverage::new(files.iter().map(BackedUpFile::coverage).collect());
+    if let Err(why) = coverage.check(seqno) {
+        return Err(not_restorable(explain(&why, &coverage, &store.files)));
     }
-    if let Some((from, to)) = coverage_gaps(&ranges).into_iter().find(|g| g.0 <= seqno) {
-        return Err(not_restorable(format!(
-            "no backed-up file covers seqnos {from}..={to}, so versions written there are unknown"
-        )));
-    }
+    let lowest = coverage.lowest.unwrap_or(seqno);
     let mut newest: HashMap<Vec<u8>, Record> = HashMap::new();
     for record in files.into_iter().flat_map(|f| f.records) {
         if record.seqno > seqno {
@@ -84,6 +74,39 @@ fn rebuild(
         lowest,
         newest,
     })
+}
+
+/// `ranges` as `a..=b, c..=d`, or `none`.
+fn list(ranges: &[(u64, u64)]) -> String {
+    if ranges.is_empty() {
+        return "none".into();
+    }
+    let shown: Vec<String> = ranges.iter().map(|(a, b)| format!("{a}..={b}")).collect();
+    shown.join(", ")
+}
+
+/// Why a restore is refused, in words, with the seqnos that would work.
+fn explain(why: &Unrestorable, coverage: &Coverage, files: &[PathBuf]) -> String {
+    let exact = format!("exact restore points: {}", list(&coverage.restorable));
+    match why {
+        Unrestorable::Empty => "the backup holds no seqno-index file".into(),
+        Unrestorable::Outside { lowest, highest } => {
+            format!("the backup covers seqnos {lowest}..={highest}; {exact}")
+        }
+        Unrestorable::Gap { from, to } => format!(
+            "no backed-up file covers seqnos {from}..={to}, so versions written there are unknown; {exact}"
+        ),
+        Unrestorable::Lossy {
+            file,
+            low,
+            high,
+            missing_from,
+        } => format!(
+            "{} covers seqnos {low}..={high} but kept only the newest version of each key (a compaction \
+             output), and no backed-up file holds every version from seqno {missing_from}; {exact}",
+            files[*file].display()
+        ),
+    }
 }
 
 fn is_empty_dir(path: &Path) -> Result<bool> {
