@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use continuous_backup::refengine::{RefEngine, RefOptions};
-use continuous_backup::restore::{restore, BackupRoot, RecordReader, RefFormat};
+use continuous_backup::restore::{inspect, restore, BackupRoot, RecordReader, RefFormat};
 use continuous_backup::{Config, ContinuousBackup, Error, KvId};
 
 /// xorshift64*: a seeded generator, so every run drives the same history.
@@ -108,45 +108,103 @@ async fn drive(fx: &Fixture, engine: RefEngine, stores: u16, ops: usize, seed: u
     histories
 }
 
+/// What [`check`] found.
+struct Checked {
+    /// Restore points restored and compared with the oracle.
+    compared: u64,
+    /// Restore points refused as not exact.
+    refused: u64,
+    /// Restore points whose restore differs from the oracle.
+    wrong: Vec<String>,
+}
+
 /// Restores every store at `points` seqnos spread over its history and
-/// compares with the oracle; returns (points checked, mismatching points).
-fn check(fx: &Fixture, histories: &[History], points: u64, seed: u64) -> (u64, Vec<String>) {
+/// compares with the oracle. A refusal fails unless `may_refuse`.
+fn check(fx: &Fixture, histories: &[History], points: u64, seed: u64, may_refuse: bool) -> Checked {
     let root = BackupRoot::open(&fx.backup_root()).unwrap();
+    let reports = inspect(&root, &RefFormat).unwrap();
     let mut rng = Rng(seed);
-    let (mut checked, mut wrong) = (0, Vec::new());
+    let mut found = Checked {
+        compared: 0,
+        refused: 0,
+        wrong: Vec::new(),
+    };
     for (kv, history) in histories.iter().enumerate() {
         let kv = KvId(kv as u16);
         let high = history.last().map_or(0, |m| m.0);
-        for p in 0..points {
-            let s = 1 + rng.below(high);
+        // Random points, and with `may_refuse` also the ends of every range
+        // `inspect` lists as exact.
+        let mut seqnos: Vec<u64> = (0..points).map(|_| 1 + rng.below(high)).collect();
+        if may_refuse {
+            let report = reports.iter().find(|r| r.kv == kv).unwrap();
+            seqnos.extend(report.restorable.iter().flat_map(|r| [r.0, r.1]));
+        }
+        for (p, s) in seqnos.into_iter().enumerate() {
             let out = fx.tmp.path().join(format!("restored/{kv}-{p}-{s}"));
-            restore(&root, &[kv], s, &out, &RefFormat, &mut |_| {}).unwrap();
+            match restore(&root, &[kv], s, &out, &RefFormat, &mut |_| {}) {
+                Err(Error::NotRestorable { .. }) if may_refuse => {
+                    assert!(!out.exists(), "a refused restore writes nothing");
+                    found.refused += 1;
+                    continue;
+                }
+                done => done.unwrap(),
+            };
             let engine = RefEngine::open(&out).unwrap();
             let expected = state_at(history, s);
             for i in 0..KEYS {
                 let want = expected.get(&key(i)).cloned().flatten();
                 if engine.get(kv, &key(i)).unwrap() != want {
-                    wrong.push(format!("kv {kv} at seqno {s}: key-{i:02}"));
+                    found.wrong.push(format!("kv {kv} at seqno {s}: key-{i:02}"));
                 }
             }
-            checked += 1;
+            found.compared += 1;
             std::fs::remove_dir_all(&out).unwrap();
         }
     }
-    (checked, wrong)
+    found
 }
 
 #[actix_rt::test]
 async fn restore_at_any_seqno_equals_the_history() {
     let fx = Fixture::new();
     let histories = drive(&fx, fx.engine.clone(), 3, 3000, 0x00c0_ffee).await;
-    let (checked, wrong) = check(&fx, &histories, 70, 7);
+    let found = check(&fx, &histories, 70, 7, false);
     println!(
-        "restore oracle: {checked} restore points over 3 stores, {} mismatches",
-        wrong.len()
+        "restore oracle: {} restore points over 3 stores, {} mismatches",
+        found.compared,
+        found.wrong.len()
     );
-    assert!(checked >= 200);
-    assert!(wrong.is_empty(), "{wrong:#?}");
+    assert!(found.compared >= 200);
+    assert!(found.wrong.is_empty(), "{:#?}", found.wrong);
+}
+
+/// With retention off, compactions merge away files no round linked, so
+/// the backups hold lossy compaction outputs over holes: every restore point
+/// restore accepts must still equal the history, and the others are refused.
+#[actix_rt::test]
+async fn without_retention_every_accepted_restore_point_equals_the_history() {
+    let fx = Fixture::new();
+    let engine = RefEngine::open_with(
+        fx.tmp.path().join("data-no-retention"),
+        RefOptions {
+            retain_for_backup: false,
+        },
+    )
+    .unwrap();
+    let histories = drive(&fx, engine, 3, 3000, 0x0bad_cafe).await;
+    let found = check(&fx, &histories, 70, 11, true);
+    println!(
+        "restore oracle without retention: {} restore points compared, {} refused, {} mismatches",
+        found.compared,
+        found.refused,
+        found.wrong.len()
+    );
+    assert!(found.wrong.is_empty(), "{:#?}", found.wrong);
+    assert!(found.refused > 0, "without retention some points cannot be exact");
+    assert!(
+        found.compared > 0,
+        "compaction outputs are still exact at their high seqnos"
+    );
 }
 
 /// A guard on the guarantee: with compaction inputs deleted at once, a

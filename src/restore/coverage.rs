@@ -7,12 +7,20 @@
 //! - S lies outside the seqnos its files cover;
 //! - S lies at or past a *gap*, seqnos no file covers, whose versions are
 //!   unknown;
-//! - S lies inside the range of a *lossy* file (one that does not hold every
-//!   version of its range, such as a compaction output) and the versions it
-//!   dropped between its low seqno and S are in no file that holds every
-//!   version. A compaction output keeps the newest version of each key over
-//!   its whole range, so it answers exactly at its high seqno and above, not
-//!   in between.
+//! - the versions written between the lowest seqno and S are held only by
+//!   *lossy* files (ones that do not hold every version of their range, such
+//!   as compaction outputs), which dropped some of them.
+//!
+//! The exact points are worked out as a closure. The state before the lowest
+//! seqno is known (empty). From a seqno x whose state is known, the files
+//! that hold every version take it to any y their ranges cover without a
+//! break from x + 1; and a lossy file covering `low..=high` with
+//! `low - 1 <= x <= high` takes it to `high` (it holds the newest version of
+//! every key written in its range). By induction, for every key the newest
+//! version at or below such a point is in some file, so reading every file
+//! and keeping each key's newest version at or below S is exact, and only
+//! there. A compaction output alone is therefore exact at its high seqno,
+//! not inside its range, unless its inputs' versions were backed up too.
 //!
 //! [`Coverage`] works this out from each file's range and whether it holds
 //! every version, which a [`RecordReader`](super::RecordReader) gives from
@@ -51,16 +59,17 @@ pub enum Unrestorable {
         /// Last seqno of the gap.
         to: u64,
     },
-    /// The file covering `low..=high` (index `file` in the input) dropped
-    /// versions, and no file holding every version covers `missing_from`.
+    /// The versions from `missing_from` up to the seqno are held only by
+    /// lossy files, such as file `file` (covering `low..=high`), which kept
+    /// only the newest version of each key.
     Lossy {
-        /// Index of the lossy file in the list given to [`Coverage::new`].
+        /// Index of that lossy file in the list given to [`Coverage::new`].
         file: usize,
         /// Its low seqno.
         low: u64,
         /// Its high seqno.
         high: u64,
-        /// The first seqno of its range whose versions no complete file holds.
+        /// The first seqno whose versions no file holding every version has.
         missing_from: u64,
     },
 }
@@ -105,30 +114,6 @@ fn first_uncovered(covered: &[(u64, u64)], from: u64) -> u64 {
         .map_or(from, |(_, high)| high.saturating_add(1))
 }
 
-/// `from` minus every range of `cut`, both sorted and disjoint.
-fn subtract(from: &[(u64, u64)], cut: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut out = Vec::new();
-    for &(mut low, high) in from {
-        for &(c_low, c_high) in cut {
-            if c_high < low || c_low > high {
-                continue;
-            }
-            if c_low > low {
-                out.push((low, c_low - 1));
-            }
-            if c_high >= high {
-                low = u64::MAX;
-                break;
-            }
-            low = c_high + 1;
-        }
-        if low <= high {
-            out.push((low, high));
-        }
-    }
-    out
-}
-
 /// The gaps in the seqno coverage of `ranges` between its lowest and highest
 /// seqno, as inclusive ranges.
 pub fn coverage_gaps(ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
@@ -150,23 +135,17 @@ impl Coverage {
         );
         let lowest = ranges.iter().map(|r| r.0).min();
         let highest = ranges.iter().map(|r| r.1).max();
-        let gaps = coverage_gaps(&ranges);
-        // A restore must start from the lowest seqno, so nothing past the
-        // first gap is exact.
-        let mut restorable = match (lowest, gaps.first()) {
-            (Some(lowest), Some(gap)) => vec![(lowest, gap.0 - 1)],
-            (Some(lowest), None) => vec![(lowest, highest.unwrap_or(lowest))],
-            (None, _) => Vec::new(),
+        let restorable = match (lowest, highest) {
+            (Some(lowest), Some(highest)) => {
+                let known = known_states(&files, &complete, lowest.saturating_sub(1));
+                intersect(&known, (lowest, highest))
+            }
+            _ => Vec::new(),
         };
-        let lossy: Vec<(u64, u64)> = union(files.iter().filter(|f| !f.holds_every_version).filter_map(|f| {
-            let missing_from = first_uncovered(&complete, f.low_seqno);
-            (missing_from < f.high_seqno).then(|| (missing_from, f.high_seqno - 1))
-        }));
-        restorable = subtract(&restorable, &lossy);
         Coverage {
             lowest,
             highest,
-            gaps,
+            gaps: coverage_gaps(&ranges),
             restorable,
             files,
             complete,
@@ -184,22 +163,74 @@ impl Coverage {
         if let Some(&(from, to)) = self.gaps.iter().find(|g| g.0 <= seqno) {
             return Err(Unrestorable::Gap { from, to });
         }
-        for (i, f) in self.files.iter().enumerate() {
-            if f.holds_every_version || seqno < f.low_seqno || seqno >= f.high_seqno {
-                continue;
-            }
-            let missing_from = first_uncovered(&self.complete, f.low_seqno);
-            if missing_from <= seqno {
-                return Err(Unrestorable::Lossy {
-                    file: i,
-                    low: f.low_seqno,
-                    high: f.high_seqno,
-                    missing_from,
-                });
-            }
+        if self.restorable.iter().any(|r| r.0 <= seqno && seqno <= r.1) {
+            return Ok(());
         }
-        Ok(())
+        // The last known state below `seqno` cannot be carried past
+        // `missing_from`: no complete file covers it, and each lossy file
+        // that does ends above `seqno` (or the state would be known there).
+        // Name the one that ends first: the state is known at its end.
+        let missing_from = self
+            .restorable
+            .iter()
+            .filter(|r| r.0 < seqno)
+            .map(|r| r.1 + 1)
+            .max()
+            .unwrap_or(lowest);
+        let (file, f) = self
+            .files
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| !f.holds_every_version && f.low_seqno <= missing_from && seqno < f.high_seqno)
+            .min_by_key(|(_, f)| f.high_seqno)
+            .expect("a seqno covered without a gap and not known lies in a lossy file");
+        Err(Unrestorable::Lossy {
+            file,
+            low: f.low_seqno,
+            high: f.high_seqno,
+            missing_from,
+        })
     }
+}
+
+/// The seqnos whose state is known, from `start` (the state before the
+/// lowest seqno): the closure described in the module docs. Lossy files are
+/// taken in order of their high seqno, which is enough: a file's step adds
+/// only points at or above its high seqno, so it cannot enable a file with a
+/// lower one.
+fn known_states(files: &[FileCoverage], complete: &[(u64, u64)], start: u64) -> Vec<(u64, u64)> {
+    // From a known x, the complete files carry the state to the end of the
+    // unbroken run that holds x + 1.
+    let carry = |x: u64| {
+        (
+            x,
+            first_uncovered(complete, x.saturating_add(1))
+                .saturating_sub(1)
+                .max(x),
+        )
+    };
+    let mut known = vec![carry(start)];
+    let mut lossy: Vec<&FileCoverage> = files.iter().filter(|f| !f.holds_every_version).collect();
+    lossy.sort_by_key(|f| f.high_seqno);
+    for f in lossy {
+        let from = f.low_seqno.saturating_sub(1);
+        if known.iter().any(|k| k.0 <= f.high_seqno && from <= k.1) {
+            known.push(carry(f.high_seqno));
+            known = union(known);
+        }
+    }
+    known
+}
+
+/// The parts of sorted, disjoint `ranges` inside `bounds`.
+fn intersect(ranges: &[(u64, u64)], bounds: (u64, u64)) -> Vec<(u64, u64)> {
+    ranges
+        .iter()
+        .filter_map(|&(low, high)| {
+            let (low, high) = (low.max(bounds.0), high.min(bounds.1));
+            (low <= high).then_some((low, high))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -292,6 +323,40 @@ mod tests {
                 missing_from: 11
             })
         );
+        agrees(&c);
+    }
+
+    #[test]
+    fn a_later_compaction_over_a_hole_does_not_hide_the_exact_points_after_it() {
+        // Backed up 1..=19, then not (20..=40 compacted away unseen), then
+        // compaction output 1..=50, then flushes 41..=60, then compaction
+        // output 1..=60. State is known at 50 (the first output) and from
+        // there on through the flushes.
+        let c = Coverage::new(vec![
+            file(1, 19, true),
+            file(1, 50, false),
+            file(41, 60, true),
+            file(1, 60, false),
+        ]);
+        assert_eq!(c.restorable, vec![(1, 19), (50, 60)]);
+        assert_eq!(
+            c.check(30),
+            Err(Unrestorable::Lossy {
+                file: 1,
+                low: 1,
+                high: 50,
+                missing_from: 20
+            })
+        );
+        agrees(&c);
+    }
+
+    #[test]
+    fn a_chain_of_compaction_outputs_is_exact_at_each_high_seqno() {
+        // Outputs of partial compactions: 1..=10, then 11..=20, nothing
+        // complete at all.
+        let c = Coverage::new(vec![file(1, 10, false), file(11, 20, false), file(15, 30, false)]);
+        assert_eq!(c.restorable, vec![(10, 10), (20, 20), (30, 30)]);
         agrees(&c);
     }
 
