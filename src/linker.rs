@@ -98,6 +98,12 @@ fn link_round(
             .into(),
         });
     }
+    let generation = snapshot.generation();
+    if links.is_up_to_date(generation) {
+        // Nothing new since the last round: O(1), whatever the store holds.
+        engine.files_backed_up(kv, &[]);
+        return Ok(Linked::nothing_new(snapshot));
+    }
     let (mut files_linked, mut bytes_linked, mut files_copied, mut bytes_copied) = (0, 0, 0, 0);
     let mut placed_files = Vec::new();
     let was_cross_device = dir.is_cross_device();
@@ -134,6 +140,7 @@ fn link_round(
         dir.sync()?;
     }
     links.forget_absent(snapshot.files());
+    links.mark_up_to_date(generation);
     engine.files_backed_up(kv, recorded);
     tracing::debug!(
         linked = files_linked,

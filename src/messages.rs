@@ -165,6 +165,20 @@ pub(crate) struct Linked {
     pub bytes_copied: u64,
 }
 
+impl Linked {
+    /// A round that found nothing new.
+    pub fn nothing_new(snapshot: Box<dyn Snapshot>) -> Linked {
+        Linked {
+            snapshot,
+            placed: Vec::new(),
+            files_linked: 0,
+            bytes_linked: 0,
+            files_copied: 0,
+            bytes_copied: 0,
+        }
+    }
+}
+
 /// Supervisor → backup actor, with `send`. Replies when the actor has
 /// stopped: the final round's error, if one was asked for and failed.
 #[derive(Message)]

@@ -312,3 +312,60 @@ impl Snapshot for Listed {
         &self.1
     }
 }
+
+/// A snapshot that reports a fixed generation, whatever it lists.
+struct FixedGeneration(Box<dyn Snapshot>, u64);
+
+impl Snapshot for FixedGeneration {
+    fn kv_id(&self) -> KvId {
+        self.0.kv_id()
+    }
+    fn files(&self) -> &[IndexFile] {
+        self.0.files()
+    }
+    fn generation(&self) -> Option<u64> {
+        Some(self.1)
+    }
+}
+
+/// An idle round costs O(1): when the snapshot's generation is the one the
+/// last round linked, the list is not compared at all. Shown with an engine
+/// that breaks the contract (a new file under an old generation): the file
+/// is not seen until the generation changes.
+#[actix_rt::test]
+async fn a_round_whose_generation_was_linked_does_not_read_the_list() {
+    let fx = Fixture::new();
+    fx.flush_some(KV, 1);
+    let generation = Arc::new(std::sync::atomic::AtomicU64::new(7));
+    struct Stale {
+        inner: RefEngine,
+        generation: Arc<std::sync::atomic::AtomicU64>,
+    }
+    impl Engine for Stale {
+        fn snapshot(&self, kv: KvId) -> continuous_backup::Result<Box<dyn Snapshot>> {
+            let g = self.generation.load(Ordering::SeqCst);
+            Ok(Box::new(FixedGeneration(self.inner.snapshot(kv)?, g)))
+        }
+    }
+    let engine = Arc::new(Stale {
+        inner: fx.engine.clone(),
+        generation: Arc::clone(&generation),
+    });
+    let backup = ContinuousBackup::start(engine, Config::default(), None).unwrap();
+    let (cb, mut rx) = recorder();
+    backup
+        .start_backup(KV, fx.backup_dir(KV), cb, Some(ms(10)))
+        .await
+        .unwrap();
+    assert_eq!(next_round(&mut rx, Duration::from_secs(5)).await.files.len(), 1);
+    let second = fx.flush_some(KV, 1);
+    for _ in 0..3 {
+        let round = next_round(&mut rx, Duration::from_secs(5)).await;
+        assert!(round.files.is_empty(), "same generation: the list was not read");
+    }
+    assert!(!names(&fx.backup_dir(KV)).contains(&second.name().to_owned()));
+    generation.store(8, Ordering::SeqCst);
+    let round = next_nonempty_round(&mut rx, Duration::from_secs(5)).await;
+    assert_eq!(round.files[0].name, second.name());
+    backup.stop_backup(KV, false).await.unwrap();
+}

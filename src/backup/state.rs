@@ -18,9 +18,24 @@ use crate::engine::IndexFile;
 #[derive(Debug, Default)]
 pub(crate) struct LinkSet {
     linked: HashMap<IndexFile, BackupFile>,
+    /// The snapshot generation whose every file is in `linked` (and nothing
+    /// else is), if the engine gives generations.
+    up_to_date: Option<u64>,
 }
 
 impl LinkSet {
+    /// Whether every file of a snapshot with `generation` is known linked,
+    /// without looking at its list.
+    pub fn is_up_to_date(&self, generation: Option<u64>) -> bool {
+        generation.is_some() && generation == self.up_to_date
+    }
+
+    /// Records that every file of the snapshot with `generation` is linked
+    /// and the set holds nothing else (after [`forget_absent`](Self::forget_absent)).
+    pub fn mark_up_to_date(&mut self, generation: Option<u64>) {
+        self.up_to_date = generation;
+    }
+
     /// The files of a snapshot that are not linked yet, in snapshot order.
     pub fn to_link<'a>(&self, snapshot: &'a [IndexFile]) -> Vec<&'a IndexFile> {
         snapshot
@@ -37,6 +52,7 @@ impl LinkSet {
     /// Undoes [`record`](Self::record) for files of a round that failed:
     /// the next round places them again (idempotently) and reports them.
     pub fn roll_back<'a>(&mut self, files: impl IntoIterator<Item = &'a IndexFile>) {
+        self.up_to_date = None;
         for f in files {
             self.linked.remove(f);
         }
@@ -199,5 +215,19 @@ mod tests {
         round(&mut l, &mut u, &[file(3)], true);
         assert_eq!(l.len(), 1);
         assert!(l.to_link(&[file(3)]).is_empty());
+    }
+
+    #[test]
+    fn a_generation_is_up_to_date_only_once_marked_and_until_a_roll_back() {
+        let mut l = LinkSet::default();
+        assert!(!l.is_up_to_date(Some(1)) && !l.is_up_to_date(None));
+        l.record(&file(1), entry(&file(1)));
+        l.mark_up_to_date(Some(1));
+        assert!(l.is_up_to_date(Some(1)));
+        assert!(!l.is_up_to_date(Some(2)), "another generation is compared");
+        l.roll_back([&file(1)]);
+        assert!(!l.is_up_to_date(Some(1)), "a failed round compares again");
+        l.mark_up_to_date(None);
+        assert!(!l.is_up_to_date(None), "no generation: always compared");
     }
 }

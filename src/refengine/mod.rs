@@ -126,6 +126,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -135,8 +136,7 @@ use crate::error::{Error, Result};
 
 pub use format::{read_footer, read_index_file, write_index_file_durably, Footer, Record};
 
-use live_file::LiveFile;
-use store::{ActiveBackups, Retention, Store};
+use store::{ActiveBackups, Listed, Store, StoreShared};
 use store_dir::StoreDir;
 
 /// The reference engine: a data dir of KV stores, each a memtable plus
@@ -173,8 +173,10 @@ impl Default for RefOptions {
 struct Inner {
     data_dir: PathBuf,
     options: RefOptions,
-    /// The stores whose backup is active (see `Retention`).
+    /// The stores whose backup is active (see `StoreShared::retains`).
     active_backups: ActiveBackups,
+    /// The last snapshot generation handed out (see `StoreShared`).
+    generations: Arc<AtomicU64>,
     /// Serializes creating and dropping stores with the cleanup of dropped
     /// stores' dirs. Never held while a file handle or store is released.
     dirs_lock: Arc<Mutex<()>>,
@@ -215,9 +217,11 @@ impl RefEngine {
         }
         let dirs_lock = Arc::new(Mutex::new(()));
         let active_backups: ActiveBackups = Arc::new(Mutex::new(HashSet::new()));
-        let retention = Retention {
+        let generations = Arc::new(AtomicU64::new(0));
+        let shared = StoreShared {
             enabled: options.retain_for_backup,
             active: Arc::clone(&active_backups),
+            generations: Arc::clone(&generations),
         };
         let mut stores = BTreeMap::new();
         let entries = fs::read_dir(&data_dir).map_err(|e| Error::io("read dir", &data_dir, e))?;
@@ -234,7 +238,7 @@ impl RefEngine {
                 continue;
             }
             let dir = StoreDir::new(kv, &data_dir, Arc::clone(&dirs_lock));
-            if let Some(store) = Store::recover(dir, retention.clone())? {
+            if let Some(store) = Store::recover(dir, shared.clone())? {
                 stores.insert(kv, Arc::new(store));
             }
         }
@@ -244,6 +248,7 @@ impl RefEngine {
                 data_dir,
                 options,
                 active_backups,
+                generations,
                 dirs_lock,
                 stores: RwLock::new(stores),
             }),
@@ -260,10 +265,11 @@ impl RefEngine {
         self.inner.options
     }
 
-    fn retention(&self) -> Retention {
-        Retention {
+    fn shared(&self) -> StoreShared {
+        StoreShared {
             enabled: self.inner.options.retain_for_backup,
             active: Arc::clone(&self.inner.active_backups),
+            generations: Arc::clone(&self.inner.generations),
         }
     }
 
@@ -288,7 +294,7 @@ impl RefEngine {
             return Ok(());
         }
         let dir = StoreDir::new(kv, &self.inner.data_dir, Arc::clone(&self.inner.dirs_lock));
-        let store = Store::create(dir, self.retention())?;
+        let store = Store::create(dir, self.shared())?;
         self.inner.stores.write().insert(kv, Arc::new(store));
         tracing::info!(kv_store = %kv, "created store");
         Ok(())
@@ -313,7 +319,7 @@ impl RefEngine {
             self.inner.stores.write().remove(&kv);
             (store, files)
         };
-        tracing::info!(kv_store = %kv, files = files.len(), "dropped store");
+        tracing::info!(kv_store = %kv, files = files.files.len(), "dropped store");
         // Released with no lock held: the last release of a file deletes it,
         // and the last release of the store's dir removes the dir.
         drop(files);
@@ -405,11 +411,11 @@ impl RefEngine {
 }
 
 /// A snapshot of one store: its live and retained files, each held on disk
-/// while the snapshot lives.
+/// while the snapshot lives. Shares the store's current listing, so taking
+/// one costs no copy of the file list.
 struct RefSnapshot {
     kv: KvId,
-    files: Vec<IndexFile>,
-    _held: Vec<Arc<LiveFile>>,
+    listed: Arc<Listed>,
 }
 
 impl Snapshot for RefSnapshot {
@@ -418,19 +424,18 @@ impl Snapshot for RefSnapshot {
     }
 
     fn files(&self) -> &[IndexFile] {
-        &self.files
+        &self.listed.files
+    }
+
+    fn generation(&self) -> Option<u64> {
+        Some(self.listed.generation)
     }
 }
 
 impl Engine for RefEngine {
     fn snapshot(&self, kv: KvId) -> Result<Box<dyn Snapshot>> {
-        let held = self.store(kv)?.snapshot_files()?;
-        let files = held.iter().map(|f| f.desc().clone()).collect();
-        Ok(Box::new(RefSnapshot {
-            kv,
-            files,
-            _held: held,
-        }))
+        let listed = self.store(kv)?.listed()?;
+        Ok(Box::new(RefSnapshot { kv, listed }))
     }
 
     fn data_dir(&self) -> Option<&Path> {
@@ -446,8 +451,8 @@ impl Engine for RefEngine {
             return;
         };
         let released = store.files_backed_up(files);
-        if !released.is_empty() {
-            tracing::debug!(kv_store = %kv, released = released.len(), "backup has retained files; released");
+        if !released.files.is_empty() {
+            tracing::debug!(kv_store = %kv, released = released.files.len(), "backup has retained files; released");
         }
         // Let go of with no lock held: the last release deletes a file.
         drop(released);
@@ -462,7 +467,7 @@ impl Engine for RefEngine {
             return;
         };
         let released = store.backup_stopped();
-        tracing::debug!(kv_store = %kv, released = released.len(), "backup stopped; retained files released");
+        tracing::debug!(kv_store = %kv, released = released.files.len(), "backup stopped; retained files released");
         drop(released);
         drop(store);
     }

@@ -3,6 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -91,16 +92,25 @@ impl Memtable {
 /// locked while it is held.
 pub(super) type ActiveBackups = Arc<Mutex<HashSet<KvId>>>;
 
-/// What a store needs to know to keep compaction inputs for its backup.
+/// What the stores of one engine share: what they need to keep compaction
+/// inputs for a backup, and the source of snapshot generations.
 #[derive(Clone)]
-pub(super) struct Retention {
+pub(super) struct StoreShared {
     /// `RefOptions::retain_for_backup`.
     pub enabled: bool,
     /// The engine's set of stores whose backup is active.
     pub active: ActiveBackups,
+    /// The last generation handed out, engine-wide, so a store dropped and
+    /// created again never repeats one.
+    pub generations: Arc<AtomicU64>,
 }
 
-impl Retention {
+impl StoreShared {
+    /// A generation no listing of this engine had before.
+    fn next_generation(&self) -> u64 {
+        self.generations.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     /// Whether compaction keeps the inputs the backup has not reported.
     fn retains(&self, kv: KvId) -> bool {
         self.enabled && self.active.lock().contains(&kv)
@@ -120,6 +130,31 @@ fn same_file(a: &IndexFile, b: &IndexFile) -> bool {
     a.path() == b.path() && a.file_id() == b.file_id()
 }
 
+/// What a snapshot of a store lists: its live and retained files, ordered by
+/// low seqno (then high seqno; ranges may overlap), each held on disk while
+/// this lives. Built again, with a new generation, whenever the store's
+/// files change, and shared by every snapshot taken until then.
+pub(super) struct Listed {
+    /// Tells this listing apart from every other listing of the engine.
+    pub generation: u64,
+    /// The files, described.
+    pub files: Vec<IndexFile>,
+    /// The files, held.
+    _held: Vec<Arc<LiveFile>>,
+}
+
+/// Files a store let go of, with the listing that held them, to be dropped
+/// by the caller once it holds no lock: the last release of a retired file
+/// deletes it.
+#[derive(Default)]
+#[must_use = "drop it with no lock held"]
+pub(super) struct Released {
+    /// The files let go of.
+    pub files: Vec<Arc<LiveFile>>,
+    /// The store's previous listing, if it was rebuilt.
+    pub listing: Option<Arc<Listed>>,
+}
+
 /// Everything about a store that `put` and `snapshot` touch. Never held across
 /// file IO.
 struct State {
@@ -135,6 +170,9 @@ struct State {
     /// Live files the backup reported: a compaction releases them at once.
     /// Only ever holds keys of files in `files`.
     backed_up: HashSet<FileKey>,
+    /// What a snapshot lists now; rebuilt by [`Store::relist`] after every
+    /// change of `files` or `retained`.
+    listed: Arc<Listed>,
     next_seqno: u64,
     next_file_number: u64,
     /// Set by `drop_store`; every later call fails with `UnknownKvStore`.
@@ -149,33 +187,54 @@ pub(super) struct Store {
     /// changes under it and file IO happens outside `state`.
     io: Mutex<()>,
     state: Mutex<State>,
-    retention: Retention,
+    shared: StoreShared,
 }
 
 impl Store {
     fn new(
         dir: Arc<StoreDir>,
-        retention: Retention,
+        shared: StoreShared,
         files: Vec<Arc<LiveFile>>,
         next_seqno: u64,
         next_file_number: u64,
     ) -> Store {
+        let listed = Arc::new(Listed {
+            generation: shared.next_generation(),
+            files: files.iter().map(|f| f.desc().clone()).collect(),
+            _held: files.clone(),
+        });
         Store {
             kv: dir.kv(),
             dir,
             io: Mutex::new(()),
-            retention,
+            shared,
             state: Mutex::new(State {
                 memtable: Memtable::default(),
                 flushing: None,
                 files,
                 retained: Vec::new(),
                 backed_up: HashSet::new(),
+                listed,
                 next_seqno,
                 next_file_number,
                 dropped: false,
             }),
         }
+    }
+
+    /// Rebuilds what snapshots list after `files` or `retained` changed.
+    /// Returns the old listing, to be let go of with no lock held (it may
+    /// hold the last reference to a retired file, whose release deletes it).
+    #[must_use = "the old listing must be dropped after the state lock"]
+    fn relist(&self, st: &mut State) -> Arc<Listed> {
+        let mut held: Vec<Arc<LiveFile>> = st.retained.iter().chain(&st.files).cloned().collect();
+        held.sort_by_key(|f| (f.desc().low_seqno(), f.desc().high_seqno()));
+        let listed = Arc::new(Listed {
+            generation: self.shared.next_generation(),
+            files: held.iter().map(|f| f.desc().clone()).collect(),
+            _held: held,
+        });
+        std::mem::replace(&mut st.listed, listed)
     }
 
     fn unknown(&self) -> Error {
@@ -187,7 +246,7 @@ impl Store {
     ///
     /// If the dir is still there because files of a dropped incarnation are
     /// held by snapshots, the new incarnation numbers its files above them.
-    pub(super) fn create(dir: StoreDir, retention: Retention) -> Result<Store> {
+    pub(super) fn create(dir: StoreDir, shared: StoreShared) -> Result<Store> {
         let path = dir.path().to_path_buf();
         let next_file_number = match Listing::read(&path)? {
             None => {
@@ -212,13 +271,7 @@ impl Store {
                 lingering + 1
             }
         };
-        Ok(Store::new(
-            Arc::new(dir),
-            retention,
-            Vec::new(),
-            1,
-            next_file_number,
-        ))
+        Ok(Store::new(Arc::new(dir), shared, Vec::new(), 1, next_file_number))
     }
 
     /// Recovers the store in `dir` (which exists): removes temp files, files
@@ -228,7 +281,7 @@ impl Store {
     ///
     /// Files retained for a backup are not recorded as such: they are
     /// compaction inputs, so the containment rule removes them too.
-    pub(super) fn recover(dir: StoreDir, retention: Retention) -> Result<Option<Store>> {
+    pub(super) fn recover(dir: StoreDir, shared: StoreShared) -> Result<Option<Store>> {
         let kv = dir.kv();
         let path = dir.path().to_path_buf();
         let Some(listing) = Listing::read(&path)? else {
@@ -347,13 +400,7 @@ impl Store {
             next_file_number,
             "recovered store"
         );
-        Ok(Some(Store::new(
-            dir,
-            retention,
-            files,
-            next_seqno,
-            next_file_number,
-        )))
+        Ok(Some(Store::new(dir, shared, files, next_seqno, next_file_number)))
     }
 
     /// Applies a put (`Some(value)`) or a delete (`None`) and returns its
@@ -405,16 +452,13 @@ impl Store {
         Ok(None)
     }
 
-    /// What a snapshot lists, held: the live files and the retained ones,
-    /// ordered by low seqno (then high seqno; ranges may overlap).
-    pub(super) fn snapshot_files(&self) -> Result<Vec<Arc<LiveFile>>> {
+    /// What a snapshot lists now (shared, not copied).
+    pub(super) fn listed(&self) -> Result<Arc<Listed>> {
         let st = self.state.lock();
         if st.dropped {
             return Err(self.unknown());
         }
-        let mut files: Vec<Arc<LiveFile>> = st.retained.iter().chain(&st.files).cloned().collect();
-        files.sort_by_key(|f| (f.desc().low_seqno(), f.desc().high_seqno()));
-        Ok(files)
+        Ok(Arc::clone(&st.listed))
     }
 
     /// How many compaction inputs are retained for the backup.
@@ -430,28 +474,38 @@ impl Store {
     /// returned, for the caller to let go of with no lock held, which deletes
     /// it unless a snapshot holds it); a live one is released by the
     /// compaction that retires it. Files the store no longer has are ignored.
-    pub(super) fn files_backed_up(&self, files: &[IndexFile]) -> Vec<Arc<LiveFile>> {
+    pub(super) fn files_backed_up(&self, files: &[IndexFile]) -> Released {
         let mut st = self.state.lock();
-        let mut released = Vec::new();
+        let mut released = Released::default();
         if st.dropped {
             return released;
         }
         for f in files {
             if let Some(i) = st.retained.iter().position(|r| same_file(r.desc(), f)) {
-                released.push(st.retained.remove(i));
+                released.files.push(st.retained.remove(i));
             } else if st.files.iter().any(|l| same_file(l.desc(), f)) {
                 st.backed_up.insert(key_of(f));
             }
+        }
+        if !released.files.is_empty() {
+            released.listing = Some(self.relist(&mut st));
         }
         released
     }
 
     /// The backup stopped: forgets what it reported and returns every
     /// retained file, to be let go of with no lock held.
-    pub(super) fn backup_stopped(&self) -> Vec<Arc<LiveFile>> {
+    pub(super) fn backup_stopped(&self) -> Released {
         let mut st = self.state.lock();
         st.backed_up.clear();
-        std::mem::take(&mut st.retained)
+        let mut released = Released {
+            files: std::mem::take(&mut st.retained),
+            listing: None,
+        };
+        if !released.files.is_empty() && !st.dropped {
+            released.listing = Some(self.relist(&mut st));
+        }
+        released
     }
 
     /// The live files, described.
@@ -497,7 +551,9 @@ impl Store {
             Ok(file) => {
                 let desc = file.desc().clone();
                 st.files.push(Arc::new(file));
+                let old_listing = self.relist(&mut st);
                 drop(st);
+                drop(old_listing);
                 tracing::debug!(
                     kv_store = %self.kv,
                     file = desc.name(),
@@ -538,9 +594,9 @@ impl Store {
         };
         let output = self.merge(&inputs, number)?;
         let desc = output.desc().clone();
-        let (replaced, retained) = {
+        let (replaced, retained, old_listing) = {
             let mut st = self.state.lock();
-            let retain = self.retention.retains(self.kv);
+            let retain = self.shared.retains(self.kv);
             // `io` is held, so the list is still exactly `inputs`.
             for f in &inputs {
                 f.mark_obsolete();
@@ -554,7 +610,8 @@ impl Store {
                     retained += 1;
                 }
             }
-            (replaced, retained)
+            let old_listing = self.relist(&mut st);
+            (replaced, retained, old_listing)
         };
         tracing::info!(
             kv_store = %self.kv,
@@ -569,6 +626,7 @@ impl Store {
         // the others go when their last holder lets go.
         drop(replaced);
         drop(inputs);
+        drop(old_listing);
         Ok(Some(desc))
     }
 
@@ -627,7 +685,7 @@ impl Store {
     /// retires every file, retained ones included. Returns the files, to be
     /// released by the caller once it holds no lock (the last release may
     /// clean the dir up).
-    pub(super) fn retire(&self) -> Result<Vec<Arc<LiveFile>>> {
+    pub(super) fn retire(&self) -> Result<Released> {
         let _io = self.io.lock();
         let used = {
             let st = self.state.lock();
@@ -654,7 +712,11 @@ impl Store {
         for f in &files {
             f.mark_obsolete();
         }
-        Ok(files)
+        let old_listing = self.relist(&mut st);
+        Ok(Released {
+            files,
+            listing: Some(old_listing),
+        })
     }
 
     /// Makes the next mutation take `seqno`, to test the 48-bit limit without

@@ -1034,3 +1034,36 @@ fn with_retention_every_covered_seqno_restores_exactly_and_without_it_not() {
         "without retention, compaction drops versions the backup never saw"
     );
 }
+
+#[test]
+fn a_snapshot_generation_changes_exactly_when_the_listed_files_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = open(&tmp);
+    let generation = |e: &RefEngine| e.snapshot(KV).unwrap().generation().unwrap();
+    e.create_store(KV).unwrap();
+    let g0 = generation(&e);
+    e.put(KV, b"a", b"1").unwrap();
+    assert_eq!(generation(&e), g0, "a put changes no file");
+    let f1 = flush(&e, KV);
+    let g1 = generation(&e);
+    assert_ne!(g1, g0, "a flush adds a file");
+    assert_eq!(generation(&e), g1, "nothing changed, same generation");
+    e.files_backed_up(KV, std::slice::from_ref(&f1));
+    assert_eq!(generation(&e), g1, "reporting a live file changes no listing");
+    e.put(KV, b"a", b"2").unwrap();
+    flush(&e, KV);
+    e.compact(KV).unwrap().unwrap();
+    let g2 = generation(&e);
+    assert!(g2 != g1 && e.retained(KV).unwrap() == 1);
+    let retained = e.snapshot(KV).unwrap().files()[1].clone();
+    e.files_backed_up(KV, &[retained]);
+    let g3 = generation(&e);
+    assert_ne!(g3, g2, "a released retained file leaves the listing");
+    e.drop_store(KV).unwrap();
+    e.create_store(KV).unwrap();
+    let g4 = generation(&e);
+    assert!(
+        ![g0, g1, g2, g3].contains(&g4),
+        "a re-created store never repeats one"
+    );
+}
