@@ -5,6 +5,13 @@
 //!   fresh dir. `raw_link_loop` is `mkdir` + `std::fs::hard_link` per file;
 //!   `raw_link_loop_fsync` adds the one dir fsync a durable round needs;
 //!   `component` is start → first callback → stop through the actors.
+//! - `idle_round/*`: a round of a running store of `FILES` files with
+//!   nothing new, in CPU time of the whole process (every thread: actor,
+//!   linker, callback) per round. `raw_readdir` is what a poller that lists
+//!   the store's dir pays per round; `raw_stat` is one `statx` of the dir,
+//!   the least any change check costs; `component` runs rounds every 1 ms
+//!   with an empty callback; `component_quiet` the same with
+//!   `report_empty_rounds` off (no callback when nothing is new).
 //! - `metadata_write/*`: one durable record. `raw` is temp file, write,
 //!   fsync, rename, dir fsync; `component` is `MetadataWriter::write`.
 //!
@@ -19,7 +26,8 @@ use std::time::Duration;
 
 use continuous_backup::refengine::RefEngine;
 use continuous_backup::{callback, Config, ContinuousBackup, IndexFile, KvId, MetadataWriter};
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkGroup, Criterion, Throughput};
 
 const FILES: usize = 200;
 const KV: KvId = KvId(1);
@@ -33,11 +41,15 @@ struct Component {
 
 impl Component {
     fn start(engine: RefEngine) -> Self {
+        Self::start_with(engine, Config::default())
+    }
+
+    fn start_with(engine: RefEngine, config: Config) -> Self {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let sys = actix::System::new();
             sys.block_on(async {
-                let backup = ContinuousBackup::start(Arc::new(engine), Config::default(), None).unwrap();
+                let backup = ContinuousBackup::start(Arc::new(engine), config, None).unwrap();
                 tx.send((actix::System::current().arbiter().clone(), backup))
                     .unwrap();
             });
@@ -165,6 +177,71 @@ fn first_round(c: &mut Criterion) {
     g.finish();
 }
 
+/// CPU time this process has used, all threads.
+fn process_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// Rounds of KV so far, quiet ones included, from the status counters.
+fn rounds_of(component: &Component) -> u64 {
+    component.run(|backup| async move {
+        let status = backup.status().await.unwrap();
+        let s = status.store(KV).unwrap();
+        s.rounds + s.quiet_rounds
+    })
+}
+
+/// Measures the CPU time of the whole process per round of a store that
+/// runs rounds every millisecond with nothing new, under `config`.
+fn bench_idle_component(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, setup: &Setup, config: Config) {
+    let component = Component::start_with(setup.engine.clone(), config);
+    let dir = setup.fresh_dir();
+    component.run(move |backup| async move {
+        let cb = callback(move |_, _, files, _| {
+            assert!(files.len() == FILES || files.is_empty());
+            Ok(())
+        });
+        backup
+            .start_backup(KV, dir, cb, Some(Duration::from_millis(1)))
+            .await
+            .unwrap();
+    });
+    while rounds_of(&component) < 3 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            // Rounds come every millisecond whatever the bench does; this
+            // thread sleeps while about `iters` of them pass, then scales
+            // the process's CPU time to `iters` rounds.
+            let (rounds, cpu) = (rounds_of(&component), process_cpu());
+            std::thread::sleep(Duration::from_millis(iters.max(20)));
+            let (cpu, rounds) = (process_cpu() - cpu, rounds_of(&component) - rounds);
+            cpu.mul_f64(iters as f64 / rounds.max(1) as f64)
+        })
+    });
+    component.run(|backup| async move { backup.stop_backup(KV, false).await.unwrap() });
+}
+
+fn idle_round(c: &mut Criterion) {
+    let setup = Setup::new();
+    let store_dir = setup.files[0].path().parent().unwrap().to_path_buf();
+    let mut g = c.benchmark_group("idle_round");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("raw_readdir", |b| {
+        b.iter(|| std::fs::read_dir(&store_dir).unwrap().count())
+    });
+    g.bench_function("raw_stat", |b| b.iter(|| std::fs::metadata(&store_dir).unwrap()));
+    bench_idle_component(&mut g, "component", &setup, Config::default());
+    let quiet = Config {
+        report_empty_rounds: false,
+        ..Config::default()
+    };
+    bench_idle_component(&mut g, "component_quiet", &setup, quiet);
+    g.finish();
+}
+
 fn raw_durable_write(dir: &Path, n: u64, data: &[u8]) {
     let tmp = dir.join(format!(".tmp.{n}"));
     let mut f = File::create(&tmp).unwrap();
@@ -197,5 +274,5 @@ fn metadata_write(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, first_round, metadata_write);
+criterion_group!(benches, first_round, idle_round, metadata_write);
 criterion_main!(benches);

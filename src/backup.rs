@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use crate::callback::{BackupCallback, BackupFile, CallbackOutcome, CallbackRunner};
-use crate::engine::KvId;
+use crate::engine::{Engine, KvId};
 use crate::error::{Error, Result};
 use crate::fs::BackupDir;
 use crate::linker::LinkerActor;
@@ -50,6 +50,11 @@ pub(crate) struct BackupSpec {
     pub unacked: Unacked,
     /// Wait before the first round (a restart's backoff); zero: at once.
     pub first_delay: Duration,
+    /// The engine, asked for its generation on a tick when empty rounds are
+    /// not reported.
+    pub engine: Arc<dyn Engine>,
+    /// `Config::report_empty_rounds`.
+    pub report_empty_rounds: bool,
 }
 
 /// Where the current round is.
@@ -267,6 +272,27 @@ impl BackupActor {
         self.schedule_next(ctx);
     }
 
+    /// Whether a tick may end without a round: empty rounds are not
+    /// reported, the last round succeeded, every linked file is reported,
+    /// and the engine's generation is the one the link set holds. One
+    /// number compared on this thread; an engine that panics here gets a
+    /// full round instead, where the linker catches it.
+    fn nothing_new(&self) -> bool {
+        if self.spec.report_empty_rounds
+            || self.phase != Phase::Idle
+            || self.failures_in_a_row > 0
+            || !self.spec.unacked.is_empty()
+        {
+            return false;
+        }
+        let Some(links) = &self.links else {
+            return false;
+        };
+        let (engine, kv) = (&self.spec.engine, self.spec.kv);
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.generation(kv)))
+            .is_ok_and(|generation| links.is_up_to_date(generation))
+    }
+
     fn schedule_next(&mut self, ctx: &mut Context<Self>) {
         let step = if self.failures_in_a_row > 0 {
             schedule::backoff(self.spec.interval, self.spec.max_backoff, self.failures_in_a_row)
@@ -279,7 +305,12 @@ impl BackupActor {
         self.next_due = schedule::next_due(self.next_due, step, now);
         self.tick = Some(ctx.run_later(self.next_due - now, |act, ctx| {
             act.tick = None;
-            act.start_round(ctx);
+            if act.nothing_new() {
+                StoreCounters::add(&act.spec.counters.quiet_rounds, 1);
+                act.schedule_next(ctx);
+            } else {
+                act.start_round(ctx);
+            }
         }));
     }
 

@@ -33,6 +33,14 @@ pub struct Config {
     /// Permission bits of the files it creates (metadata files, copies);
     /// must include `0o600`. Default: `0o600`.
     pub file_mode: u32,
+    /// Whether the callback is called on a round that found nothing new
+    /// (with an empty list), as a heartbeat. Default: true. With false, a
+    /// round with nothing new and nothing unacknowledged calls no callback,
+    /// and when the engine gives [`Engine::generation`](crate::Engine::generation)
+    /// it costs no thread hop at all: the store's actor compares one number
+    /// and re-arms its tick. Explicit rounds (a final round) always call
+    /// the callback.
+    pub report_empty_rounds: bool,
 }
 
 impl Default for Config {
@@ -44,6 +52,7 @@ impl Default for Config {
             linker_threads: 2,
             dir_mode: 0o700,
             file_mode: 0o600,
+            report_empty_rounds: true,
         }
     }
 }

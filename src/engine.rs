@@ -215,6 +215,18 @@ pub trait Engine: Send + Sync + 'static {
         None
     }
 
+    /// The [generation](Snapshot::generation) a snapshot of `kv` taken now
+    /// would have, if the engine can tell at once. Unlike the other methods
+    /// this is called on the store's actor thread, before a tick's round, so
+    /// it must not block: no IO, no lock held across IO. With
+    /// [`Config::report_empty_rounds`](crate::Config::report_empty_rounds)
+    /// off, a tick whose generation was linked already ends there. `None`,
+    /// the default: every tick runs a round on the linker pool.
+    fn generation(&self, kv: KvId) -> Option<u64> {
+        let _ = kv;
+        None
+    }
+
     /// Tells the engine that `files` of store `kv` are now durably in its
     /// backup dir. Called after every successful link phase of a round (with
     /// an empty list when nothing was new), on a linker thread.

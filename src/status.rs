@@ -17,6 +17,7 @@ use crate::engine::KvId;
 #[derive(Debug, Default)]
 pub(crate) struct StoreCounters {
     pub rounds: AtomicU64,
+    pub quiet_rounds: AtomicU64,
     pub failed_rounds: AtomicU64,
     pub files_linked: AtomicU64,
     pub bytes_linked: AtomicU64,
@@ -53,6 +54,7 @@ impl StoreCounters {
             running,
             backup_dir: last.dir,
             rounds: self.rounds.load(Relaxed),
+            quiet_rounds: self.quiet_rounds.load(Relaxed),
             failed_rounds: self.failed_rounds.load(Relaxed),
             files_linked: self.files_linked.load(Relaxed),
             bytes_linked: self.bytes_linked.load(Relaxed),
@@ -84,6 +86,10 @@ pub struct StoreStatus {
     pub backup_dir: Option<PathBuf>,
     /// Rounds finished, successful or not.
     pub rounds: u64,
+    /// Ticks that found nothing new and ended without a round (only with
+    /// [`Config::report_empty_rounds`](crate::Config::report_empty_rounds)
+    /// off); not counted in `rounds`.
+    pub quiet_rounds: u64,
     /// Rounds that failed (link error, callback error or panic).
     pub failed_rounds: u64,
     /// Hard links the component made.

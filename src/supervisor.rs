@@ -256,6 +256,8 @@ impl Supervisor {
             runner: runner.clone(),
             unacked,
             first_delay,
+            engine: Arc::clone(&self.engine),
+            report_empty_rounds: self.config.report_empty_rounds,
         };
         let addr = BackupActor::new(spec, on_started).start();
         self.stores.insert(

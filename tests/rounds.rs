@@ -282,3 +282,79 @@ async fn ticks_of_many_stores_are_spread_over_the_interval() {
         "second rounds all within {spread:?} of each other"
     );
 }
+
+fn quiet() -> Config {
+    Config {
+        report_empty_rounds: false,
+        ..Config::default()
+    }
+}
+
+/// With `report_empty_rounds` off, a tick with nothing new calls no
+/// callback (counted in `quiet_rounds`), new files still come on the next
+/// tick, and a failed round's files are reported again though nothing is
+/// new.
+#[actix_rt::test]
+async fn with_empty_rounds_unreported_only_new_files_or_retries_call_back() {
+    let fx = Fixture::new();
+    fx.flush_some(KV, 3);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&calls);
+    let (cb, mut rx) = recorder_with(move |_| match c.fetch_add(1, Ordering::SeqCst) {
+        0 => Err("downstream not ready".into()),
+        _ => Ok(()),
+    });
+    let backup = fx.start(quiet());
+    backup
+        .start_backup(KV, fx.backup_dir(KV), cb, Some(ms(10)))
+        .await
+        .unwrap();
+    let first = next_round(&mut rx, Duration::from_secs(5)).await;
+    let retried = next_round(&mut rx, Duration::from_secs(5)).await;
+    assert_eq!(first.files.len(), 1);
+    assert_eq!(
+        retried.files, first.files,
+        "nothing new, but unacknowledged: called"
+    );
+    assert!(
+        no_round_within(&mut rx, ms(150)).await,
+        "idle ticks call no callback"
+    );
+    let status = backup.status().await.unwrap();
+    let s = status.store(KV).unwrap();
+    assert!(
+        s.quiet_rounds >= 5,
+        "{} quiet ticks in 150 ms at 10 ms",
+        s.quiet_rounds
+    );
+    assert_eq!(s.rounds, 2);
+    let flushed = fx.flush_some(KV, 1);
+    let round = next_round(&mut rx, Duration::from_secs(5)).await;
+    assert_eq!(round.files.len(), 1);
+    assert_eq!(round.files[0].name, flushed.name());
+    // A final round is asked for: it calls back even with nothing new.
+    backup.stop_backup(KV, true).await.unwrap();
+    let last = next_round(&mut rx, Duration::from_secs(5)).await;
+    assert!(last.files.is_empty());
+}
+
+/// Compaction changes the file list without anything to report in the
+/// quiet mode's terms, yet the link set must learn the new file: the next
+/// tick runs a round, links the compaction output and reports it.
+#[actix_rt::test]
+async fn with_empty_rounds_unreported_a_compaction_output_is_still_linked() {
+    let fx = Fixture::new();
+    fx.flush_some(KV, 3);
+    fx.flush_some(KV, 3);
+    let backup = fx.start(quiet());
+    let (cb, mut rx) = recorder();
+    backup
+        .start_backup(KV, fx.backup_dir(KV), cb, Some(ms(10)))
+        .await
+        .unwrap();
+    assert_eq!(next_round(&mut rx, Duration::from_secs(5)).await.files.len(), 2);
+    let output = fx.engine.compact(KV).unwrap().unwrap();
+    let round = next_nonempty_round(&mut rx, Duration::from_secs(5)).await;
+    assert_eq!(round.files[0].name, output.name());
+    backup.stop_backup(KV, false).await.unwrap();
+}

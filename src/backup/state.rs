@@ -106,6 +106,11 @@ impl Unacked {
     pub fn len(&self) -> usize {
         self.files.len()
     }
+
+    /// Whether every linked file was reported by a successful round.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
 }
 
 #[cfg(test)]

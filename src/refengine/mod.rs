@@ -442,6 +442,12 @@ impl Engine for RefEngine {
         Some(&self.inner.data_dir)
     }
 
+    /// Two short locks (the store map's, then the store's state, which is
+    /// never held across IO) and a load.
+    fn generation(&self, kv: KvId) -> Option<u64> {
+        self.store(kv).ok()?.generation()
+    }
+
     /// Marks the store's backup active and records `files` as backed up:
     /// retained ones are released (deleted once no snapshot holds them),
     /// live ones will be when compaction retires them.

@@ -452,6 +452,12 @@ impl Store {
         Ok(None)
     }
 
+    /// The generation of what a snapshot lists now; `None` once dropped.
+    pub(super) fn generation(&self) -> Option<u64> {
+        let st = self.state.lock();
+        (!st.dropped).then_some(st.listed.generation)
+    }
+
     /// What a snapshot lists now (shared, not copied).
     pub(super) fn listed(&self) -> Result<Arc<Listed>> {
         let st = self.state.lock();
