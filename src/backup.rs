@@ -88,6 +88,9 @@ pub(crate) struct BackupActor {
     /// Set on a stop without final round: the linker job links nothing more.
     cancel: Arc<AtomicBool>,
     rounds_started: u64,
+    /// Whether the next tick is the one after the first successful round,
+    /// placed at the store's offset to spread stores over the interval.
+    spread_pending: bool,
     failures_in_a_row: u32,
     next_due: Instant,
     tick: Option<SpawnHandle>,
@@ -107,6 +110,7 @@ impl BackupActor {
             phase: Phase::Idle,
             cancel: Arc::new(AtomicBool::new(false)),
             rounds_started: 0,
+            spread_pending: true,
             failures_in_a_row: 0,
             next_due: Instant::now(),
             tick: None,
@@ -296,7 +300,7 @@ impl BackupActor {
     fn schedule_next(&mut self, ctx: &mut Context<Self>) {
         let step = if self.failures_in_a_row > 0 {
             schedule::backoff(self.spec.interval, self.spec.max_backoff, self.failures_in_a_row)
-        } else if self.rounds_started == 1 {
+        } else if std::mem::take(&mut self.spread_pending) {
             schedule::first_offset(self.spec.kv, self.spec.interval)
         } else {
             self.spec.interval

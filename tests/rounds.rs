@@ -358,3 +358,26 @@ async fn with_empty_rounds_unreported_a_compaction_output_is_still_linked() {
     assert_eq!(round.files[0].name, output.name());
     backup.stop_backup(KV, false).await.unwrap();
 }
+
+/// Quiet ticks keep the interval: after the first round's spread offset, a
+/// store ticks once per interval, not at its offset again and again.
+#[actix_rt::test]
+async fn quiet_ticks_come_once_per_interval() {
+    let fx = Fixture::new();
+    fx.flush_some(KV, 1);
+    let backup = fx.start(quiet());
+    let (cb, mut rx) = recorder();
+    backup
+        .start_backup(KV, fx.backup_dir(KV), cb, Some(ms(20)))
+        .await
+        .unwrap();
+    next_round(&mut rx, Duration::from_secs(5)).await;
+    let quiet_rounds = |s: continuous_backup::Status| s.store(KV).unwrap().quiet_rounds;
+    let before = quiet_rounds(backup.status().await.unwrap());
+    let window = std::time::Instant::now();
+    actix_rt::time::sleep(ms(400)).await;
+    let ticks = quiet_rounds(backup.status().await.unwrap()) - before;
+    let most = window.elapsed().as_millis() as u64 / 20 + 2;
+    assert!(ticks <= most, "{ticks} quiet ticks in 400 ms at a 20 ms interval");
+    backup.stop_backup(KV, false).await.unwrap();
+}

@@ -126,10 +126,6 @@ fn key_of(f: &IndexFile) -> FileKey {
     (f.path().to_path_buf(), f.file_id())
 }
 
-fn same_file(a: &IndexFile, b: &IndexFile) -> bool {
-    a.path() == b.path() && a.file_id() == b.file_id()
-}
-
 /// What a snapshot of a store lists: its live and retained files, ordered by
 /// low seqno (then high seqno; ranges may overlap), each held on disk while
 /// this lives. Built again, with a new generation, whenever the store's
@@ -481,20 +477,31 @@ impl Store {
     /// it unless a snapshot holds it); a live one is released by the
     /// compaction that retires it. Files the store no longer has are ignored.
     pub(super) fn files_backed_up(&self, files: &[IndexFile]) -> Released {
-        let mut st = self.state.lock();
         let mut released = Released::default();
+        if files.is_empty() {
+            return released;
+        }
+        // One pass over the store's files, whatever the number reported.
+        let mut reported: HashSet<FileKey> = files.iter().map(key_of).collect();
+        let mut st = self.state.lock();
         if st.dropped {
             return released;
         }
-        for f in files {
-            if let Some(i) = st.retained.iter().position(|r| same_file(r.desc(), f)) {
-                released.files.push(st.retained.remove(i));
-            } else if st.files.iter().any(|l| same_file(l.desc(), f)) {
-                st.backed_up.insert(key_of(f));
+        let st = &mut *st;
+        for f in &st.files {
+            if let Some(key) = reported.take(&key_of(f.desc())) {
+                st.backed_up.insert(key);
             }
         }
+        if !reported.is_empty() {
+            let (gone, kept) = std::mem::take(&mut st.retained)
+                .into_iter()
+                .partition(|r| reported.contains(&key_of(r.desc())));
+            st.retained = kept;
+            released.files = gone;
+        }
         if !released.files.is_empty() {
-            released.listing = Some(self.relist(&mut st));
+            released.listing = Some(self.relist(st));
         }
         released
     }
