@@ -95,7 +95,10 @@ pub(crate) struct BackupActor {
     next_due: Instant,
     tick: Option<SpawnHandle>,
     stopping: Option<Stopping>,
+    /// Set by `close`: no round starts any more.
     closed: bool,
+    /// Set once the metadata thread has closed the session.
+    session_closed: bool,
 }
 
 impl BackupActor {
@@ -116,6 +119,7 @@ impl BackupActor {
             tick: None,
             stopping: None,
             closed: false,
+            session_closed: false,
         }
     }
 
@@ -171,13 +175,13 @@ impl BackupActor {
                 self.count_linked(&mut linked);
                 linked
             }
-            Err(_) if self.closed => return ctx.stop(),
+            Err(_) if self.closed => return self.linked_after_close(ctx),
             Err(e) => return self.finish_round(Err(e), started, ctx),
         };
         if self.closed {
             // Stopped while linking: what was placed stays unacknowledged and
             // goes to the next start of the store.
-            return ctx.stop();
+            return self.linked_after_close(ctx);
         }
         let Some((_, session)) = self.opened else {
             return;
@@ -338,22 +342,34 @@ impl BackupActor {
         }
         self.closed = true;
         self.cancel.store(true, Ordering::Release);
-        let linking = self.phase == Phase::Linking;
         let Some((_, session)) = self.opened else {
             return ctx.stop();
         };
-        self.spec
-            .metadata
-            .send(CloseSession { session })
+        let (done, closed) = oneshot::channel();
+        self.spec.metadata.do_send(CloseSession {
+            session,
+            done: Some(done),
+        });
+        async move { closed.await.is_ok() }
             .into_actor(self)
-            .map(move |_, _, ctx| {
+            .map(|_, act, ctx| {
+                act.session_closed = true;
                 // A job at the linker pool finishes first (it is cancelled,
                 // so it links at most one more file): on_linked stops then.
-                if !linking {
+                if act.phase != Phase::Linking {
                     ctx.stop();
                 }
             })
-            .wait(ctx);
+            .spawn(ctx);
+    }
+
+    /// A round's linker job came back after `close`: stop once the session
+    /// is closed too (else the close's reply stops the actor).
+    fn linked_after_close(&mut self, ctx: &mut Context<Self>) {
+        self.phase = Phase::Idle;
+        if self.session_closed {
+            ctx.stop();
+        }
     }
 }
 
@@ -415,7 +431,7 @@ impl Actor for BackupActor {
             // Stopped without a close (the system is going down): later
             // writes of this start must still be refused.
             if let Some((_, session)) = self.opened {
-                self.spec.metadata.do_send(CloseSession { session });
+                self.spec.metadata.do_send(CloseSession { session, done: None });
             }
         }
         self.span.in_scope(|| tracing::info!("backup stopped"));

@@ -27,6 +27,11 @@ pub struct Config {
     /// Threads of the `LinkerActor` pool that do every link and fsync of a
     /// round. Default: 2.
     pub linker_threads: usize,
+    /// Threads that write metadata files. Each backup dir always goes to the
+    /// same one, which keeps its writes in call order and its numbering
+    /// without reuse; dirs on different threads fsync in parallel, which a
+    /// journaling file system commits together. Default: 4.
+    pub metadata_threads: usize,
     /// Permission bits of the backup dirs (and missing parents) the
     /// component creates; must include `0o700`. Default: `0o700`.
     pub dir_mode: u32,
@@ -50,6 +55,7 @@ impl Default for Config {
             interval: Duration::from_secs(120),
             max_backoff: Duration::from_secs(600),
             linker_threads: 2,
+            metadata_threads: 4,
             dir_mode: 0o700,
             file_mode: 0o600,
             report_empty_rounds: true,
@@ -71,6 +77,12 @@ impl Config {
             return Err(Error::Config {
                 field: "linker_threads",
                 reason: "must be between 1 and 256",
+            });
+        }
+        if !(1..=64).contains(&self.metadata_threads) {
+            return Err(Error::Config {
+                field: "metadata_threads",
+                reason: "must be between 1 and 64",
             });
         }
         if self.dir_mode > 0o777 || self.dir_mode & 0o700 != 0o700 {

@@ -13,10 +13,12 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, CWD};
 use rustix::io::Errno;
 
+use crate::dir_sync::DirSyncGroup;
 use crate::engine::IndexFile;
 use crate::error::{Error, Result};
 use crate::faults::{self, FsOp};
@@ -61,6 +63,19 @@ pub(crate) struct BackupDir {
     /// nothing about them ("fsyncgate"). Every later operation fails until
     /// the dir is opened again.
     poisoned: AtomicBool,
+    /// The fsync of the parent that makes this dir's own entry durable,
+    /// shared with the other dirs opened under the same parent; `None`
+    /// when it was done at open.
+    entry: Option<EntrySync>,
+}
+
+/// A backup dir's entry in its parent, made durable by a grouped fsync
+/// before anything in the dir is relied on.
+#[derive(Debug)]
+struct EntrySync {
+    group: Arc<DirSyncGroup>,
+    ticket: u64,
+    done: AtomicBool,
 }
 
 /// Distinguishes the temp files of concurrent copies.
@@ -93,13 +108,34 @@ impl BackupDir {
     /// made durable by an fsync of its parent) and opens it without following
     /// a symlink at its last component.
     pub fn open_with(path: &Path, modes: Modes) -> Result<BackupDir> {
+        Self::open_in(path, modes, None)
+    }
+
+    /// [`open_with`](Self::open_with), except that the dir's own entry is
+    /// made durable later, by an fsync of `parent` (the dir's parent) shared
+    /// with every dir opened under it meanwhile: at the first
+    /// [`sync`](Self::sync) or [`make_entry_durable`](Self::make_entry_durable),
+    /// before anything in the dir is reported. Done at every open, new dir
+    /// or not, so a dir whose creation an earlier failure left unsynced is
+    /// covered too.
+    pub fn open_grouped(path: &Path, modes: Modes, parent: Arc<DirSyncGroup>) -> Result<BackupDir> {
+        debug_assert_eq!(Some(parent.path()), path.parent());
+        Self::open_in(path, modes, Some(parent))
+    }
+
+    fn open_in(path: &Path, modes: Modes, parent: Option<Arc<DirSyncGroup>>) -> Result<BackupDir> {
         if !path.is_absolute() {
             return Err(Error::InvalidBackupDir {
                 path: path.to_path_buf(),
                 reason: "the path is relative; give an absolute path",
             });
         }
-        create_dirs(path, modes.dir)?;
+        create_dirs(path, modes.dir, parent.is_some())?;
+        let entry = parent.map(|group| EntrySync {
+            ticket: group.ticket(),
+            group,
+            done: AtomicBool::new(false),
+        });
         let fd = rustix::fs::openat(
             CWD,
             path,
@@ -123,7 +159,26 @@ impl BackupDir {
             modes,
             cross_device: AtomicBool::new(false),
             poisoned: AtomicBool::new(false),
+            entry,
         })
+    }
+
+    /// Makes the dir's own entry in its parent durable, if its open left
+    /// that to a grouped fsync (a no-op after the first success). A failure
+    /// poisons the dir.
+    pub fn make_entry_durable(&self) -> Result<()> {
+        self.check_usable()?;
+        let Some(entry) = &self.entry else {
+            return Ok(());
+        };
+        if entry.done.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        entry.group.sync(entry.ticket).inspect_err(|_| {
+            self.poisoned.store(true, Ordering::Release);
+        })?;
+        entry.done.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Fails if an earlier dir fsync failed.
@@ -157,7 +212,7 @@ impl BackupDir {
 
     /// Makes every entry created in the dir so far durable.
     pub fn sync(&self) -> Result<()> {
-        self.check_usable()?;
+        self.make_entry_durable()?;
         let synced = self
             .injected(FsOp::SyncDir)
             .and_then(|()| rustix::fs::fsync(&self.fd));
@@ -260,7 +315,7 @@ impl BackupDir {
     /// when this returns Ok is the file durable. A failed fsync is never
     /// retried: the temp file is dropped and the error returned.
     pub fn write_new_file(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        self.check_usable()?;
+        self.make_entry_durable()?;
         let temp = format!("{TEMP_PREFIX}{name}");
         let mut file = self.create_temp(&temp)?;
         let written = self
@@ -503,7 +558,10 @@ fn same_bytes(mut a: File, mut b: File) -> io::Result<bool> {
 
 /// Creates `path` and every missing parent with mode `mode`, fsyncing each
 /// new entry's parent so the new dirs survive a crash.
-fn create_dirs(path: &Path, mode: u32) -> Result<()> {
+/// Creates `path` and its missing parents, each made durable by an fsync of
+/// its parent, except `path`'s own entry when `defer_last` (the caller
+/// syncs its parent later).
+fn create_dirs(path: &Path, mode: u32, defer_last: bool) -> Result<()> {
     let mut missing = Vec::new();
     let mut cur = path;
     loop {
@@ -536,6 +594,9 @@ fn create_dirs(path: &Path, mode: u32) -> Result<()> {
                 })
             }
             Err(e) => return Err(Error::io("create backup dir", dir, e)),
+        }
+        if defer_last && dir == path {
+            continue;
         }
         if let Some(parent) = dir.parent() {
             sync_dir(parent)?;

@@ -12,7 +12,7 @@ use crate::engine::{Engine, KvId};
 use crate::error::{Error, Result};
 use crate::linker::LinkerActor;
 use crate::messages::{GetStatus, SetVbucketState, Shutdown, StartBackup, StopBackup, VbucketState};
-use crate::metadata::MetadataActor;
+use crate::metadata::{MetadataActor, ParentSyncs};
 use crate::status::Status;
 use crate::supervisor::Supervisor;
 
@@ -36,7 +36,13 @@ impl ContinuousBackup {
             LinkerActor::new(Arc::clone(&linker_engine))
         });
         let modes = config.modes();
-        let metadata = SyncArbiter::start(1, move || MetadataActor::new(modes));
+        let parents = ParentSyncs::default();
+        let metadata = (0..config.metadata_threads)
+            .map(|_| {
+                let parents = parents.clone();
+                SyncArbiter::start(1, move || MetadataActor::new(modes, parents.clone()))
+            })
+            .collect();
         let addr = Supervisor::new(engine, config, factory, linker, metadata).start();
         Ok(ContinuousBackup { addr })
     }

@@ -45,6 +45,7 @@
 mod backup;
 mod callback;
 mod config;
+mod dir_sync;
 mod engine;
 mod error;
 pub mod faults;

@@ -98,6 +98,9 @@ fn link_round(
             .into(),
         });
     }
+    // The dir's own entry must be durable before anything in it is
+    // reported, even when nothing is placed.
+    dir.make_entry_durable()?;
     let generation = snapshot.generation();
     if links.is_up_to_date(generation) {
         // Nothing new since the last round: O(1), whatever the store holds.

@@ -126,12 +126,16 @@ pub(crate) struct WriteMetadata {
     pub reply: oneshot::Sender<Result<u64>>,
 }
 
-/// Backup actor → metadata actor, with `send`, when stopping: later writes of
-/// the session are refused. Handled after every write queued before it.
+/// Backup actor → metadata actor, with `do_send`, when stopping: later
+/// writes of the session are refused. Handled after every write queued
+/// before it; `done` is told then. Never sent with `send`: actix skips a
+/// message whose requester has gone (an actor that stopped meanwhile), and
+/// a skipped close would leave the session's writer working after the stop.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct CloseSession {
     pub session: SessionId,
+    pub done: Option<oneshot::Sender<()>>,
 }
 
 /// Backup actor → linker pool, with `send`: take a snapshot, link what is

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -16,6 +16,7 @@ use actix::{Actor, Addr, Handler, MessageResult, SyncContext};
 use tokio::sync::oneshot;
 
 use crate::callback::panic_message;
+use crate::dir_sync::DirSyncGroup;
 use crate::engine::{KvId, METADATA_PREFIX};
 use crate::error::{Error, Result};
 use crate::fs::{BackupDir, Modes};
@@ -37,6 +38,26 @@ pub fn parse_metadata_file_name(name: &str) -> Option<u64> {
         return None;
     }
     digits.parse().ok()
+}
+
+/// The grouped fsyncs of the parents of backup dirs, shared by the metadata
+/// threads: the dirs of many stores under one backup root share the fsyncs
+/// that make their entries durable.
+#[derive(Clone, Default)]
+pub(crate) struct ParentSyncs(Arc<parking_lot::Mutex<HashMap<PathBuf, Arc<DirSyncGroup>>>>);
+
+impl ParentSyncs {
+    /// The group of `parent`; a new one if its last fsync failed.
+    fn group(&self, parent: &Path) -> Arc<DirSyncGroup> {
+        let mut groups = self.0.lock();
+        let group = groups
+            .entry(parent.to_path_buf())
+            .or_insert_with(|| Arc::new(DirSyncGroup::new(parent)));
+        if group.failed() {
+            *group = Arc::new(DirSyncGroup::new(parent));
+        }
+        Arc::clone(group)
+    }
 }
 
 /// The numbering and durable writes of one backup dir's metadata files.
@@ -133,15 +154,17 @@ struct Session {
 /// `SyncArbiter` of size 1), in mailbox order.
 pub(crate) struct MetadataActor {
     modes: Modes,
+    parents: ParentSyncs,
     logs: HashMap<PathBuf, OpenLog>,
     sessions: HashMap<SessionId, Session>,
     next_session: u64,
 }
 
 impl MetadataActor {
-    pub fn new(modes: Modes) -> Self {
+    pub fn new(modes: Modes, parents: ParentSyncs) -> Self {
         MetadataActor {
             modes,
+            parents,
             logs: HashMap::new(),
             sessions: HashMap::new(),
             next_session: 1,
@@ -183,7 +206,14 @@ impl MetadataActor {
         let open = match self.logs.entry(msg.path.clone()) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                let dir = Arc::new(BackupDir::open_with(&msg.path, self.modes)?);
+                let dir = match msg.path.parent() {
+                    Some(parent) => {
+                        let group = self.parents.group(parent);
+                        BackupDir::open_grouped(&msg.path, self.modes, group)?
+                    }
+                    None => BackupDir::open_with(&msg.path, self.modes)?,
+                };
+                let dir = Arc::new(dir);
                 e.insert(OpenLog {
                     log: MetadataLog::open(dir)?,
                     sessions: 0,
@@ -254,6 +284,9 @@ impl Handler<CloseSession> for MetadataActor {
                     self.logs.remove(&session.path);
                 }
             }
+        }
+        if let Some(done) = msg.done {
+            let _ = done.send(());
         }
         MessageResult(())
     }

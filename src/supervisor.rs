@@ -94,7 +94,8 @@ pub struct Supervisor {
     config: Config,
     factory: Option<CallbackFactory>,
     linker: Addr<LinkerActor>,
-    metadata: Addr<MetadataActor>,
+    /// One thread each; a backup dir always goes to the same one.
+    metadata: Vec<Addr<MetadataActor>>,
     stores: HashMap<KvId, Store>,
     /// Stores not running now: their callback thread (a callback of the
     /// last start may still run on it) and their unreported files, for the
@@ -117,12 +118,21 @@ async fn outcome(rx: oneshot::Receiver<Result<()>>) -> Result<()> {
 }
 
 impl Supervisor {
+    /// The metadata thread of a backup dir: always the same for one path, so
+    /// one log numbers its files.
+    fn metadata_for(&self, dir: &std::path::Path) -> Addr<MetadataActor> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        dir.hash(&mut h);
+        self.metadata[(h.finish() % self.metadata.len() as u64) as usize].clone()
+    }
+
     pub(crate) fn new(
         engine: Arc<dyn Engine>,
         config: Config,
         factory: Option<CallbackFactory>,
         linker: Addr<LinkerActor>,
-        metadata: Addr<MetadataActor>,
+        metadata: Vec<Addr<MetadataActor>>,
     ) -> Self {
         Supervisor {
             engine,
@@ -250,7 +260,7 @@ impl Supervisor {
             max_backoff: self.config.max_backoff,
             callback: Arc::clone(&plan.callback),
             linker: self.linker.clone(),
-            metadata: self.metadata.clone(),
+            metadata: self.metadata_for(&plan.dir),
             supervisor: ctx.address().recipient(),
             counters: Arc::clone(self.counters.entry(kv).or_default()),
             runner: runner.clone(),

@@ -263,6 +263,34 @@ async fn nothing_is_reported_when_the_dir_fsync_fails_and_the_store_recovers_by_
     assert!(backup.status().await.unwrap().store(KV).unwrap().running);
 }
 
+/// A backup dir's own entry is made durable by an fsync of its parent
+/// (shared by the dirs opened under it) before anything in it is reported:
+/// when that fsync fails, nothing is reported, the store restarts, and a
+/// fresh fsync of the parent lets it catch up.
+#[actix_rt::test]
+async fn nothing_is_reported_before_the_backup_dirs_entry_in_its_parent_is_durable() {
+    let fx = Fixture::new();
+    let file = fx.flush_some(KV, 3);
+    let backup = fx.start(Config::default());
+    let (cb, mut rx) = recorder();
+    let fault = faults::inject(fx.backup_root(), FsOp::SyncDir, 5 /* EIO */);
+    backup
+        .start_backup(KV, fx.backup_dir(KV), cb, Some(ms(30)))
+        .await
+        .unwrap();
+    assert!(
+        no_round_within(&mut rx, ms(400)).await,
+        "files were reported in a dir whose entry is not durable"
+    );
+    let status = backup.status().await.unwrap();
+    let s = status.store(KV).unwrap();
+    assert!(s.failed_rounds >= 1 && s.restarts >= 1, "{s:?}");
+    assert!(s.last_error.as_deref().unwrap_or("").contains("fsync"), "{s:?}");
+    drop(fault);
+    let round = next_nonempty_round(&mut rx, Duration::from_secs(10)).await;
+    assert_eq!(round.files[0].name, file.name(), "caught up after the restart");
+}
+
 #[actix_rt::test]
 async fn shutdown_is_bounded_completes_queued_writes_and_leaves_no_temp_files() {
     let fx = Fixture::new();
@@ -312,7 +340,12 @@ async fn shutdown_is_bounded_completes_queued_writes_and_leaves_no_temp_files() 
         .await
         .expect("shutdown waited for a blocked callback")
         .unwrap();
-    let results = blocking(move || threads.into_iter().map(|t| t.join().unwrap()).collect::<Vec<_>>()).await;
+    // Every writer must be refused soon after shutdown (each would write
+    // 100,000 records, about 100 s, if its session were left open).
+    let joined = blocking(move || threads.into_iter().map(|t| t.join().unwrap()).collect::<Vec<_>>());
+    let results = actix_rt::time::timeout(Duration::from_secs(20), joined)
+        .await
+        .expect("a metadata writer kept working after shutdown");
     for (kv, results) in results {
         let dir = fx.backup_dir(kv);
         for (i, r) in results {

@@ -1,0 +1,168 @@
+//! Group commit of one directory's fsyncs: many backup dirs created in the
+//! same parent (1024 vBuckets becoming active under one backup root) need
+//! the parent fsynced after their `mkdir`, and one fsync that starts after
+//! all of them covers them all.
+//!
+//! A caller takes a [`ticket`](DirSyncGroup::ticket) once its change to the
+//! directory is done, and later [`sync`](DirSyncGroup::sync)s with it: that
+//! returns once an fsync that *started after the ticket was taken* has
+//! completed. If none is running, the caller runs it; if one is running, it
+//! may have started before the change, so the caller waits for it and then
+//! runs or joins the next one. Callers that arrive while an fsync runs share
+//! the next one.
+//!
+//! A failed fsync fails every caller waiting for it and every later one: the
+//! kernel may have dropped the dirty entries, and a later fsync that succeeds
+//! proves nothing ("fsyncgate"). The owner replaces a failed group.
+
+use std::path::{Path, PathBuf};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::error::{Error, Result};
+use crate::faults::{self, FsOp};
+
+#[derive(Debug, Default)]
+struct State {
+    /// Number of the last fsync started (1, 2, ...).
+    started: u64,
+    /// Number of the last fsync completed successfully.
+    done: u64,
+    /// Whether an fsync is running now.
+    running: bool,
+    /// Why an fsync failed, once one did.
+    failed: Option<String>,
+}
+
+/// The fsyncs of one directory, grouped.
+#[derive(Debug)]
+pub(crate) struct DirSyncGroup {
+    path: PathBuf,
+    state: Mutex<State>,
+    finished: Condvar,
+}
+
+impl DirSyncGroup {
+    /// A group for the directory at `path`.
+    pub fn new(path: &Path) -> Self {
+        DirSyncGroup {
+            path: path.to_path_buf(),
+            state: Mutex::new(State::default()),
+            finished: Condvar::new(),
+        }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether an fsync of this group failed (it then fails for good).
+    pub fn failed(&self) -> bool {
+        self.state.lock().failed.is_some()
+    }
+
+    /// Call once a change to the directory is done: the returned ticket is
+    /// the number of the first fsync that is sure to include it.
+    pub fn ticket(&self) -> u64 {
+        self.state.lock().started + 1
+    }
+
+    /// Returns once an fsync numbered `ticket` or later has completed,
+    /// running it on this thread if no other thread is.
+    pub fn sync(&self, ticket: u64) -> Result<()> {
+        let mut st = self.state.lock();
+        loop {
+            if let Some(reason) = &st.failed {
+                return Err(self.error(reason));
+            }
+            if st.done >= ticket {
+                return Ok(());
+            }
+            if st.running {
+                self.finished.wait(&mut st);
+                continue;
+            }
+            st.running = true;
+            st.started += 1;
+            let number = st.started;
+            drop(st);
+            let synced = faults::check(&self.path, FsOp::SyncDir)
+                .and_then(|()| std::fs::File::open(&self.path).and_then(|dir| dir.sync_all()));
+            st = self.state.lock();
+            st.running = false;
+            match synced {
+                Ok(()) => st.done = number,
+                Err(e) => {
+                    tracing::error!(dir = %self.path.display(), error = %e, "fsync of the parent of backup dirs failed");
+                    st.failed = Some(e.to_string());
+                }
+            }
+            self.finished.notify_all();
+        }
+    }
+
+    fn error(&self, reason: &str) -> Error {
+        Error::io(
+            "fsync parent dir",
+            &self.path,
+            std::io::Error::other(format!("an fsync of it failed: {reason}")),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_ticket_is_served_by_an_fsync_started_after_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let g = DirSyncGroup::new(tmp.path());
+        let t1 = g.ticket();
+        assert_eq!(t1, 1);
+        g.sync(t1).unwrap();
+        g.sync(t1).unwrap();
+        assert_eq!(g.state.lock().started, 1, "served already: no second fsync");
+        let t2 = g.ticket();
+        assert_eq!(t2, 2, "a change after fsync 1 needs fsync 2");
+        g.sync(t2).unwrap();
+        assert_eq!(g.state.lock().done, 2);
+    }
+
+    #[test]
+    fn concurrent_callers_share_fsyncs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let g = Arc::new(DirSyncGroup::new(tmp.path()));
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let g = Arc::clone(&g);
+                std::thread::spawn(move || {
+                    let t = g.ticket();
+                    g.sync(t).unwrap();
+                    assert!(g.state.lock().done >= t);
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let st = g.state.lock();
+        assert!(st.started <= 16 && st.done == st.started && !st.running);
+    }
+
+    #[test]
+    fn a_failed_fsync_fails_every_later_caller() {
+        let tmp = tempfile::tempdir().unwrap();
+        let g = DirSyncGroup::new(tmp.path());
+        {
+            let _eio = faults::inject(tmp.path(), FsOp::SyncDir, 5);
+            let err = g.sync(g.ticket()).unwrap_err();
+            assert!(err.to_string().contains("fsync"), "{err}");
+        }
+        assert!(g.failed());
+        let err = g.sync(g.ticket()).unwrap_err();
+        assert!(err.to_string().contains("an fsync of it failed"), "{err}");
+    }
+}
