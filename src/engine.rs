@@ -54,13 +54,26 @@ pub fn check_seqno(path: &Path, seqno: u64) -> Result<u64> {
 /// could not back up faithfully: a relative path, a file name that is not a
 /// plain UTF-8 name (or collides with the component's own `metadata.` and
 /// dot-file names), a seqno above [`MAX_SEQNO`], or `low > high`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IndexFile {
     path: PathBuf,
     len: u64,
     low_seqno: u64,
     high_seqno: u64,
     file_id: Option<u64>,
+}
+
+/// Hashes the file name rather than the whole path: equal files have equal
+/// names, and hashing a path goes component by component, which made it
+/// the largest user-space cost of linking a file.
+impl std::hash::Hash for IndexFile {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.path.file_name().hash(state);
+        self.len.hash(state);
+        self.low_seqno.hash(state);
+        self.high_seqno.hash(state);
+        self.file_id.hash(state);
+    }
 }
 
 impl IndexFile {

@@ -78,13 +78,15 @@ impl LinkSet {
 #[derive(Debug, Default)]
 pub(crate) struct Unacked {
     files: Vec<BackupFile>,
+    /// The names in `files`.
+    names: HashSet<String>,
 }
 
 impl Unacked {
     /// Adds the files a round linked (and made durable).
     pub fn add(&mut self, linked: Vec<BackupFile>) {
         for f in linked {
-            if !self.files.iter().any(|g| g.name == f.name) {
+            if self.names.insert(f.name.clone()) {
                 self.files.push(f);
             }
         }
@@ -99,6 +101,12 @@ impl Unacked {
     pub fn acknowledge(&mut self, reported: &[BackupFile]) {
         let done: HashSet<&str> = reported.iter().map(|f| f.name.as_str()).collect();
         self.files.retain(|f| !done.contains(f.name.as_str()));
+        self.names.retain(|n| !done.contains(n.as_str()));
+        if self.files.is_empty() {
+            // A first round's thousands of entries are not kept allocated.
+            self.files = Vec::new();
+            self.names = HashSet::new();
+        }
     }
 
     /// How many files wait for a successful round.

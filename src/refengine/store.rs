@@ -120,10 +120,25 @@ impl StoreShared {
 /// How a file is recognised in a report of `files_backed_up`: its absolute
 /// path and its file id (inode), which tells it apart from an earlier file of
 /// the same name.
-type FileKey = (PathBuf, Option<u64>);
+#[derive(PartialEq, Eq)]
+struct FileKey {
+    path: PathBuf,
+    id: Option<u64>,
+}
+
+/// Hashes the name and id, not the whole path component by component.
+impl std::hash::Hash for FileKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.path.file_name().hash(state);
+        self.id.hash(state);
+    }
+}
 
 fn key_of(f: &IndexFile) -> FileKey {
-    (f.path().to_path_buf(), f.file_id())
+    FileKey {
+        path: f.path().to_path_buf(),
+        id: f.file_id(),
+    }
 }
 
 /// What a snapshot of a store lists: its live and retained files, ordered by
