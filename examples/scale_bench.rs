@@ -1322,7 +1322,7 @@ fn run() -> Res<bool> {
             format!("empty stores {idle_empty_us:.1}"),
             r(idle_us / idle_empty_us),
             "O(new files)",
-            // Under 20 ticks of CPU in a window, the comparison is noise.
+            // Under 0.2 s of CPU in a window, the comparison is noise.
             if m.idle_full.cpu.process < 0.2 || m.idle_empty.cpu.process < 0.2 {
                 "?"
             } else if idle_us <= idle_empty_us * 1.1 + 1.0 {
