@@ -166,6 +166,9 @@ impl BackupActor {
                 // The pool is gone with the link set: start over, as on
                 // start (placing is idempotent, so nothing is linked twice).
                 self.links = Some(Box::default());
+                if self.closed {
+                    return self.linked_after_close(ctx);
+                }
                 return self.finish_round(Err(Error::ComponentStopped), started, ctx);
             }
         };
@@ -186,9 +189,18 @@ impl BackupActor {
         let Some((_, session)) = self.opened else {
             return;
         };
+        let reported = self.spec.unacked.report();
+        if reported.is_empty() && !self.spec.report_empty_rounds && self.stopping.is_none() {
+            // Nothing to report and empty rounds are not reported (a final
+            // round always calls back): the round ends here.
+            StoreCounters::add(&self.spec.counters.quiet_rounds, 1);
+            drop(linked);
+            self.phase = Phase::Idle;
+            self.failures_in_a_row = 0;
+            return self.schedule_next(ctx);
+        }
         self.phase = Phase::Calling;
         let writer = MetadataWriter::new(self.spec.kv, session, self.spec.metadata.clone());
-        let reported = self.spec.unacked.report();
         let done = self.spec.runner.run(
             Arc::clone(&self.spec.callback),
             linked.snapshot,
@@ -326,10 +338,16 @@ impl BackupActor {
         let Some(stopping) = self.stopping.as_mut() else {
             return;
         };
-        if stopping.final_round_pending && self.opened.is_some() {
+        if stopping.final_round_pending && self.opened.is_some() && !self.closed {
             stopping.final_round_pending = false;
             self.start_round(ctx);
         } else {
+            if stopping.final_round_pending && self.closed {
+                // Closing already (a poisoned dir): the final round asked
+                // for cannot run, and the stop must say so.
+                stopping.final_round_pending = false;
+                stopping.final_result = Some(Err(Error::BackupStopped { kv: self.spec.kv }));
+            }
             self.close(ctx);
         }
     }

@@ -599,7 +599,12 @@ fn create_dirs(path: &Path, mode: u32, defer_last: bool) -> Result<()> {
             continue;
         }
         if let Some(parent) = dir.parent() {
-            sync_dir(parent)?;
+            if let Err(e) = sync_dir(parent) {
+                // Not known durable: removed, so that the next open creates
+                // it again and fsyncs its parent, rather than trusting it.
+                let _ = std::fs::remove_dir(dir);
+                return Err(e);
+            }
         }
     }
     Ok(())
@@ -611,6 +616,7 @@ fn libc_enotdir() -> i32 {
 
 /// fsyncs the directory at `path`.
 pub(crate) fn sync_dir(path: &Path) -> Result<()> {
+    faults::check(path, FsOp::SyncDir).map_err(|e| Error::io("fsync dir", path, e))?;
     let fd = rustix::fs::open(
         path,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -710,5 +716,18 @@ mod tests {
             let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o700, "{}", p.display());
         }
+    }
+
+    #[test]
+    fn a_created_dir_whose_parent_fsync_fails_is_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let upper = tmp.path().join("root");
+        {
+            let _eio = faults::inject(tmp.path(), FsOp::SyncDir, 5);
+            assert!(BackupDir::open(&upper.join("kv")).is_err());
+        }
+        assert!(!upper.exists(), "a dir not known durable is not left behind");
+        BackupDir::open(&upper.join("kv")).unwrap();
+        assert!(upper.join("kv").is_dir());
     }
 }

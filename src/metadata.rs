@@ -43,13 +43,21 @@ pub fn parse_metadata_file_name(name: &str) -> Option<u64> {
 /// The grouped fsyncs of the parents of backup dirs, shared by the metadata
 /// threads: the dirs of many stores under one backup root share the fsyncs
 /// that make their entries durable.
+///
+/// It also serializes the creation of missing dirs across the metadata
+/// threads: a thread that finds a parent dir existing must know it durable,
+/// so another thread's `mkdir` and the fsync that follows it happen under
+/// this lock (and a dir whose fsync failed is removed before it is let go).
 #[derive(Clone, Default)]
-pub(crate) struct ParentSyncs(Arc<parking_lot::Mutex<HashMap<PathBuf, Arc<DirSyncGroup>>>>);
+pub(crate) struct ParentSyncs {
+    groups: Arc<parking_lot::Mutex<HashMap<PathBuf, Arc<DirSyncGroup>>>>,
+    creating: Arc<parking_lot::Mutex<()>>,
+}
 
 impl ParentSyncs {
     /// The group of `parent`; a new one if its last fsync failed.
     fn group(&self, parent: &Path) -> Arc<DirSyncGroup> {
-        let mut groups = self.0.lock();
+        let mut groups = self.groups.lock();
         let group = groups
             .entry(parent.to_path_buf())
             .or_insert_with(|| Arc::new(DirSyncGroup::new(parent)));
@@ -206,6 +214,7 @@ impl MetadataActor {
         let open = match self.logs.entry(msg.path.clone()) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
+                let creating = self.parents.creating.lock();
                 let dir = match msg.path.parent() {
                     Some(parent) => {
                         let group = self.parents.group(parent);
@@ -213,6 +222,7 @@ impl MetadataActor {
                     }
                     None => BackupDir::open_with(&msg.path, self.modes)?,
                 };
+                drop(creating);
                 let dir = Arc::new(dir);
                 e.insert(OpenLog {
                     log: MetadataLog::open(dir)?,

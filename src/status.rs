@@ -86,9 +86,10 @@ pub struct StoreStatus {
     pub backup_dir: Option<PathBuf>,
     /// Rounds finished, successful or not.
     pub rounds: u64,
-    /// Ticks that found nothing new and ended without a round (only with
+    /// Rounds that found nothing new and called no callback (only with
     /// [`Config::report_empty_rounds`](crate::Config::report_empty_rounds)
-    /// off); not counted in `rounds`.
+    /// off), whether the tick ended on the actor thread or after a look at
+    /// the engine's files; not counted in `rounds`.
     pub quiet_rounds: u64,
     /// Rounds that failed (link error, callback error or panic).
     pub failed_rounds: u64,

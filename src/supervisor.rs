@@ -347,7 +347,7 @@ impl Supervisor {
                         .map(move |res, _, _| answer(queued.waiters, kv, res))
                         .spawn(ctx);
                 }
-                _ => self.rest(kv, msg.unacked),
+                _ => self.rest(kv, msg.unacked, ctx),
             },
             Phase::Running { opened: true } if !self.shutting_down => {
                 // Failed on its own: restart it from what is in the backup
@@ -374,15 +374,54 @@ impl Supervisor {
                 self.await_start(kv, started).map(|_, _, _| ()).spawn(ctx);
             }
             // A start whose dir did not open, or the end of a shutdown.
-            Phase::Running { .. } => self.rest(kv, msg.unacked),
+            Phase::Running { .. } => self.rest(kv, msg.unacked, ctx),
         }
     }
 
     /// Moves an ended store to `resting`, and tells the engine.
-    fn rest(&mut self, kv: KvId, unacked: Unacked) {
-        if let Some(store) = self.stores.remove(&kv) {
-            self.resting.insert(kv, (store.runner, unacked));
-            self.linker.do_send(BackupStoppedHook { kv });
+    ///
+    /// The store stays draining until the engine's `backup_stopped` has
+    /// returned: a start that comes meanwhile is queued behind it, so the
+    /// hook can never overtake the next start's first round (it would mark
+    /// the new backup inactive).
+    fn rest(&mut self, kv: KvId, unacked: Unacked, ctx: &mut Context<Self>) {
+        let Some(store) = self.stores.get_mut(&kv) else {
+            return;
+        };
+        store.phase = Phase::Draining { next: None };
+        let generation = store.generation;
+        self.linker
+            .send(BackupStoppedHook { kv })
+            .into_actor(self)
+            .map(move |_, act, ctx| act.rested(kv, generation, unacked, ctx))
+            .spawn(ctx);
+    }
+
+    /// The engine was told the store's backup stopped: start what was
+    /// queued meanwhile, or forget the store.
+    fn rested(&mut self, kv: KvId, generation: u64, unacked: Unacked, ctx: &mut Context<Self>) {
+        let Some(store) = self.stores.get_mut(&kv).filter(|s| s.generation == generation) else {
+            return;
+        };
+        let runner = store.runner.clone();
+        let queued = match &mut store.phase {
+            Phase::Draining { next } => next.take(),
+            Phase::Running { .. } => None,
+        };
+        match queued {
+            Some(queued) if !self.shutting_down => {
+                let started = self.spawn(kv, queued.plan, Carry::fresh(runner, unacked), ctx);
+                self.await_start(kv, started)
+                    .map(move |res, _, _| answer(queued.waiters, kv, res))
+                    .spawn(ctx);
+            }
+            queued => {
+                for waiter in queued.into_iter().flat_map(|q| q.waiters) {
+                    let _ = waiter.send(Err(Error::ComponentStopped));
+                }
+                self.stores.remove(&kv);
+                self.resting.insert(kv, (runner, unacked));
+            }
         }
     }
 

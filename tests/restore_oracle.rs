@@ -266,3 +266,43 @@ async fn without_retention_for_backup_a_restore_inside_a_compacted_file_is_refus
         }
     }
 }
+
+/// A store deleted and created again into the same backup dir starts its
+/// seqnos over, so the dir holds two histories: restore refuses rather than
+/// mix them, and verify names the conflict.
+#[actix_rt::test]
+async fn a_backup_dir_holding_two_histories_of_a_store_is_refused() {
+    let kv = KvId(4);
+    let fx = Fixture::new();
+    let backup = fx.start(Config::default());
+    let run = |writes: &'static [(&'static str, &'static str)]| {
+        let (fx, backup) = (&fx, &backup);
+        async move {
+            for (k, v) in writes {
+                fx.engine.put(kv, k.as_bytes(), v.as_bytes()).unwrap();
+            }
+            fx.engine.flush(kv).unwrap();
+            let (cb, mut rx) = recorder();
+            backup
+                .start_backup(kv, fx.backup_dir(kv), cb, Some(Duration::from_secs(3600)))
+                .await
+                .unwrap();
+            next_round(&mut rx, Duration::from_secs(5)).await;
+            backup.stop_backup(kv, false).await.unwrap();
+        }
+    };
+    run(&[("deleted-key", "old"), ("shared", "old")]).await; // @1, @2
+    fx.engine.drop_store(kv).unwrap();
+    run(&[("shared", "new1"), ("shared", "new2")]).await; // @1, @2 again
+    let root = BackupRoot::open(&fx.backup_root()).unwrap();
+    let out = fx.tmp.path().join("restored");
+    let err = restore(&root, &[kv], 2, &out, &RefFormat, &mut |_| {}).unwrap_err();
+    assert!(
+        matches!(&err, Error::NotRestorable { reason, .. } if reason.contains("more than one history")),
+        "{err}"
+    );
+    assert!(!out.exists(), "nothing written");
+    let problems = continuous_backup::restore::verify(&root, &RefFormat);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].what.contains("more than one history"), "{problems:?}");
+}

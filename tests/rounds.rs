@@ -381,3 +381,46 @@ async fn quiet_ticks_come_once_per_interval() {
     assert!(ticks <= most, "{ticks} quiet ticks in 400 ms at a 20 ms interval");
     backup.stop_backup(KV, false).await.unwrap();
 }
+
+/// With `report_empty_rounds` off, an engine that gives no generations has
+/// every tick look at its files on the linker pool, and still no empty
+/// round calls back.
+#[actix_rt::test]
+async fn quiet_rounds_call_no_callback_on_an_engine_without_generations() {
+    use continuous_backup::{Engine, IndexFile, Snapshot};
+    struct Plain(Box<dyn Snapshot>);
+    impl Snapshot for Plain {
+        fn kv_id(&self) -> KvId {
+            self.0.kv_id()
+        }
+        fn files(&self) -> &[IndexFile] {
+            self.0.files()
+        }
+    }
+    struct NoGenerations(continuous_backup::refengine::RefEngine);
+    impl Engine for NoGenerations {
+        fn snapshot(&self, kv: KvId) -> continuous_backup::Result<Box<dyn Snapshot>> {
+            Ok(Box::new(Plain(self.0.snapshot(kv)?)))
+        }
+    }
+    let fx = Fixture::new();
+    fx.flush_some(KV, 1);
+    let engine = Arc::new(NoGenerations(fx.engine.clone()));
+    let backup = continuous_backup::ContinuousBackup::start(engine, quiet(), None).unwrap();
+    let (cb, mut rx) = recorder();
+    backup
+        .start_backup(KV, fx.backup_dir(KV), cb, Some(ms(10)))
+        .await
+        .unwrap();
+    assert_eq!(next_round(&mut rx, Duration::from_secs(5)).await.files.len(), 1);
+    assert!(
+        no_round_within(&mut rx, ms(200)).await,
+        "an empty round called back"
+    );
+    let status = backup.status().await.unwrap();
+    assert!(status.store(KV).unwrap().quiet_rounds >= 5);
+    let flushed = fx.flush_some(KV, 1);
+    let round = next_round(&mut rx, Duration::from_secs(5)).await;
+    assert_eq!(round.files[0].name, flushed.name());
+    backup.stop_backup(KV, false).await.unwrap();
+}

@@ -137,8 +137,23 @@ impl Coverage {
         let highest = ranges.iter().map(|r| r.1).max();
         let restorable = match (lowest, highest) {
             (Some(lowest), Some(highest)) => {
-                let known = known_states(&files, &complete, lowest.saturating_sub(1));
-                intersect(&known, (lowest, highest))
+                // Worked out on seqnos shifted up by one, so that the state
+                // before a lowest seqno of 0 has a number too.
+                let shift = |(low, high): (u64, u64)| (low + 1, high + 1);
+                let shifted: Vec<FileCoverage> = files
+                    .iter()
+                    .map(|f| FileCoverage {
+                        low_seqno: f.low_seqno + 1,
+                        high_seqno: f.high_seqno + 1,
+                        ..*f
+                    })
+                    .collect();
+                let complete_shifted: Vec<(u64, u64)> = complete.iter().copied().map(shift).collect();
+                let known = known_states(&shifted, &complete_shifted, lowest);
+                intersect(&known, shift((lowest, highest)))
+                    .into_iter()
+                    .map(|(low, high)| (low - 1, high - 1))
+                    .collect()
             }
             _ => Vec::new(),
         };
@@ -357,6 +372,17 @@ mod tests {
         // complete at all.
         let c = Coverage::new(vec![file(1, 10, false), file(11, 20, false), file(15, 30, false)]);
         assert_eq!(c.restorable, vec![(10, 10), (20, 20), (30, 30)]);
+        agrees(&c);
+    }
+
+    #[test]
+    fn a_lowest_seqno_of_zero_is_known_only_where_every_version_is() {
+        // Seqno 0 is in the lossy file only: a key written at 0 and again
+        // at 7 lost its version 0.
+        let c = Coverage::new(vec![file(0, 7, false), file(1, 7, true)]);
+        assert_eq!(c.restorable, vec![(7, 7)]);
+        let c = Coverage::new(vec![file(0, 7, true)]);
+        assert_eq!(c.restorable, vec![(0, 7)]);
         agrees(&c);
     }
 

@@ -89,3 +89,43 @@ impl RecordReader for RefFormat {
         })
     }
 }
+
+/// Two records of one store's backup that disagree on what seqno `seqno`
+/// wrote: the backup dir holds more than one history of the store (it was
+/// deleted and created again into the same dir, and seqnos started over).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryConflict {
+    /// The seqno written twice.
+    pub seqno: u64,
+    /// Index of a file holding one version, in the list given.
+    pub first: usize,
+    /// Index of a file holding another.
+    pub second: usize,
+}
+
+/// The first seqno that two of `files` give different records for, if any.
+/// The same record in several files (a compaction output and its input) is
+/// no conflict.
+pub fn history_conflict(files: &[BackedUpFile]) -> Option<HistoryConflict> {
+    let mut seen: std::collections::HashMap<u64, (usize, &Record)> = std::collections::HashMap::new();
+    for (i, file) in files.iter().enumerate() {
+        for record in &file.records {
+            match seen.entry(record.seqno) {
+                std::collections::hash_map::Entry::Occupied(e) => {
+                    let (first, other) = *e.get();
+                    if other != record {
+                        return Some(HistoryConflict {
+                            seqno: record.seqno,
+                            first,
+                            second: i,
+                        });
+                    }
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert((i, record));
+                }
+            }
+        }
+    }
+    None
+}

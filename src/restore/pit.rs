@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::{BackedUpFile, BackupRoot, Coverage, RecordReader, Unrestorable};
+use super::{history_conflict, BackedUpFile, BackupRoot, Coverage, RecordReader, Unrestorable};
 use crate::engine::KvId;
 use crate::error::{Error, Result};
 use crate::refengine::Record;
@@ -48,6 +48,16 @@ fn rebuild(
     for path in &store.files {
         files.push(reader.read(path)?);
         progress(1);
+    }
+    if let Some(c) = history_conflict(&files) {
+        return Err(not_restorable(format!(
+            "seqno {} is written differently in {} and {}: the backup dir holds more than one \
+             history of the store (it was deleted and created again into the same dir); restore \
+             needs a backup dir with one",
+            c.seqno,
+            store.files[c.first].display(),
+            store.files[c.second].display()
+        )));
     }
     let coverage = Coverage::new(files.iter().map(BackedUpFile::coverage).collect());
     if let Err(why) = coverage.check(seqno) {

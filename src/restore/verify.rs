@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::{BackupRoot, RecordReader};
+use super::{history_conflict, BackupRoot, RecordReader};
 use crate::engine::KvId;
 use crate::metadata::metadata_file_name;
 
@@ -26,9 +26,10 @@ impl fmt::Display for Problem {
     }
 }
 
-/// Reads every backed-up file (checksum, footer, records inside the range)
-/// and checks that metadata files are numbered 1..=max without a hole and
-/// are not empty. Returns every problem found; empty means clean.
+/// Reads every backed-up file (checksum, footer, records inside the range),
+/// checks that no two files of a store disagree on what a seqno wrote (one
+/// history per dir), and that metadata files are numbered 1..=max without a
+/// hole and are not empty. Returns every problem found; empty means clean.
 pub fn verify(root: &BackupRoot, reader: &dyn RecordReader) -> Vec<Problem> {
     let mut problems = Vec::new();
     for store in root.stores() {
@@ -39,11 +40,29 @@ pub fn verify(root: &BackupRoot, reader: &dyn RecordReader) -> Vec<Problem> {
                 what,
             })
         };
+        let mut read = Vec::new();
+        let mut paths = Vec::new();
         for path in &store.files {
-            if let Err(e) = reader.read(path) {
-                problem(path.clone(), e.to_string());
+            match reader.read(path) {
+                Ok(file) => {
+                    read.push(file);
+                    paths.push(path);
+                }
+                Err(e) => problem(path.clone(), e.to_string()),
             }
         }
+        if let Some(c) = history_conflict(&read) {
+            problem(
+                paths[c.second].clone(),
+                format!(
+                    "seqno {} is written differently here and in {}: the dir holds more than one \
+                     history of the store",
+                    c.seqno,
+                    paths[c.first].display()
+                ),
+            );
+        }
+        drop(read);
         let mut expected = 1;
         for (n, path) in &store.metadata {
             match n - expected {
