@@ -1,7 +1,7 @@
 //! The file-system work of a backup dir: open it once, then link, copy and
 //! write durably relative to its handle.
 //!
-//! Everything here blocks; it runs on the linker pool and the metadata thread,
+//! Everything here blocks; it runs on the linker pool and the metadata threads,
 //! never on an actor's mailbox thread. Names the component creates are opened
 //! relative to the backup dir's descriptor without following symlinks, and
 //! nothing existing is ever replaced (`O_EXCL`, `RENAME_NOREPLACE`,

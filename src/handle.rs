@@ -26,9 +26,10 @@ pub struct ContinuousBackup {
 
 impl ContinuousBackup {
     /// Starts the actors: the supervisor, the linker pool
-    /// (`config.linker_threads` threads) and the metadata thread. Must be
-    /// called from within a running actix `System`. `factory` makes the
-    /// callback of vBucket-driven backups; without it, `Active` is refused.
+    /// (`config.linker_threads` threads) and the metadata threads
+    /// (`config.metadata_threads`). Must be called from within a running
+    /// actix `System`. `factory` makes the callback of vBucket-driven
+    /// backups; without it, `Active` is refused.
     pub fn start(engine: Arc<dyn Engine>, config: Config, factory: Option<CallbackFactory>) -> Result<Self> {
         config.validate()?;
         let linker_engine = Arc::clone(&engine);

@@ -2,9 +2,10 @@
 //! the order the writes were made, never reused, continuing across restarts.
 //!
 //! [`MetadataLog`] owns the numbering and the durable write of one dir and is
-//! plain Rust; the `MetadataActor` (one thread of its own) holds the logs of
-//! every open dir and applies writes in mailbox order; [`MetadataWriter`] is
-//! the handle callbacks get.
+//! plain Rust; each `MetadataActor` (one thread of its own; there are
+//! `Config::metadata_threads` of them, and a dir always goes to the same one)
+//! holds the logs of its open dirs and applies writes in mailbox order;
+//! [`MetadataWriter`] is the handle callbacks get.
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -158,7 +159,7 @@ struct Session {
     counters: Arc<StoreCounters>,
 }
 
-/// Serialises every metadata write of the node on one thread (a
+/// Serialises the metadata writes of its backup dirs on one thread (a
 /// `SyncArbiter` of size 1), in mailbox order.
 pub(crate) struct MetadataActor {
     modes: Modes,
@@ -185,7 +186,7 @@ impl Actor for MetadataActor {
 }
 
 /// Runs a handler body so that a panic becomes an error instead of killing
-/// the only metadata thread.
+/// a metadata thread.
 fn guarded<T>(kv: KvId, body: impl FnOnce() -> Result<T>) -> Result<T> {
     catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|panic| {
         tracing::error!(kv_store = kv.0, "metadata thread caught a panic");
