@@ -146,6 +146,14 @@ async fn bad_input_gets_a_typed_error_and_writes_nothing() {
             ..Config::default()
         },
         Config {
+            metadata_threads: 0,
+            ..Config::default()
+        },
+        Config {
+            metadata_threads: 65,
+            ..Config::default()
+        },
+        Config {
             backup_root: Some("rel".into()),
             ..Config::default()
         },
