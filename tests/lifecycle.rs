@@ -18,9 +18,7 @@ const KV: KvId = KvId(5);
 async fn a_failed_final_round_fails_the_stop() {
     let fx = Fixture::new();
     fx.flush_some(KV, 2);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let c = Arc::clone(&calls);
-    let (cb, mut rx) = recorder_with(move |_| match c.fetch_add(1, Ordering::SeqCst) {
+    let (cb, mut rx) = recorder_by_call(|call| match call {
         0 => Ok(()),
         _ => Err("downstream down".into()),
     });
@@ -94,9 +92,7 @@ async fn files_of_a_failed_round_are_reported_after_stop_start_and_compaction() 
     let fx = Fixture::new();
     let a = fx.flush_some(KV, 2);
     let b = fx.flush_some(KV, 2);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let c = Arc::clone(&calls);
-    let (cb, mut rx) = recorder_with(move |_| match c.fetch_add(1, Ordering::SeqCst) {
+    let (cb, mut rx) = recorder_by_call(|call| match call {
         0 => Err("not ready".into()),
         _ => Ok(()),
     });

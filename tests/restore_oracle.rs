@@ -15,20 +15,6 @@ use continuous_backup::refengine::{RefEngine, RefOptions};
 use continuous_backup::restore::{inspect, restore, BackupRoot, RecordReader, RefFormat};
 use continuous_backup::{Config, ContinuousBackup, Error, KvId};
 
-/// xorshift64*: a seeded generator, so every run drives the same history.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// Every mutation of one store, in seqno order: (seqno, key, value or delete).
 type History = Vec<(u64, Vec<u8>, Option<Vec<u8>>)>;
 

@@ -115,9 +115,7 @@ async fn compaction_after_link_keeps_backup() {
 async fn a_failed_callback_gets_its_files_again_next_round() {
     let fx = Fixture::new();
     fx.flush_some(KV, 3);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let c = Arc::clone(&calls);
-    let (cb, mut rx) = recorder_with(move |_| match c.fetch_add(1, Ordering::SeqCst) {
+    let (cb, mut rx) = recorder_by_call(|call| match call {
         0 => Err("downstream not ready".into()),
         1 => panic!("callback bug"),
         _ => Ok(()),
@@ -298,9 +296,7 @@ fn quiet() -> Config {
 async fn with_empty_rounds_unreported_only_new_files_or_retries_call_back() {
     let fx = Fixture::new();
     fx.flush_some(KV, 3);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let c = Arc::clone(&calls);
-    let (cb, mut rx) = recorder_with(move |_| match c.fetch_add(1, Ordering::SeqCst) {
+    let (cb, mut rx) = recorder_by_call(|call| match call {
         0 => Err("downstream not ready".into()),
         _ => Ok(()),
     });

@@ -65,17 +65,6 @@ async fn stop_with_final_round_links_the_last_flush() {
     assert_eq!(final_round.files[0].name, last.name());
 }
 
-/// A small deterministic generator (xorshift64*), so the test needs no crate.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 #[actix_rt::test]
 async fn vbucket_flapping_ends_with_exactly_the_active_ones_running() {
     let fx = Fixture::new();

@@ -89,6 +89,34 @@ pub fn recorder() -> (Arc<dyn BackupCallback>, UnboundedReceiver<Round>) {
     recorder_with(|_| Ok(()))
 }
 
+/// A recorder whose `n`th call (from 0) returns `outcome(n)`, which may
+/// also panic.
+pub fn recorder_by_call<F>(outcome: F) -> (Arc<dyn BackupCallback>, UnboundedReceiver<Round>)
+where
+    F: Fn(usize) -> Result<(), continuous_backup::CallbackError> + Send + Sync + 'static,
+{
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    recorder_with(move |_| outcome(calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst)))
+}
+
+/// xorshift64*: a small seeded generator, so a test drives the same history
+/// on every run without a crate.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
 /// The next recorded round, or a panic after `within`.
 pub async fn next_round(rx: &mut UnboundedReceiver<Round>, within: Duration) -> Round {
     actix_rt::time::timeout(within, rx.recv())
