@@ -92,13 +92,7 @@ async fn inspect_names_the_exact_restore_points_of_a_compacted_store() {
     fx.engine.put(kv, b"k", b"x").unwrap(); // @4
     fx.engine.flush(kv).unwrap();
     let backup = fx.start(Config::default());
-    let (cb, mut rx) = recorder();
-    backup
-        .start_backup(kv, fx.backup_dir(kv), cb, Some(Duration::from_secs(3600)))
-        .await
-        .unwrap();
-    next_round(&mut rx, Duration::from_secs(5)).await;
-    backup.stop_backup(kv, false).await.unwrap();
+    fx.back_up_once(&backup, kv).await;
     let o = cbk(&["inspect", &root(&fx)]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(

@@ -268,13 +268,7 @@ async fn a_backup_dir_holding_two_histories_of_a_store_is_refused() {
                 fx.engine.put(kv, k.as_bytes(), v.as_bytes()).unwrap();
             }
             fx.engine.flush(kv).unwrap();
-            let (cb, mut rx) = recorder();
-            backup
-                .start_backup(kv, fx.backup_dir(kv), cb, Some(Duration::from_secs(3600)))
-                .await
-                .unwrap();
-            next_round(&mut rx, Duration::from_secs(5)).await;
-            backup.stop_backup(kv, false).await.unwrap();
+            fx.back_up_once(backup, kv).await;
         }
     };
     run(&[("deleted-key", "old"), ("shared", "old")]).await; // @1, @2

@@ -57,6 +57,18 @@ impl Fixture {
     pub fn start(&self, config: Config) -> ContinuousBackup {
         ContinuousBackup::start(Arc::new(self.engine.clone()), config, None).unwrap()
     }
+
+    /// Backs up `kv` for one round (what it has now) and stops.
+    pub async fn back_up_once(&self, backup: &ContinuousBackup, kv: KvId) -> Round {
+        let (cb, mut rx) = recorder();
+        backup
+            .start_backup(kv, self.backup_dir(kv), cb, Some(Duration::from_secs(3600)))
+            .await
+            .unwrap();
+        let round = next_round(&mut rx, Duration::from_secs(5)).await;
+        backup.stop_backup(kv, false).await.unwrap();
+        round
+    }
 }
 
 /// A callback that records every round on a channel, after running `inner`
