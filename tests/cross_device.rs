@@ -72,8 +72,7 @@ async fn a_backup_dir_on_another_file_system_gets_durable_copies_counted_and_war
     let later = fx.flush_some(kv, 20);
     let round = next_nonempty_round(&mut rx, Duration::from_secs(10)).await;
     assert_eq!(round.files[0].name, later.name());
-    let s = backup.status().await.unwrap();
-    let s = s.store(kv).unwrap().clone();
+    let s = store_status(&backup, kv).await;
     assert!(s.cross_device);
     assert_eq!((s.files_copied, s.files_linked), (6, 0));
     assert_eq!(
@@ -90,7 +89,7 @@ async fn a_backup_dir_on_another_file_system_gets_durable_copies_counted_and_war
         again.files.iter().all(|f| !f.name.contains('~')),
         "copied again under a new name"
     );
-    assert_eq!(backup.status().await.unwrap().store(kv).unwrap().files_copied, 6);
+    assert_eq!(store_status(&backup, kv).await.files_copied, 6);
     assert!(names(&dir).iter().all(|n| !n.starts_with('.')), "temp files left");
 
     let text = String::from_utf8(logs.0.lock().clone()).unwrap();

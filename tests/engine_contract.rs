@@ -62,8 +62,7 @@ async fn seqno_above_48_bits_is_rejected_and_nothing_reported() {
         no_round_within(&mut rx, ms(300)).await,
         "the callback heard of a round that failed"
     );
-    let status = backup.status().await.unwrap();
-    let s = status.store(KV).unwrap();
+    let s = store_status(&backup, KV).await;
     assert!(s.failed_rounds >= 2, "each tick retries");
     let err = s.last_error.as_deref().unwrap();
     assert!(err.contains("281474976710656") && err.contains("48-bit"), "{err}");
@@ -97,8 +96,7 @@ async fn a_panicking_engine_fails_the_round_and_the_pool_keeps_its_thread() {
         .unwrap();
     let round = next_round(&mut rx, Duration::from_secs(10)).await;
     assert_eq!(round.files.len(), 1);
-    let status = backup.status().await.unwrap();
-    let s = status.store(KV).unwrap();
+    let s = store_status(&backup, KV).await;
     assert_eq!(s.failed_rounds, 3);
     assert!(s.running);
 }
@@ -295,8 +293,7 @@ async fn a_file_that_vanished_fails_the_round_and_the_rest_come_once_it_is_gone(
         round.files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
         vec![real.name()]
     );
-    let s = backup.status().await.unwrap();
-    let s = s.store(KV).unwrap();
+    let s = store_status(&backup, KV).await;
     assert_eq!(s.failed_rounds, 2);
     assert!(names(&fx.backup_dir(KV)).iter().all(|n| n != "000000000099.sqi"));
 }

@@ -46,8 +46,7 @@ async fn a_full_disk_fails_rounds_cleanly_backs_off_and_catches_up_while_others_
         no_round_within(&mut sick_rx, ms(100)).await,
         "the callback heard of a failed round"
     );
-    let status = backup.status().await.unwrap();
-    let s = status.store(sick).unwrap();
+    let s = store_status(&backup, sick).await;
     assert!(s.running && s.failed_rounds >= 2, "{s:?}");
     assert!(s.last_error.as_deref().unwrap().contains("os error 28"), "{s:?}");
     assert!(
@@ -75,12 +74,8 @@ async fn a_full_disk_fails_rounds_cleanly_backs_off_and_catches_up_while_others_
         || {
             let backup = backup.clone();
             async move {
-                backup
-                    .status()
+                store_status(&backup, sick)
                     .await
-                    .unwrap()
-                    .store(sick)
-                    .unwrap()
                     .last_error
                     .is_none()
                     .then_some(())
@@ -127,16 +122,7 @@ async fn read_only_and_permission_errors_are_typed_and_leave_nothing_half_writte
     let new = fx.flush_some(kv, 1);
     let err = eventually(Duration::from_secs(10), "no round failed", || {
         let backup = backup.clone();
-        async move {
-            backup
-                .status()
-                .await
-                .unwrap()
-                .store(kv)
-                .unwrap()
-                .last_error
-                .clone()
-        }
+        async move { store_status(&backup, kv).await.last_error.clone() }
     })
     .await;
     assert!(
@@ -173,8 +159,7 @@ async fn the_link_limit_is_a_clear_error_naming_the_file() {
         .await
         .unwrap();
     assert!(no_round_within(&mut rx, ms(200)).await);
-    let status = backup.status().await.unwrap();
-    let err = status.store(kv).unwrap().last_error.clone().unwrap();
+    let err = store_status(&backup, kv).await.last_error.unwrap();
     assert!(
         err.contains("EMLINK") && err.contains(&file.path().display().to_string()),
         "{err}"
@@ -223,8 +208,7 @@ fn disk_full_in_small_tmpfs(mount: &std::path::Path) {
             no_round_within(&mut rx, ms(300)).await,
             "a round reported files that did not fit"
         );
-        let status = backup.status().await.unwrap();
-        let s = status.store(kv).unwrap();
+        let s = store_status(&backup, kv).await;
         assert!(s.cross_device || s.failed_rounds > 0, "{s:?}");
         assert!(
             s.last_error.as_deref().unwrap_or("").contains("os error 28"),
@@ -244,8 +228,7 @@ fn disk_full_in_small_tmpfs(mount: &std::path::Path) {
                 std::fs::read(f.path()).unwrap()
             );
         }
-        let s = backup.status().await.unwrap();
-        assert_eq!(s.store(kv).unwrap().files_copied, files.len() as u64);
+        assert_eq!(store_status(&backup, kv).await.files_copied, files.len() as u64);
     });
 }
 

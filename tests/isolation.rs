@@ -84,7 +84,7 @@ async fn a_callback_that_keeps_panicking_backs_off_and_other_stores_run() {
         next_round(&mut good_rx, Duration::from_secs(10)).await;
         good_rounds += 1;
     }
-    assert!(backup.status().await.unwrap().store(bad).unwrap().running);
+    assert!(store_status(&backup, bad).await.running);
     // Stopped, its counters hold still (a round in flight is abandoned).
     backup.stop_backup(bad, false).await.unwrap();
     let status = backup.status().await.unwrap();

@@ -34,7 +34,7 @@ async fn a_failed_final_round_fails_the_stop() {
         matches!(&err, Error::FinalRoundFailed { kv: KV, reason } if reason.contains("downstream down")),
         "{err}"
     );
-    assert!(!backup.status().await.unwrap().store(KV).unwrap().running);
+    assert!(!store_status(&backup, KV).await.running);
 }
 
 #[actix_rt::test]
@@ -251,14 +251,13 @@ async fn nothing_is_reported_until_an_fsync_of(failing: std::path::PathBuf, fx: 
         "files were reported while {} could not be fsynced",
         failing.display()
     );
-    let status = backup.status().await.unwrap();
-    let s = status.store(KV).unwrap();
+    let s = store_status(&backup, KV).await;
     assert!(s.failed_rounds >= 1 && s.restarts >= 1, "{s:?}");
     assert!(s.last_error.as_deref().unwrap_or("").contains("fsync"), "{s:?}");
     drop(fault);
     let round = next_nonempty_round(&mut rx, Duration::from_secs(10)).await;
     assert_eq!(round.files[0].name, file.name(), "caught up after the restart");
-    assert!(backup.status().await.unwrap().store(KV).unwrap().running);
+    assert!(store_status(&backup, KV).await.running);
 }
 
 /// The round's dir fsync fails (the dir's own entry is synced through its

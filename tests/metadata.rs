@@ -45,8 +45,7 @@ async fn metadata_n_is_1_2_3_in_call_order() {
     for (i, n) in ns.iter().enumerate() {
         assert_eq!(read_n(&fx.backup_dir(KV), *n), format!("record {i}"));
     }
-    let s = backup.status().await.unwrap();
-    let s = s.store(KV).unwrap();
+    let s = store_status(&backup, KV).await;
     assert_eq!((s.metadata_writes, s.next_metadata_n), (5, 6));
 }
 

@@ -38,8 +38,7 @@ async fn start_links_all_files_and_calls_back_once() {
         assert_eq!(std::fs::metadata(&linked).unwrap().len(), reported.len);
     }
     assert!(no_round_within(&mut rx, ms(300)).await, "exactly one callback");
-    let status = backup.status().await.unwrap();
-    let s = status.store(KV).unwrap();
+    let s = store_status(&backup, KV).await;
     assert!(s.running);
     assert_eq!(
         (s.rounds, s.failed_rounds, s.files_linked, s.callbacks),
@@ -133,8 +132,7 @@ async fn a_failed_callback_gets_its_files_again_next_round() {
     assert_eq!(r2.files, r1.files, "after an error: reported again");
     assert_eq!(r3.files, r1.files, "after a panic: reported again");
     assert!(r4.files.is_empty(), "acknowledged by the successful round");
-    let status = backup.status().await.unwrap();
-    let s = status.store(KV).unwrap();
+    let s = store_status(&backup, KV).await;
     assert_eq!(s.failed_rounds, 2);
     assert!(s.running, "a panicking callback does not stop the store");
     assert_eq!(s.files_linked, 1, "linked once, reported three times");
@@ -207,8 +205,7 @@ async fn restart_reports_every_file_again_without_relinking() {
         "the same names: the same inodes count as linked"
     );
     assert_eq!(names(&fx.backup_dir(KV)).len(), 2, "nothing linked twice");
-    let s = backup.status().await.unwrap();
-    assert_eq!(s.store(KV).unwrap().files_linked, 2);
+    assert_eq!(store_status(&backup, KV).await.files_linked, 2);
 }
 
 #[actix_rt::test]
@@ -316,8 +313,7 @@ async fn with_empty_rounds_unreported_only_new_files_or_retries_call_back() {
         no_round_within(&mut rx, ms(150)).await,
         "idle ticks call no callback"
     );
-    let status = backup.status().await.unwrap();
-    let s = status.store(KV).unwrap();
+    let s = store_status(&backup, KV).await;
     assert!(
         s.quiet_rounds >= 5,
         "{} quiet ticks in 150 ms at 10 ms",
@@ -413,8 +409,7 @@ async fn quiet_rounds_call_no_callback_on_an_engine_without_generations() {
         no_round_within(&mut rx, ms(200)).await,
         "an empty round called back"
     );
-    let status = backup.status().await.unwrap();
-    assert!(status.store(KV).unwrap().quiet_rounds >= 5);
+    assert!(store_status(&backup, KV).await.quiet_rounds >= 5);
     let flushed = fx.flush_some(KV, 1);
     let round = next_round(&mut rx, Duration::from_secs(5)).await;
     assert_eq!(round.files[0].name, flushed.name());

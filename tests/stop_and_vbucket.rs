@@ -40,8 +40,7 @@ async fn stop_ends_rounds_and_later_flushes_are_not_linked() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::BackupStopped { kv: KV }), "{err}");
-    let status = backup.status().await.unwrap();
-    assert!(!status.store(KV).unwrap().running);
+    assert!(!store_status(&backup, KV).await.running);
     let err = backup.stop_backup(KV, false).await.unwrap_err();
     assert!(matches!(err, Error::NotRunning { kv: KV }), "{err}");
 }

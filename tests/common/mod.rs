@@ -129,6 +129,12 @@ impl Rng {
     }
 }
 
+/// The status of store `kv`, which the component must know.
+pub async fn store_status(backup: &ContinuousBackup, kv: KvId) -> continuous_backup::StoreStatus {
+    let status = backup.status().await.unwrap();
+    status.store(kv).unwrap().clone()
+}
+
 /// The next recorded round, or a panic after `within`.
 pub async fn next_round(rx: &mut UnboundedReceiver<Round>, within: Duration) -> Round {
     actix_rt::time::timeout(within, rx.recv())
