@@ -2,7 +2,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -117,30 +116,6 @@ impl StoreShared {
     }
 }
 
-/// How a file is recognised in a report of `files_backed_up`: its absolute
-/// path and its file id (inode), which tells it apart from an earlier file of
-/// the same name.
-#[derive(PartialEq, Eq)]
-struct FileKey {
-    path: PathBuf,
-    id: Option<u64>,
-}
-
-/// Hashes the name and id, not the whole path component by component.
-impl std::hash::Hash for FileKey {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.path.file_name().hash(state);
-        self.id.hash(state);
-    }
-}
-
-fn key_of(f: &IndexFile) -> FileKey {
-    FileKey {
-        path: f.path().to_path_buf(),
-        id: f.file_id(),
-    }
-}
-
 /// What a snapshot of a store lists: its live and retained files, ordered by
 /// low seqno (then high seqno; ranges may overlap), each held on disk while
 /// this lives. Built again, with a new generation, whenever the store's
@@ -179,8 +154,10 @@ struct State {
     /// not read by `get`. In retirement order.
     retained: Vec<Arc<LiveFile>>,
     /// Live files the backup reported: a compaction releases them at once.
-    /// Only ever holds keys of files in `files`.
-    backed_up: HashSet<FileKey>,
+    /// Only ever holds descriptions of files in `files`. A report names a
+    /// file by the description a snapshot gave, whose file id (the inode)
+    /// tells it apart from an earlier file of the same name.
+    backed_up: HashSet<IndexFile>,
     /// What a snapshot lists now; rebuilt by [`Store::relist`] after every
     /// change of `files` or `retained`.
     listed: Arc<Listed>,
@@ -497,21 +474,21 @@ impl Store {
             return released;
         }
         // One pass over the store's files, whatever the number reported.
-        let mut reported: HashSet<FileKey> = files.iter().map(key_of).collect();
+        let mut reported: HashSet<&IndexFile> = files.iter().collect();
         let mut st = self.state.lock();
         if st.dropped {
             return released;
         }
         let st = &mut *st;
         for f in &st.files {
-            if let Some(key) = reported.take(&key_of(f.desc())) {
-                st.backed_up.insert(key);
+            if reported.remove(f.desc()) {
+                st.backed_up.insert(f.desc().clone());
             }
         }
         if !reported.is_empty() {
             let (gone, kept) = std::mem::take(&mut st.retained)
                 .into_iter()
-                .partition(|r| reported.contains(&key_of(r.desc())));
+                .partition(|r| reported.contains(r.desc()));
             st.retained = kept;
             released.files = gone;
         }
@@ -632,7 +609,7 @@ impl Store {
             let replaced = std::mem::replace(&mut st.files, vec![Arc::new(output)]);
             let mut retained = 0;
             for f in &replaced {
-                let reported = st.backed_up.remove(&key_of(f.desc()));
+                let reported = st.backed_up.remove(f.desc());
                 if retain && !reported {
                     st.retained.push(Arc::clone(f));
                     retained += 1;
