@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
-use crate::faults::{self, FsOp};
 
 #[derive(Debug, Default)]
 struct State {
@@ -87,8 +86,7 @@ impl DirSyncGroup {
             st.started += 1;
             let number = st.started;
             drop(st);
-            let synced = faults::check(&self.path, FsOp::SyncDir)
-                .and_then(|()| std::fs::File::open(&self.path).and_then(|dir| dir.sync_all()));
+            let synced = crate::fs::sync_dir(&self.path);
             st = self.state.lock();
             st.running = false;
             match synced {
@@ -114,6 +112,7 @@ impl DirSyncGroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::faults::{self, FsOp};
     use std::sync::Arc;
 
     #[test]
