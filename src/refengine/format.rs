@@ -152,6 +152,16 @@ pub fn read_footer(path: &Path) -> Result<Footer> {
     use std::os::unix::fs::FileExt;
     let file = fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
     let len = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
+    check_len(path, len)?;
+    let mut f = [0u8; FOOTER_LEN];
+    file.read_exact_at(&mut f, len - FOOTER_LEN as u64)
+        .map_err(|e| Error::io("read", path, e))?;
+    check_magic(path, &f)?;
+    parse_footer(path, &f)
+}
+
+/// Fails unless a file of `len` bytes can hold one record and the footer.
+fn check_len(path: &Path, len: u64) -> Result<()> {
     if len < (FOOTER_LEN + RECORD_HEADER_LEN) as u64 {
         return Err(corrupt(
             path,
@@ -160,16 +170,18 @@ pub fn read_footer(path: &Path) -> Result<Footer> {
             ),
         ));
     }
-    let mut f = [0u8; FOOTER_LEN];
-    file.read_exact_at(&mut f, len - FOOTER_LEN as u64)
-        .map_err(|e| Error::io("read", path, e))?;
+    Ok(())
+}
+
+/// Fails unless the footer bytes `f` start with the magic.
+fn check_magic(path: &Path, f: &[u8]) -> Result<()> {
     if f[..8] != MAGIC {
         return Err(corrupt(
             path,
             "the footer magic `SEQINDEX` is not in the last 40 bytes (truncated, or not a seqno-index file)",
         ));
     }
-    parse_footer(path, &f)
+    Ok(())
 }
 
 /// Decodes the footer bytes `f` (magic already checked) and checks every
@@ -221,22 +233,10 @@ fn parse_footer(path: &Path, f: &[u8]) -> Result<Footer> {
 /// Decodes and verifies the bytes of a whole file.
 fn decode(path: &Path, bytes: &[u8]) -> Result<(Footer, Vec<Record>, Vec<u64>)> {
     let len = bytes.len();
-    if len < FOOTER_LEN + RECORD_HEADER_LEN {
-        return Err(corrupt(
-            path,
-            format!(
-                "the file is {len} bytes, shorter than one record plus the {FOOTER_LEN}-byte footer (truncated?)"
-            ),
-        ));
-    }
+    check_len(path, len as u64)?;
     let body_len = len - FOOTER_LEN;
     let f = &bytes[body_len..];
-    if f[..8] != MAGIC {
-        return Err(corrupt(
-            path,
-            "the footer magic `SEQINDEX` is not in the last 40 bytes (truncated, or not a seqno-index file)",
-        ));
-    }
+    check_magic(path, f)?;
     let stored_crc = u32_at(f, 36);
     let actual_crc = crc32fast::hash(&bytes[..len - 4]);
     if stored_crc != actual_crc {
