@@ -342,10 +342,7 @@ impl Supervisor {
         match &mut store.phase {
             Phase::Draining { next } => match next.take() {
                 Some(queued) if !self.shutting_down => {
-                    let started = self.spawn(kv, queued.plan, Carry::fresh(runner, msg.unacked), ctx);
-                    self.await_start(kv, started)
-                        .map(move |res, _, _| answer(queued.waiters, kv, res))
-                        .spawn(ctx);
+                    self.start_queued(kv, queued, Carry::fresh(runner, msg.unacked), ctx)
                 }
                 _ => self.rest(kv, msg.unacked, ctx),
             },
@@ -397,6 +394,15 @@ impl Supervisor {
             .spawn(ctx);
     }
 
+    /// Starts the start that waited for the store's previous one to end, and
+    /// tells its waiters how it went.
+    fn start_queued(&mut self, kv: KvId, queued: Queued, carry: Carry, ctx: &mut Context<Self>) {
+        let started = self.spawn(kv, queued.plan, carry, ctx);
+        self.await_start(kv, started)
+            .map(move |res, _, _| answer(queued.waiters, kv, res))
+            .spawn(ctx);
+    }
+
     /// The engine was told the store's backup stopped: start what was
     /// queued meanwhile, or forget the store.
     fn rested(&mut self, kv: KvId, generation: u64, unacked: Unacked, ctx: &mut Context<Self>) {
@@ -410,10 +416,7 @@ impl Supervisor {
         };
         match queued {
             Some(queued) if !self.shutting_down => {
-                let started = self.spawn(kv, queued.plan, Carry::fresh(runner, unacked), ctx);
-                self.await_start(kv, started)
-                    .map(move |res, _, _| answer(queued.waiters, kv, res))
-                    .spawn(ctx);
+                self.start_queued(kv, queued, Carry::fresh(runner, unacked), ctx)
             }
             queued => {
                 for waiter in queued.into_iter().flat_map(|q| q.waiters) {
