@@ -193,11 +193,8 @@ impl BackupActor {
         if reported.is_empty() && !self.spec.report_empty_rounds && self.stopping.is_none() {
             // Nothing to report and empty rounds are not reported (a final
             // round always calls back): the round ends here.
-            StoreCounters::add(&self.spec.counters.quiet_rounds, 1);
             drop(linked);
-            self.phase = Phase::Idle;
-            self.failures_in_a_row = 0;
-            return self.schedule_next(ctx);
+            return self.quiet_round(ctx);
         }
         self.phase = Phase::Calling;
         let writer = MetadataWriter::new(self.spec.kv, session, self.spec.metadata.clone());
@@ -313,6 +310,15 @@ impl BackupActor {
             .is_ok_and(|generation| links.is_up_to_date(generation))
     }
 
+    /// Ends a round that found nothing to report, with empty rounds not
+    /// reported: no callback, counted in `quiet_rounds`, next tick armed.
+    fn quiet_round(&mut self, ctx: &mut Context<Self>) {
+        StoreCounters::add(&self.spec.counters.quiet_rounds, 1);
+        self.phase = Phase::Idle;
+        self.failures_in_a_row = 0;
+        self.schedule_next(ctx);
+    }
+
     fn schedule_next(&mut self, ctx: &mut Context<Self>) {
         let step = if self.failures_in_a_row > 0 {
             schedule::backoff(self.spec.interval, self.spec.max_backoff, self.failures_in_a_row)
@@ -326,8 +332,7 @@ impl BackupActor {
         self.tick = Some(ctx.run_later(self.next_due - now, |act, ctx| {
             act.tick = None;
             if act.nothing_new() {
-                StoreCounters::add(&act.spec.counters.quiet_rounds, 1);
-                act.schedule_next(ctx);
+                act.quiet_round(ctx);
             } else {
                 act.start_round(ctx);
             }
