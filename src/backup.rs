@@ -28,6 +28,7 @@ use crate::fs::BackupDir;
 use crate::linker::LinkerActor;
 use crate::messages::{BackupEnded, CloseSession, LinkRound, OpenDir, RoundLinked, SessionId, StopStore};
 use crate::metadata::{MetadataActor, MetadataWriter};
+use crate::replication::queue::Replica;
 use crate::status::StoreCounters;
 use state::{LinkSet, Unacked};
 
@@ -55,6 +56,8 @@ pub(crate) struct BackupSpec {
     pub engine: Arc<dyn Engine>,
     /// `Config::report_empty_rounds`.
     pub report_empty_rounds: bool,
+    /// The store's upload queue, when its backup dir is replicated.
+    pub replica: Option<Arc<Replica>>,
 }
 
 /// Where the current round is.
@@ -211,7 +214,9 @@ impl BackupActor {
             .spawn(ctx);
     }
 
-    /// Counts a round's links and queues its files for reporting.
+    /// Counts a round's links and queues its files for reporting and, when
+    /// replicated, for upload: they are durable now, and a metadata file
+    /// written by this round's callback queues behind them.
     fn count_linked(&mut self, linked: &mut crate::messages::Linked) {
         let c = &self.spec.counters;
         StoreCounters::add(&c.files_linked, linked.files_linked);
@@ -220,6 +225,9 @@ impl BackupActor {
         StoreCounters::add(&c.bytes_copied, linked.bytes_copied);
         if linked.files_copied > 0 {
             c.cross_device.store(true, Ordering::Relaxed);
+        }
+        if let Some(replica) = &self.spec.replica {
+            replica.push_files(&linked.placed);
         }
         self.spec.unacked.add(std::mem::take(&mut linked.placed));
     }
@@ -409,6 +417,7 @@ impl Actor for BackupActor {
             kv: self.spec.kv,
             path: self.spec.dir.clone(),
             counters: Arc::clone(&self.spec.counters),
+            replica: self.spec.replica.clone(),
         };
         // `wait`: no message (a stop) is handled before the dir is open.
         self.spec

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::backup::schedule::MAX_STEP;
 use crate::error::{Error, Result};
 use crate::fs::Modes;
+use crate::replication::ReplicationConfig;
 
 /// How the component runs. Every field has a default (see [`Config::default`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +47,9 @@ pub struct Config {
     /// and re-arms its tick. Explicit rounds (a final round) always call
     /// the callback.
     pub report_empty_rounds: bool,
+    /// Replication of backup dirs to object storage. Off by default (no
+    /// URL): the component then uses no network.
+    pub replication: ReplicationConfig,
 }
 
 impl Default for Config {
@@ -59,6 +63,7 @@ impl Default for Config {
             dir_mode: 0o700,
             file_mode: 0o600,
             report_empty_rounds: true,
+            replication: ReplicationConfig::default(),
         }
     }
 }
@@ -97,6 +102,7 @@ impl Config {
                 reason: "must be permission bits (at most 0o777) that include 0o600",
             });
         }
+        self.replication.validate()?;
         if let Some(root) = &self.backup_root {
             if !root.is_absolute() {
                 return Err(Error::Config {

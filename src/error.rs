@@ -262,6 +262,27 @@ pub enum Error {
         /// What is wrong.
         reason: &'static str,
     },
+
+    /// An object-store URL cannot be used.
+    #[error("object-store URL {url} cannot be used: {reason}")]
+    InvalidRemote {
+        /// The URL as given.
+        url: String,
+        /// What is wrong (the parser's or the client's words).
+        reason: String,
+    },
+
+    /// An object-store call failed.
+    #[error("{op} {location}: {source}")]
+    Remote {
+        /// The operation, e.g. `put`, `list`, `get`.
+        op: &'static str,
+        /// The object or prefix, as `<store>/<path>`.
+        location: String,
+        /// What the client said.
+        #[source]
+        source: object_store::Error,
+    },
 }
 
 impl Error {

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::linker::LinkerActor;
 use crate::messages::{GetStatus, SetVbucketState, Shutdown, StartBackup, StopBackup, VbucketState};
 use crate::metadata::{MetadataActor, ParentSyncs};
+use crate::replication::uploader::Uploader;
 use crate::status::Status;
 use crate::supervisor::Supervisor;
 
@@ -44,7 +45,8 @@ impl ContinuousBackup {
                 SyncArbiter::start(1, move || MetadataActor::new(modes, parents.clone()))
             })
             .collect();
-        let addr = Supervisor::new(engine, config, factory, linker, metadata).start();
+        let uploader = Uploader::new(config.replication.clone());
+        let addr = Supervisor::new(engine, config, factory, linker, metadata, uploader).start();
         Ok(ContinuousBackup { addr })
     }
 
@@ -66,6 +68,27 @@ impl ContinuousBackup {
             dir: dir.into(),
             callback,
             interval,
+            replicate_to: None,
+        };
+        self.addr.send(msg).await.map_err(|_| Error::ComponentStopped)?
+    }
+
+    /// Starts backing up `kv` into `dir`, and replicating `dir` to the
+    /// object-store URL `remote` (see [`StartBackup::replicate_to`]).
+    pub async fn start_replicated_backup(
+        &self,
+        kv: KvId,
+        dir: impl Into<PathBuf>,
+        remote: &str,
+        callback: Arc<dyn BackupCallback>,
+        interval: Option<Duration>,
+    ) -> Result<()> {
+        let msg = StartBackup {
+            kv,
+            dir: dir.into(),
+            callback,
+            interval,
+            replicate_to: Some(remote.to_string()),
         };
         self.addr.send(msg).await.map_err(|_| Error::ComponentStopped)?
     }
@@ -91,7 +114,8 @@ impl ContinuousBackup {
             .map_err(|_| Error::ComponentStopped)
     }
 
-    /// Stops every store; returns when their metadata writers are closed.
+    /// Stops every store; returns when their metadata writers are closed
+    /// and pending uploads are done (or `replication.drain_timeout` passed).
     pub async fn shutdown(&self) -> Result<()> {
         self.addr
             .send(Shutdown)

@@ -21,6 +21,7 @@ use crate::callback::{BackupCallback, BackupFile};
 use crate::engine::{KvId, Snapshot};
 use crate::error::Result;
 use crate::fs::BackupDir;
+use crate::replication::queue::Replica;
 use crate::status::{Status, StoreCounters};
 
 /// Start backing up one KV store into `dir`: link every seqno-index file now,
@@ -41,6 +42,10 @@ pub struct StartBackup {
     pub callback: Arc<dyn BackupCallback>,
     /// Time between rounds; `None` takes the configured default.
     pub interval: Option<Duration>,
+    /// An object-store URL (`s3://bucket/node1/17`, `file:///mnt/far/17`)
+    /// to replicate the backup dir to, with the uploader settings of
+    /// [`Config::replication`](crate::Config); `None`: not replicated.
+    pub replicate_to: Option<String>,
 }
 
 /// Stop backing up one KV store. With `final_round`, one more full round runs
@@ -108,6 +113,8 @@ pub(crate) struct OpenDir {
     pub kv: KvId,
     pub path: PathBuf,
     pub counters: Arc<StoreCounters>,
+    /// The store's upload queue, told of every metadata file written.
+    pub replica: Option<Arc<Replica>>,
 }
 
 pub(crate) struct OpenedDir {

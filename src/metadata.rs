@@ -22,6 +22,7 @@ use crate::engine::{KvId, METADATA_PREFIX};
 use crate::error::{Error, Result};
 use crate::fs::{BackupDir, Modes};
 use crate::messages::{CloseSession, OpenDir, OpenedDir, SessionId, WriteMetadata};
+use crate::replication::queue::Replica;
 use crate::status::StoreCounters;
 
 /// The largest metadata record a write accepts, in bytes (1 MiB).
@@ -157,6 +158,7 @@ struct OpenLog {
 struct Session {
     path: PathBuf,
     counters: Arc<StoreCounters>,
+    replica: Option<Arc<Replica>>,
 }
 
 /// Serialises the metadata writes of its backup dirs on one thread (a
@@ -241,6 +243,7 @@ impl MetadataActor {
             Session {
                 path: msg.path,
                 counters: msg.counters,
+                replica: msg.replica,
             },
         );
         Ok(OpenedDir { dir, session })
@@ -276,6 +279,9 @@ impl MetadataActor {
             Ok(n) => {
                 StoreCounters::add(&c.metadata_writes, 1);
                 StoreCounters::add(&c.metadata_bytes, data.len() as u64);
+                if let Some(replica) = &session.replica {
+                    replica.push_metadata(*n, data.len() as u64);
+                }
                 tracing::debug!(n, bytes = data.len(), "metadata written");
             }
             Err(e) => tracing::warn!(error = %e, "metadata write failed"),

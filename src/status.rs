@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::KvId;
+use crate::replication::ReplicationStatus;
 
 /// Live counters of one KV store's backup, kept across stop and start.
 #[derive(Debug, Default)]
@@ -70,6 +71,7 @@ impl StoreCounters {
             last_round_finished: last.finished,
             last_round_duration: last.duration,
             last_error: last.error,
+            replication: None,
         }
     }
 }
@@ -121,6 +123,8 @@ pub struct StoreStatus {
     pub last_round_duration: Option<Duration>,
     /// The last round's error; cleared by the next successful round.
     pub last_error: Option<String>,
+    /// The remote copy's uploads, when the store is replicated.
+    pub replication: Option<ReplicationStatus>,
 }
 
 /// Status of every store the component has seen, ordered by id.

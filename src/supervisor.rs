@@ -32,6 +32,9 @@ use crate::messages::{
     VbucketState,
 };
 use crate::metadata::MetadataActor;
+use crate::replication::queue::Replica;
+use crate::replication::uploader::Uploader;
+use crate::replication::RemoteUrl;
 use crate::status::{Status, StoreCounters};
 
 /// What a start asks for.
@@ -40,6 +43,8 @@ struct Plan {
     dir: PathBuf,
     callback: Arc<dyn BackupCallback>,
     interval: Duration,
+    /// Where the backup dir is replicated to, if anywhere.
+    remote: Option<RemoteUrl>,
 }
 
 /// A start waiting for the previous start of its store to end.
@@ -104,6 +109,10 @@ pub struct Supervisor {
     counters: BTreeMap<KvId, Arc<StoreCounters>>,
     next_generation: u64,
     shutting_down: bool,
+    uploader: Uploader,
+    /// Upload queues of replicated stores, kept while their uploads drain
+    /// (also after a stop).
+    replicas: HashMap<KvId, Arc<Replica>>,
 }
 
 type Reply = ResponseActFuture<Supervisor, Result<()>>;
@@ -133,6 +142,7 @@ impl Supervisor {
         factory: Option<CallbackFactory>,
         linker: Addr<LinkerActor>,
         metadata: Vec<Addr<MetadataActor>>,
+        uploader: Uploader,
     ) -> Self {
         Supervisor {
             engine,
@@ -145,6 +155,8 @@ impl Supervisor {
             counters: BTreeMap::new(),
             next_generation: 1,
             shutting_down: false,
+            uploader,
+            replicas: HashMap::new(),
         }
     }
 
@@ -172,6 +184,10 @@ impl Supervisor {
             }
         }
         check_interval(plan.interval)?;
+        if let Some(remote) = &plan.remote {
+            // Opens the client (no network yet): bad options fail the start.
+            self.uploader.client(remote)?;
+        }
         let holder = self
             .stores
             .iter()
@@ -252,6 +268,10 @@ impl Supervisor {
         let generation = self.next_generation;
         self.next_generation += 1;
         let (on_started, started) = oneshot::channel();
+        let replica = plan
+            .remote
+            .as_ref()
+            .and_then(|remote| self.replica(kv, &plan.dir, remote));
         let spec = BackupSpec {
             kv,
             generation,
@@ -268,6 +288,7 @@ impl Supervisor {
             first_delay,
             engine: Arc::clone(&self.engine),
             report_empty_rounds: self.config.report_empty_rounds,
+            replica,
         };
         let addr = BackupActor::new(spec, on_started).start();
         self.stores.insert(
@@ -282,6 +303,32 @@ impl Supervisor {
             },
         );
         (generation, started)
+    }
+
+    /// The upload queue of `kv` replicating `dir` to `remote`: the one
+    /// already running (its uploads go on across stop and start), or a new
+    /// one, which first rescans. A replica of another dir or remote is
+    /// retired (ends once its task takes its next step).
+    fn replica(&mut self, kv: KvId, dir: &Path, remote: &RemoteUrl) -> Option<Arc<Replica>> {
+        if let Some(replica) = self.replicas.get(&kv) {
+            if replica.local == dir && replica.remote == *remote {
+                return Some(Arc::clone(replica));
+            }
+            replica.retire();
+        }
+        let capacity = self.config.replication.queue_capacity;
+        let replica = Arc::new(Replica::new(kv, dir.to_path_buf(), remote.clone(), capacity));
+        match self.uploader.replicate(Arc::clone(&replica)) {
+            Ok(()) => {
+                self.replicas.insert(kv, Arc::clone(&replica));
+                Some(replica)
+            }
+            Err(e) => {
+                // Checked at start (check_start), so only a stopping system.
+                tracing::error!(kv_store = kv.0, error = %e, "cannot replicate");
+                None
+            }
+        }
     }
 
     /// Replies with the start's outcome; marks the store opened, or forgets
@@ -443,10 +490,15 @@ impl Supervisor {
             what: "callback factory",
             message: panic_message(&*panic),
         })?;
+        let remote = match &self.config.replication.url {
+            Some(url) => Some(RemoteUrl::parse(url)?.join(&kv.to_string())),
+            None => None,
+        };
         Ok(Plan {
             dir: root.join(kv.to_string()),
             callback,
             interval: self.config.interval,
+            remote,
         })
     }
 }
@@ -483,10 +535,15 @@ impl Handler<StartBackup> for Supervisor {
     type Result = Reply;
 
     fn handle(&mut self, msg: StartBackup, ctx: &mut Context<Self>) -> Reply {
+        let remote = match msg.replicate_to.as_deref().map(RemoteUrl::parse).transpose() {
+            Ok(remote) => remote,
+            Err(e) => return ready(Err(e)),
+        };
         let plan = Plan {
             dir: msg.dir,
             callback: msg.callback,
             interval: msg.interval.unwrap_or(self.config.interval),
+            remote,
         };
         self.start_store(msg.kv, plan, ctx)
     }
@@ -531,7 +588,9 @@ impl Handler<GetStatus> for Supervisor {
             .iter()
             .map(|(kv, c)| {
                 let running = matches!(self.stores.get(kv).map(|s| &s.phase), Some(Phase::Running { .. }));
-                c.snapshot(*kv, running)
+                let mut status = c.snapshot(*kv, running);
+                status.replication = self.replicas.get(kv).map(|r| r.status());
+                status
             })
             .collect();
         MessageResult(Status { stores })
@@ -555,10 +614,28 @@ impl Handler<Shutdown> for Supervisor {
             stops.push(store.addr.send(StopStore { final_round: false }));
         }
         tracing::info!(stores = stops.len(), "shutting down");
+        let replicas: Vec<Arc<Replica>> = self.replicas.values().cloned().collect();
+        let drain = self.config.replication.drain_timeout;
         Box::pin(async move {
             // Every stop was queued above; they proceed in parallel.
             for stop in stops {
                 let _ = stop.await;
+            }
+            // The last metadata writes are queued now: let the uploads
+            // finish, for a while. What is left is found at the next start.
+            let deadline = std::time::Instant::now() + drain;
+            while !replicas.iter().all(|r| r.is_drained()) && std::time::Instant::now() < deadline {
+                actix_rt::time::sleep(Duration::from_millis(20)).await;
+            }
+            let left: u64 = replicas.iter().map(|r| r.status().pending_files).sum();
+            if left > 0 || !replicas.iter().all(|r| r.is_drained()) {
+                tracing::warn!(
+                    files = left,
+                    "shut down with uploads pending; the next start resumes them"
+                );
+            }
+            for replica in &replicas {
+                replica.retire();
             }
         })
     }

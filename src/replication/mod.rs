@@ -1,0 +1,370 @@
+//! Off-node replication: each store's backup dir is copied to object
+//! storage (S3 and S3-compatible servers, GCS, Azure, a local dir) through
+//! the `object_store` crate, so a node can be rebuilt from the remote copy
+//! alone.
+//!
+//! Layout of one store's remote dir `<url>` (for vBucket-driven backups
+//! `<replication.url>/<kv_id>`, mirroring `<backup_root>/<kv_id>`):
+//!
+//! ```text
+//! <url>/<name>                               every file of the backup dir, whole
+//! <url>/.cbk-sums/<name>.<len>.<crc32c hex>  its sidecar: length and CRC-32C
+//! ```
+//!
+//! The sidecar is written before the object, so every object has one; its
+//! name carries the sums so that one listing tells what the remote holds.
+//! A `metadata.<n>.dat` is uploaded only after every file queued before it
+//! (see [`queue`]), which keeps the remote copy restorable at every moment.
+
+pub(crate) mod queue;
+pub(crate) mod uploader;
+
+use std::collections::BTreeMap;
+use std::path::Path as FsPath;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreScheme, RetryConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+pub use queue::ReplicationStatus;
+
+/// The sub-dir of a store's remote dir that holds the sidecars.
+pub const SUMS_DIR: &str = ".cbk-sums";
+
+/// Replication settings of the component. Off by default: nothing is
+/// uploaded and no network is used until a URL is given, here (for
+/// vBucket-driven backups) or in a [`StartBackup`](crate::StartBackup).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicationConfig {
+    /// Root URL of the remote copies of vBucket-driven backups: store `kv`
+    /// goes to `<url>/<kv>`. For example `s3://bucket/node1`,
+    /// `gs://bucket/node1`, `az://container/node1`, `file:///mnt/far/node1`.
+    /// Default: none (vBucket-driven backups are not replicated).
+    pub url: Option<String>,
+    /// Options of the object store client, added to what the environment
+    /// gives (`AWS_*`, `GOOGLE_*`, `AZURE_*`): for example
+    /// `aws_endpoint`, `aws_allow_http`, `aws_region`. Keys are
+    /// `object_store`'s configuration keys.
+    pub options: BTreeMap<String, String>,
+    /// Uploads in flight at once, over every store. Default: 8.
+    pub concurrency: usize,
+    /// Files waiting per store before the queue is full. A full queue never
+    /// blocks a round: what does not fit is found again by a rescan of the
+    /// backup dir once the queue has drained. Default: 4096.
+    pub queue_capacity: usize,
+    /// Files at least this long go up as a multipart upload. Default: 16 MiB.
+    pub multipart_threshold: u64,
+    /// Size of one part of a multipart upload (at least 5 MiB, as S3
+    /// requires). Default: 8 MiB.
+    pub part_size: u64,
+    /// Upload rate limit in bytes per second, over every store; none: no
+    /// limit. Default: none.
+    pub max_bytes_per_sec: Option<u64>,
+    /// First wait after a failed upload; it doubles with each failure in a
+    /// row. Default: 500 ms.
+    pub retry_initial: Duration,
+    /// Longest wait between two attempts. Default: 60 s.
+    pub retry_max: Duration,
+    /// How long [`Shutdown`](crate::Shutdown) waits for pending uploads;
+    /// what is left is found again at the next start. Default: 10 s.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            url: None,
+            options: BTreeMap::new(),
+            concurrency: 8,
+            queue_capacity: 4096,
+            multipart_threshold: 16 << 20,
+            part_size: 8 << 20,
+            max_bytes_per_sec: None,
+            retry_initial: Duration::from_millis(500),
+            retry_max: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// S3's smallest part (all but the last).
+const MIN_PART: u64 = 5 << 20;
+
+impl ReplicationConfig {
+    /// Checks every field against its range, and the URL's form.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field, reason| Err(Error::Config { field, reason });
+        if !(1..=256).contains(&self.concurrency) {
+            return bad("replication.concurrency", "must be between 1 and 256");
+        }
+        if !(1..=1 << 20).contains(&self.queue_capacity) {
+            return bad("replication.queue_capacity", "must be between 1 and 2^20");
+        }
+        if !(MIN_PART..=5 << 30).contains(&self.part_size) {
+            return bad("replication.part_size", "must be between 5 MiB and 5 GiB");
+        }
+        if self.multipart_threshold < self.part_size {
+            return bad("replication.multipart_threshold", "must be at least part_size");
+        }
+        if self.max_bytes_per_sec == Some(0) {
+            return bad("replication.max_bytes_per_sec", "must be above zero (or none)");
+        }
+        if self.retry_initial.is_zero() || self.retry_max < self.retry_initial {
+            return bad(
+                "replication.retry_initial",
+                "must be above zero and at most retry_max",
+            );
+        }
+        if let Some(url) = &self.url {
+            RemoteUrl::parse(url)?;
+        }
+        Ok(())
+    }
+}
+
+/// A parsed object-store URL: which store, and the path in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteUrl {
+    url: url::Url,
+    /// `scheme://authority` of the store: one client each.
+    store_key: String,
+    path: Path,
+}
+
+impl RemoteUrl {
+    /// Parses `text`; refuses what `object_store` cannot open.
+    pub fn parse(text: &str) -> Result<Self> {
+        let invalid = |reason: String| Error::InvalidRemote {
+            url: text.to_string(),
+            reason,
+        };
+        let url = url::Url::parse(text).map_err(|e| invalid(e.to_string()))?;
+        let (scheme, path) = ObjectStoreScheme::parse(&url).map_err(|e| invalid(e.to_string()))?;
+        if !matches!(
+            scheme,
+            ObjectStoreScheme::Local
+                | ObjectStoreScheme::Memory
+                | ObjectStoreScheme::AmazonS3
+                | ObjectStoreScheme::GoogleCloudStorage
+                | ObjectStoreScheme::MicrosoftAzure
+        ) {
+            return Err(invalid(
+                "the scheme is not one of s3, gs, az, file, memory".into(),
+            ));
+        }
+        let store_key = format!("{}://{}", url.scheme(), url.authority());
+        Ok(RemoteUrl { url, store_key, path })
+    }
+
+    /// Whether `text` looks like a URL rather than a local path.
+    pub fn is_url(text: &str) -> bool {
+        text.split_once("://").is_some_and(|(scheme, _)| {
+            !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric())
+        })
+    }
+
+    /// The URL of the sub-dir `name` (a store's remote dir under a root).
+    pub fn join(&self, name: &str) -> RemoteUrl {
+        let mut url = self.url.clone();
+        let path = self.path.clone().join(name);
+        url.set_path(&format!("/{}", path.as_ref()));
+        RemoteUrl {
+            url,
+            store_key: self.store_key.clone(),
+            path,
+        }
+    }
+
+    /// The path inside the store.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `scheme://authority`, naming the store.
+    pub fn store_key(&self) -> &str {
+        &self.store_key
+    }
+
+    /// Opens a client for this URL's store. Credentials and settings come
+    /// from the environment, overridden by `options`. The client's own
+    /// retries are kept short: the uploader retries with its own backoff,
+    /// which status and logs can see.
+    pub fn open(&self, options: &BTreeMap<String, String>) -> Result<Arc<dyn ObjectStore>> {
+        let fail = |e: &dyn std::fmt::Display| Error::InvalidRemote {
+            url: self.url.to_string(),
+            reason: e.to_string(),
+        };
+        let retry = RetryConfig {
+            max_retries: 2,
+            retry_timeout: Duration::from_secs(20),
+            ..RetryConfig::default()
+        };
+        let (scheme, _) = ObjectStoreScheme::parse(&self.url).map_err(|e| fail(&e))?;
+        let url = self.url.as_str();
+        let store: Arc<dyn ObjectStore> = match scheme {
+            ObjectStoreScheme::Local => Arc::new(object_store::local::LocalFileSystem::new()),
+            ObjectStoreScheme::Memory => Arc::new(object_store::memory::InMemory::new()),
+            ObjectStoreScheme::AmazonS3 => {
+                let mut b = object_store::aws::AmazonS3Builder::from_env().with_url(url);
+                for (k, v) in options {
+                    b = b.with_config(k.to_ascii_lowercase().parse().map_err(|e| fail(&e))?, v);
+                }
+                Arc::new(b.with_retry(retry).build().map_err(|e| fail(&e))?)
+            }
+            ObjectStoreScheme::GoogleCloudStorage => {
+                let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url);
+                for (k, v) in options {
+                    b = b.with_config(k.to_ascii_lowercase().parse().map_err(|e| fail(&e))?, v);
+                }
+                Arc::new(b.with_retry(retry).build().map_err(|e| fail(&e))?)
+            }
+            ObjectStoreScheme::MicrosoftAzure => {
+                let mut b = object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url);
+                for (k, v) in options {
+                    b = b.with_config(k.to_ascii_lowercase().parse().map_err(|e| fail(&e))?, v);
+                }
+                Arc::new(b.with_retry(retry).build().map_err(|e| fail(&e))?)
+            }
+            _ => {
+                return Err(Error::InvalidRemote {
+                    url: url.to_string(),
+                    reason: "the scheme is not one of s3, gs, az, file, memory".into(),
+                })
+            }
+        };
+        Ok(store)
+    }
+}
+
+impl std::fmt::Display for RemoteUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.url.as_str())
+    }
+}
+
+/// Length and CRC-32C (Castagnoli) of a file's bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Sums {
+    /// Length in bytes.
+    pub len: u64,
+    /// CRC-32C of every byte.
+    pub crc32c: u32,
+}
+
+impl Sums {
+    /// The sidecar's name for file `name`: `<name>.<len>.<crc32c as 8 hex digits>`.
+    pub fn sidecar_name(&self, name: &str) -> String {
+        format!("{name}.{}.{:08x}", self.len, self.crc32c)
+    }
+
+    /// Splits a sidecar name into the file's name and its sums.
+    pub fn parse_sidecar_name(sidecar: &str) -> Option<(&str, Sums)> {
+        let (rest, crc) = sidecar.rsplit_once('.')?;
+        let (name, len) = rest.rsplit_once('.')?;
+        if crc.len() != 8 || name.is_empty() {
+            return None;
+        }
+        let crc32c = u32::from_str_radix(crc, 16).ok()?;
+        let len = len.parse().ok().filter(|_| !len.starts_with('+'))?;
+        Some((name, Sums { len, crc32c }))
+    }
+
+    /// The sums of `bytes`.
+    pub fn of(bytes: &[u8]) -> Sums {
+        Sums {
+            len: bytes.len() as u64,
+            crc32c: crc_fast::crc32_iscsi(bytes),
+        }
+    }
+
+    /// Reads `path` whole and returns its sums (blocking: call it off the
+    /// actor threads).
+    pub fn of_file(path: &FsPath) -> Result<Sums> {
+        use std::io::Read;
+        let mut file = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
+        let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+        let mut buf = vec![0u8; 1 << 20];
+        let mut len = 0u64;
+        loop {
+            let n = file.read(&mut buf).map_err(|e| Error::io("read", path, e))?;
+            if n == 0 {
+                break;
+            }
+            digest.update(&buf[..n]);
+            len += n as u64;
+        }
+        Ok(Sums {
+            len,
+            crc32c: digest.finalize() as u32,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sidecar_names_round_trip_names_with_dots() {
+        let sums = Sums::of(b"123456789");
+        assert_eq!(sums.crc32c, 0xe306_9283, "the CRC-32C check value");
+        let name = sums.sidecar_name("0000000007.idx");
+        assert_eq!(name, "0000000007.idx.9.e3069283");
+        assert_eq!(Sums::parse_sidecar_name(&name), Some(("0000000007.idx", sums)));
+        for bad in [
+            "x.9",
+            "x.9.e306928",
+            "x.+9.e3069283",
+            ".9.e3069283",
+            "x.9.g3069283",
+        ] {
+            assert_eq!(Sums::parse_sidecar_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn urls_join_into_store_dirs() {
+        let root = RemoteUrl::parse("s3://bucket/node1").unwrap();
+        let store = root.join("17");
+        assert_eq!(store.to_string(), "s3://bucket/node1/17");
+        assert_eq!(store.path().as_ref(), "node1/17");
+        assert_eq!(store.store_key(), "s3://bucket");
+        assert!(RemoteUrl::is_url("file:///tmp/x"));
+        assert!(!RemoteUrl::is_url("/tmp/x"));
+        assert!(matches!(
+            RemoteUrl::parse("ftp://host/x"),
+            Err(Error::InvalidRemote { .. })
+        ));
+    }
+
+    #[test]
+    fn out_of_range_settings_are_refused() {
+        ReplicationConfig::default().validate().unwrap();
+        let small_parts = ReplicationConfig {
+            part_size: 1 << 20,
+            ..ReplicationConfig::default()
+        };
+        assert!(matches!(
+            small_parts.validate(),
+            Err(Error::Config {
+                field: "replication.part_size",
+                ..
+            })
+        ));
+        let no_uploads = ReplicationConfig {
+            concurrency: 0,
+            ..ReplicationConfig::default()
+        };
+        assert!(no_uploads.validate().is_err());
+        let bad_url = ReplicationConfig {
+            url: Some("not a url".into()),
+            ..ReplicationConfig::default()
+        };
+        assert!(matches!(bad_url.validate(), Err(Error::InvalidRemote { .. })));
+    }
+}
