@@ -24,7 +24,7 @@ use clap::Parser;
 use continuous_backup::refengine::{read_index_file, RefEngine};
 use continuous_backup::{
     callback, parse_metadata_file_name, BackupFile, CallbackFactory, Config, ContinuousBackup, KvId,
-    VbucketState,
+    ReplicationConfig, VbucketState,
 };
 
 #[derive(Parser, Debug)]
@@ -47,6 +47,27 @@ struct Args {
     /// backup dirs against it after a kill -9.
     #[arg(long)]
     journal: Option<PathBuf>,
+    /// Replicate each backup dir to object storage, store `kv` under
+    /// `URL/<kv>` (e.g. `s3://bucket/node1`, `file:///mnt/far/node1`).
+    /// Credentials and endpoint come from the environment (`AWS_*`, ...) or
+    /// `--replicate-option`.
+    #[arg(long, value_name = "URL")]
+    replicate: Option<String>,
+    /// An object-store client option, e.g. `aws_endpoint=http://127.0.0.1:9000`.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_option)]
+    replicate_option: Vec<(String, String)>,
+    /// Upload rate limit, bytes per second.
+    #[arg(long, value_name = "N")]
+    upload_bytes_per_sec: Option<u64>,
+    /// How long shutdown waits for pending uploads, in seconds.
+    #[arg(long, default_value_t = 60)]
+    drain_seconds: u64,
+}
+
+fn parse_option(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
 }
 
 /// The metadata record the callback writes each round.
@@ -206,6 +227,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = Config {
         backup_root: Some(backup_root.clone()),
         interval: Duration::from_millis(args.interval_ms),
+        replication: ReplicationConfig {
+            url: args.replicate.clone(),
+            options: args.replicate_option.iter().cloned().collect(),
+            max_bytes_per_sec: args.upload_bytes_per_sec,
+            drain_timeout: Duration::from_secs(args.drain_seconds),
+            ..ReplicationConfig::default()
+        },
         ..Config::default()
     };
 
@@ -241,14 +269,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for kv in 0..stores {
             backup.stop_backup(KvId(kv), true).await?;
         }
-        let status = backup.status().await?;
         backup.shutdown().await?;
+        // After the shutdown, which waited for pending uploads.
+        let status = backup.status().await?;
         let failed: u64 = status.stores.iter().map(|s| s.failed_rounds).sum();
         let rounds: u64 = status.stores.iter().map(|s| s.rounds).sum();
         println!(
             "{} run: {ops} writes on {stores} vBuckets, {rounds} backup rounds ({failed} failed)",
             if resumed { "resumed" } else { "new" }
         );
+        if let Some(url) = &args.replicate {
+            let remote: Vec<_> = status.stores.iter().filter_map(|s| s.replication.as_ref()).collect();
+            let sum = |f: fn(&continuous_backup::ReplicationStatus) -> u64| remote.iter().map(|r| f(r)).sum::<u64>();
+            let pending = sum(|r| r.pending_files) + remote.iter().filter(|r| r.rescan_pending).count() as u64;
+            println!(
+                "replicated to {url}: {} files ({} bytes) uploaded, {} already there, {} upload errors, {pending} pending",
+                sum(|r| r.uploaded_files),
+                sum(|r| r.uploaded_bytes),
+                sum(|r| r.already_there),
+                sum(|r| r.upload_errors),
+            );
+            if pending > 0 {
+                return Err(format!("{pending} files (or rescans) still pending upload after the drain").into());
+            }
+        }
         Ok::<u64, Box<dyn std::error::Error>>(ops)
     })?;
     let _ = ops;

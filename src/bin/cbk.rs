@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use continuous_backup::restore::{inspect, restore, verify, BackupRoot, RefFormat, StoreReport};
-use continuous_backup::KvId;
+use continuous_backup::restore::{inspect, mirror, restore, verify, BackupRoot, RefFormat, StoreReport};
+use continuous_backup::{KvId, RemoteUrl};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Inspect, verify and restore the continuous backups of a node's KV stores.
@@ -15,11 +15,30 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 /// A backup root holds one dir per KV store, named by its id
 /// (`<root>/<kv_id>/`), as the component writes them for vBucket-driven
 /// backups. Files are read in the reference engine's format.
+///
+/// A root may also be an object-store URL of a remote copy
+/// (`s3://bucket/node1`, `gs://…`, `az://…`, `file:///…`): its objects are
+/// checked against their sidecars and downloaded into a temp dir first
+/// (`--download-to` keeps them). Credentials and endpoints come from the
+/// environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`) or `--option`.
 #[derive(Parser, Debug)]
 #[command(name = "cbk", version, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// An object-store client option, e.g. `aws_endpoint=http://127.0.0.1:9000`.
+    #[arg(long = "option", value_name = "KEY=VALUE", global = true, value_parser = parse_option)]
+    options: Vec<(String, String)>,
+    /// Where to download a remote root (must be missing or empty); default:
+    /// a temp dir removed at exit.
+    #[arg(long, value_name = "DIR", global = true)]
+    download_to: Option<PathBuf>,
+}
+
+fn parse_option(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
 }
 
 #[derive(Subcommand, Debug)]
@@ -28,8 +47,8 @@ enum Command {
     /// gives exactly, metadata files, and how many files are still hard links
     /// shared with a live data dir. Reads only each file's footer.
     Inspect {
-        /// The backup root.
-        root: PathBuf,
+        /// The backup root: a dir, or an object-store URL.
+        root: String,
         /// Print one JSON document instead of a table.
         #[arg(long)]
         json: bool,
@@ -38,8 +57,8 @@ enum Command {
     /// range) and check that metadata files are numbered without holes.
     /// Prints one line per problem; exits 0 only when there is none.
     Verify {
-        /// The backup root.
-        root: PathBuf,
+        /// The backup root: a dir, or an object-store URL.
+        root: String,
     },
     /// Rebuild stores as they were at a seqno (for each key the newest
     /// version at or below it, deletes honoured) into a fresh data dir that
@@ -49,8 +68,8 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct RestoreArgs {
-    /// The backup root.
-    root: PathBuf,
+    /// The backup root: a dir, or an object-store URL.
+    root: String,
     /// The store to restore.
     #[arg(long, required_unless_present = "all", conflicts_with = "all")]
     kv: Option<u16>,
@@ -113,10 +132,71 @@ fn print_table(reports: &[StoreReport]) {
     }
 }
 
+/// A backup root opened for reading: a local dir as it is, a URL mirrored
+/// into a local dir first.
+struct Opened {
+    root: BackupRoot,
+    /// What the mirror of a remote root found wrong.
+    remote_problems: Vec<String>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+fn open_root(
+    root: &str,
+    cli_options: &[(String, String)],
+    download_to: Option<&PathBuf>,
+) -> Result<Opened, continuous_backup::Error> {
+    if !RemoteUrl::is_url(root) {
+        return Ok(Opened {
+            root: BackupRoot::open(root.as_ref())?,
+            remote_problems: Vec::new(),
+            _temp: None,
+        });
+    }
+    let (temp, dir) = match download_to {
+        Some(dir) => (None, dir.clone()),
+        None => {
+            let temp = tempfile::tempdir()
+                .map_err(|e| continuous_backup::Error::io("create temp dir", std::env::temp_dir(), e))?;
+            let dir = temp.path().to_path_buf();
+            (Some(temp), dir)
+        }
+    };
+    if std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(continuous_backup::Error::RestoreTargetNotEmpty { path: dir });
+    }
+    let options = cli_options.iter().cloned().collect();
+    let mirrored = mirror(root, &options, &dir)?;
+    eprintln!(
+        "cbk: downloaded {} files ({} bytes) of {root} into {}{}",
+        mirrored.files,
+        mirrored.bytes,
+        dir.display(),
+        if mirrored.in_flight.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} uploads still under way (sidecar without object)",
+                mirrored.in_flight.len()
+            )
+        }
+    );
+    Ok(Opened {
+        root: BackupRoot::open(&dir)?,
+        remote_problems: mirrored.problems,
+        _temp: temp,
+    })
+}
+
 fn run(cli: Cli) -> Result<ExitCode, continuous_backup::Error> {
+    let open = |root: &str| open_root(root, &cli.options, cli.download_to.as_ref());
     match cli.command {
-        Command::Inspect { root, json } => {
-            let reports = inspect(&BackupRoot::open(&root)?, &RefFormat)?;
+        Command::Inspect { ref root, json } => {
+            let opened = open(root)?;
+            for p in &opened.remote_problems {
+                eprintln!("cbk: not downloaded: {p}");
+            }
+            let reports = inspect(&opened.root, &RefFormat)?;
             if json {
                 println!(
                     "{}",
@@ -127,9 +207,11 @@ fn run(cli: Cli) -> Result<ExitCode, continuous_backup::Error> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify { root } => {
-            let backup = BackupRoot::open(&root)?;
-            let problems = verify(&backup, &RefFormat);
+        Command::Verify { ref root } => {
+            let opened = open(root)?;
+            let backup = &opened.root;
+            let mut problems: Vec<String> = opened.remote_problems.clone();
+            problems.extend(verify(backup, &RefFormat).iter().map(ToString::to_string));
             for p in &problems {
                 println!("{p}");
             }
@@ -146,8 +228,12 @@ fn run(cli: Cli) -> Result<ExitCode, continuous_backup::Error> {
                 Ok(ExitCode::from(1))
             }
         }
-        Command::Restore(args) => {
-            let backup = BackupRoot::open(&args.root)?;
+        Command::Restore(ref args) => {
+            let opened = open(&args.root)?;
+            for p in &opened.remote_problems {
+                eprintln!("cbk: not downloaded: {p}");
+            }
+            let backup = &opened.root;
             let kvs: Vec<KvId> = match args.kv {
                 Some(kv) => vec![KvId(kv)],
                 None => backup.stores().iter().map(|s| s.kv).collect(),

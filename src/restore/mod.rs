@@ -11,6 +11,7 @@ mod coverage;
 mod inspect;
 mod layout;
 mod pit;
+mod remote;
 mod verify;
 mod write;
 
@@ -18,6 +19,7 @@ pub use coverage::{coverage_gaps, Coverage, FileCoverage, Unrestorable};
 pub use inspect::{inspect, MetadataSummary, StoreReport};
 pub use layout::{BackupRoot, StoreBackup};
 pub use pit::{restore, RestoreSummary};
+pub use remote::{mirror, Mirrored};
 pub use verify::{verify, Problem};
 
 use std::path::Path;
