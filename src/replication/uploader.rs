@@ -386,6 +386,14 @@ impl Task {
     }
 
     async fn upload(&self, item: &Item) -> Result<Outcome> {
+        let key = segment(&item.name);
+        let entry = self.remote.get(&key).cloned().unwrap_or_default();
+        let known = self.sums.get(&item.name).copied();
+        if let Some(sums) = known.filter(|sums| entry.holds(*sums)) {
+            // Read and uploaded by this process already (a store's first
+            // round after a restart reports every file again).
+            return Ok(Outcome::AlreadyThere(sums));
+        }
         let _permit = self
             .shared
             .permits
@@ -394,7 +402,6 @@ impl Task {
             .map_err(|_| Error::ComponentStopped)?;
         let path = self.replica.local.join(&item.name);
         let threshold = self.shared.config.multipart_threshold;
-        let known = self.sums.get(&item.name).copied();
         let read = {
             let path = path.clone();
             blocking(move || read_local(&path, threshold, known)).await
@@ -406,8 +413,6 @@ impl Task {
             }
             Err(e) => return Err(e),
         };
-        let key = segment(&item.name);
-        let entry = self.remote.get(&key).cloned().unwrap_or_default();
         if entry.holds(sums) {
             return Ok(Outcome::AlreadyThere(sums));
         }
