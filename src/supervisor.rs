@@ -44,7 +44,7 @@ struct Plan {
     callback: Arc<dyn BackupCallback>,
     interval: Duration,
     /// Where the backup dir is replicated to, if anywhere.
-    remote: Option<RemoteUrl>,
+    remote: Option<Arc<RemoteUrl>>,
 }
 
 /// A start waiting for the previous start of its store to end.
@@ -491,7 +491,7 @@ impl Supervisor {
             message: panic_message(&*panic),
         })?;
         let remote = match &self.config.replication.url {
-            Some(url) => Some(RemoteUrl::parse(url)?.join(&kv.to_string())),
+            Some(url) => Some(Arc::new(RemoteUrl::parse(url)?.join(&kv.to_string()))),
             None => None,
         };
         Ok(Plan {
@@ -536,7 +536,7 @@ impl Handler<StartBackup> for Supervisor {
 
     fn handle(&mut self, msg: StartBackup, ctx: &mut Context<Self>) -> Reply {
         let remote = match msg.replicate_to.as_deref().map(RemoteUrl::parse).transpose() {
-            Ok(remote) => remote,
+            Ok(remote) => remote.map(Arc::new),
             Err(e) => return ready(Err(e)),
         };
         let plan = Plan {

@@ -253,7 +253,7 @@ fn run(cli: Cli) -> Result<ExitCode, continuous_backup::Error> {
             } else {
                 bar.set_draw_target(ProgressDrawTarget::hidden());
             }
-            let summaries = restore(&backup, &kvs, args.to_seqno, &args.out, &RefFormat, &mut |n| {
+            let summaries = restore(backup, &kvs, args.to_seqno, &args.out, &RefFormat, &mut |n| {
                 bar.inc(n)
             })?;
             bar.finish_and_clear();

@@ -14,7 +14,7 @@
 //! The sidecar is written before the object, so every object has one; its
 //! name carries the sums so that one listing tells what the remote holds.
 //! A `metadata.<n>.dat` is uploaded only after every file queued before it
-//! (see [`queue`]), which keeps the remote copy restorable at every moment.
+//! (a barrier in the upload queue), which keeps the remote copy restorable at every moment.
 
 pub(crate) mod queue;
 pub(crate) mod uploader;

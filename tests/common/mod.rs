@@ -2,6 +2,8 @@
 //! dir, and a callback that records every round.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod s3;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
