@@ -83,6 +83,9 @@ struct Inner {
     rescan: bool,
     /// The uploader holds a batch or scans.
     busy: bool,
+    /// Items at the front that the rescan under way covers (they were in
+    /// the backup dir when it started): replaced by what it finds.
+    covered: usize,
     retired: bool,
     last_error: Option<String>,
     last_success: Option<SystemTime>,
@@ -177,12 +180,12 @@ impl Replica {
         }
         if inner.rescan || inner.overflowed {
             // Everything queued is in the backup dir, and the rescan finds
-            // it there again (after what it lists, pushes that come during
-            // the scan follow).
+            // it there again; pushes that come during the scan follow what
+            // it finds. Until it succeeds the queue stays as it is, so
+            // status keeps counting the backlog.
             inner.rescan = false;
             inner.overflowed = false;
-            inner.items.clear();
-            inner.pending_bytes = 0;
+            inner.covered = inner.items.len();
             inner.busy = true;
             return Next::Rescan;
         }
@@ -216,15 +219,25 @@ impl Replica {
         inner.last_error = None;
     }
 
-    /// A rescan found `items` missing remotely: they go first, before what
-    /// was pushed while it ran.
+    /// A rescan found `items` missing remotely: they replace what was
+    /// queued when it started (keeping how long each has waited), before
+    /// what was pushed while it ran.
     pub fn rescanned(&self, items: Vec<Item>) {
         let mut inner = self.inner.lock();
         inner.busy = false;
+        let covered = std::mem::take(&mut inner.covered);
+        let mut waited_since = std::collections::HashMap::new();
+        for item in inner.items.drain(..covered).collect::<Vec<_>>() {
+            inner.pending_bytes -= item.len;
+            waited_since.insert(item.name, item.queued);
+        }
         if inner.retired {
             return;
         }
-        for item in items.into_iter().rev() {
+        for mut item in items.into_iter().rev() {
+            if let Some(queued) = waited_since.get(&item.name) {
+                item.queued = item.queued.min(*queued);
+            }
             inner.pending_bytes += item.len;
             inner.items.push_front(item);
         }
@@ -236,6 +249,7 @@ impl Replica {
         self.upload_errors.fetch_add(attempts, Relaxed);
         let mut inner = self.inner.lock();
         inner.busy = false;
+        inner.covered = 0;
         inner.rescan = true;
         inner.last_error = Some(error);
     }
@@ -343,6 +357,7 @@ mod tests {
         r.push_files(&[file("a")]);
         assert!(matches!(r.next(8), Next::Rescan));
         assert!(!r.is_drained(), "busy while scanning");
+        assert_eq!(r.status().pending_files, 1, "still counted while the scan runs");
         r.rescanned(vec![]);
         assert!(
             matches!(r.next(8), Next::Idle),
@@ -416,6 +431,22 @@ mod tests {
         assert_eq!(status.upload_errors, 1);
         assert_eq!(status.last_error.as_deref(), Some("put a: connection refused"));
         assert!(matches!(r.next(8), Next::Rescan));
+        let first_queued = r.status().oldest_pending_age.unwrap();
+        // The rescan fails too (the server is still away): the backlog
+        // stays counted, with its age.
+        r.failed("list: connection refused".into(), 1);
+        assert_eq!(r.status().pending_files, 1);
+        assert!(matches!(r.next(8), Next::Rescan));
+        r.rescanned(vec![Item::new("a".into(), 10, Kind::File)]);
+        let status = r.status();
+        assert_eq!(
+            status.pending_files, 1,
+            "the rescan's find replaces the queued item"
+        );
+        assert!(
+            status.oldest_pending_age.unwrap() >= first_queued,
+            "and keeps its age"
+        );
         r.retire();
         assert!(matches!(r.next(8), Next::Retired));
     }

@@ -2,13 +2,14 @@
 //! mode (installed by `.ci/install-moto` when missing), and a TCP proxy in
 //! front of it that can be stopped (the port refuses connections) and made
 //! to answer every request with 503, while moto keeps what it stored.
+#![allow(dead_code)] // each user (tests, the replication benchmark) uses its own subset
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -168,7 +169,7 @@ pub struct Proxy {
     pub port: u16,
     upstream: u16,
     mode: Arc<AtomicU8>,
-    conns: Arc<Mutex<Vec<TcpStream>>>,
+    conns: Arc<Conns>,
     listener: Option<(std::thread::JoinHandle<()>, Arc<AtomicU8>)>,
     /// 503 answers given.
     pub errors_answered: Arc<Mutex<u64>>,
@@ -180,7 +181,7 @@ impl Proxy {
             port: free_port(),
             upstream,
             mode: Arc::new(AtomicU8::new(PASS)),
-            conns: Arc::new(Mutex::new(Vec::new())),
+            conns: Arc::new(Mutex::new(HashMap::new())),
             listener: None,
             errors_answered: Arc::new(Mutex::new(0)),
         };
@@ -216,13 +217,7 @@ impl Proxy {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
                     continue;
                 };
-                {
-                    let mut conns = conns.lock().unwrap();
-                    conns.push(client.try_clone().unwrap());
-                    conns.push(server.try_clone().unwrap());
-                }
-                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
-                pipe(server, client);
+                let _ = relay(client, server, &conns);
             }
         });
         self.listener = Some((thread, stop));
@@ -256,8 +251,9 @@ impl Proxy {
     }
 
     fn cut(&self) {
-        for conn in self.conns.lock().unwrap().drain(..) {
-            let _ = conn.shutdown(Shutdown::Both);
+        for (_, (client, server)) in self.conns.lock().unwrap().drain() {
+            let _ = client.shutdown(Shutdown::Both);
+            let _ = server.shutdown(Shutdown::Both);
         }
     }
 }
@@ -268,11 +264,31 @@ impl Drop for Proxy {
     }
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
+type Conns = Mutex<HashMap<u64, (TcpStream, TcpStream)>>;
+
+/// Copies bytes both ways between a client and the server until either
+/// side closes; the pair stays in `conns` (for `cut`) until then.
+fn relay(client: TcpStream, server: TcpStream, conns: &Arc<Conns>) -> std::io::Result<()> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    conns
+        .lock()
+        .unwrap()
+        .insert(id, (client.try_clone()?, server.try_clone()?));
+    let (mut client_in, mut server_out) = (client.try_clone()?, server.try_clone()?);
+    let (mut server_in, mut client_out) = (server, client);
     std::thread::spawn(move || {
-        let _ = std::io::copy(&mut from, &mut to);
-        let _ = to.shutdown(Shutdown::Write);
+        let _ = std::io::copy(&mut client_in, &mut server_out);
+        let _ = server_out.shutdown(Shutdown::Write);
     });
+    let conns = Arc::clone(conns);
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut server_in, &mut client_out);
+        let _ = client_out.shutdown(Shutdown::Both);
+        let _ = server_in.shutdown(Shutdown::Both);
+        conns.lock().unwrap().remove(&id);
+    });
+    Ok(())
 }
 
 /// Reads one request (head and `Content-Length` body) and answers 503.
