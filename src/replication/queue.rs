@@ -83,6 +83,8 @@ struct Inner {
     rescan: bool,
     /// The uploader holds a batch or scans.
     busy: bool,
+    /// The uploader scans.
+    scanning: bool,
     /// Items at the front that the rescan under way covers (they were in
     /// the backup dir when it started): replaced by what it finds.
     covered: usize,
@@ -187,6 +189,7 @@ impl Replica {
             inner.overflowed = false;
             inner.covered = inner.items.len();
             inner.busy = true;
+            inner.scanning = true;
             return Next::Rescan;
         }
         let next = match inner.items.front() {
@@ -225,6 +228,7 @@ impl Replica {
     pub fn rescanned(&self, items: Vec<Item>) {
         let mut inner = self.inner.lock();
         inner.busy = false;
+        inner.scanning = false;
         let covered = std::mem::take(&mut inner.covered);
         let mut waited_since = std::collections::HashMap::new();
         for item in inner.items.drain(..covered).collect::<Vec<_>>() {
@@ -249,6 +253,7 @@ impl Replica {
         self.upload_errors.fetch_add(attempts, Relaxed);
         let mut inner = self.inner.lock();
         inner.busy = false;
+        inner.scanning = false;
         inner.covered = 0;
         inner.rescan = true;
         inner.last_error = Some(error);
@@ -279,7 +284,7 @@ impl Replica {
             pending_files: inner.items.len() as u64,
             pending_bytes: inner.pending_bytes,
             oldest_pending_age: inner.items.front().map(|i| i.queued.elapsed()),
-            rescan_pending: inner.rescan || inner.overflowed,
+            rescan_pending: inner.rescan || inner.overflowed || inner.scanning,
             uploaded_files: self.uploaded_files.load(Relaxed),
             uploaded_bytes: self.uploaded_bytes.load(Relaxed),
             already_there: self.already_there.load(Relaxed),
@@ -303,8 +308,9 @@ pub struct ReplicationStatus {
     pub pending_bytes: u64,
     /// How long the oldest of them has waited.
     pub oldest_pending_age: Option<Duration>,
-    /// Whether a rescan of the backup dir is due (at start, after a failed
-    /// upload, after the queue overflowed): pending counts are then partial.
+    /// Whether a rescan of the backup dir is due or under way (at start,
+    /// after a failed upload, after the queue overflowed): pending counts
+    /// are then partial.
     pub rescan_pending: bool,
     /// Files uploaded (sidecar and object).
     pub uploaded_files: u64,
@@ -358,6 +364,7 @@ mod tests {
         assert!(matches!(r.next(8), Next::Rescan));
         assert!(!r.is_drained(), "busy while scanning");
         assert_eq!(r.status().pending_files, 1, "still counted while the scan runs");
+        assert!(r.status().rescan_pending, "and the scan is shown");
         r.rescanned(vec![]);
         assert!(
             matches!(r.next(8), Next::Idle),
