@@ -563,6 +563,26 @@ async fn a_local_dir_url_replicates_too_and_cbk_verify_checks_every_object_again
     assert!(stdout.contains("clean: 3 stores"), "{stdout}");
     let out = cbk(&["inspect", &url, "--json"]);
     assert!(out.status.success());
+    let high = STORES
+        .iter()
+        .map(|kv| fx.engine.high_seqno(*kv).unwrap())
+        .min()
+        .unwrap();
+    let restored = fx.tmp.path().join("restored");
+    let out = cbk(&[
+        "restore",
+        &url,
+        "--all",
+        "--to-seqno",
+        &high.to_string(),
+        "--out",
+        restored.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        restored_state(&restored).get(&(1, "key-0".to_string())),
+        Some(&fx.engine.get(KvId(1), b"key-0").unwrap())
+    );
 
     // Flip one byte of one object, and remove another one's sidecar.
     let store = far.join("1");

@@ -536,3 +536,61 @@ fn read_at(path: &FsPath, offset: u64, len: u64) -> Result<Bytes> {
         .map_err(|e| Error::io("read", path, e))?;
     Ok(Bytes::from(buf))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pacer_spaces_sends_to_the_rate() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let pacer = Pacer::new(1_000_000);
+        let started = Instant::now();
+        runtime.block_on(async {
+            for _ in 0..4 {
+                pacer.take(50_000).await;
+            }
+        });
+        // The first send goes at once, each later one 50 ms after the one
+        // before: a lower bound, which a slow machine only exceeds.
+        assert!(
+            started.elapsed() >= Duration::from_millis(150),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn local_listing_puts_metadata_after_files_in_number_order_and_skips_temps() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "metadata.10.dat",
+            "b.sqi",
+            "metadata.2.dat",
+            ".cbk-tmp.x",
+            "a~1.sqi",
+        ] {
+            std::fs::write(dir.path().join(name), name).unwrap();
+        }
+        let (files, metadata) = list_local(dir.path()).unwrap();
+        let mut files: Vec<_> = files.into_iter().map(|i| i.name).collect();
+        files.sort();
+        assert_eq!(files, ["a~1.sqi", "b.sqi"]);
+        let metadata: Vec<_> = metadata.into_iter().map(|i| (i.name, i.kind)).collect();
+        assert_eq!(
+            metadata,
+            [
+                ("metadata.2.dat".to_string(), Kind::Metadata),
+                ("metadata.10.dat".to_string(), Kind::Metadata)
+            ]
+        );
+        let (files, metadata) = list_local(&dir.path().join("missing")).unwrap();
+        assert!(
+            files.is_empty() && metadata.is_empty(),
+            "a dir not created yet holds nothing"
+        );
+    }
+}
