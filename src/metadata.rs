@@ -284,7 +284,14 @@ impl MetadataActor {
                 }
                 tracing::debug!(n, bytes = data.len(), "metadata written");
             }
-            Err(e) => tracing::warn!(error = %e, "metadata write failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "metadata write failed");
+                if let Some(replica) = &session.replica {
+                    // Its name may have become visible (and is then never
+                    // reused): a rescan finds it.
+                    replica.ask_rescan();
+                }
+            }
         }
         written
     }

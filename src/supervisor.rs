@@ -307,11 +307,13 @@ impl Supervisor {
 
     /// The upload queue of `kv` replicating `dir` to `remote`: the one
     /// already running (its uploads go on across stop and start), or a new
-    /// one, which first rescans. A replica of another dir or remote is
-    /// retired (ends once its task takes its next step).
+    /// one. Either rescans first: files placed while the store ran without
+    /// replication were never queued. A replica of another dir or remote
+    /// is retired (ends once its task takes its next step).
     fn replica(&mut self, kv: KvId, dir: &Path, remote: &RemoteUrl) -> Option<Arc<Replica>> {
         if let Some(replica) = self.replicas.get(&kv) {
             if replica.local == dir && replica.remote == *remote {
+                replica.ask_rescan();
                 return Some(Arc::clone(replica));
             }
             replica.retire();
@@ -616,6 +618,7 @@ impl Handler<Shutdown> for Supervisor {
         tracing::info!(stores = stops.len(), "shutting down");
         let replicas: Vec<Arc<Replica>> = self.replicas.values().cloned().collect();
         let drain = self.config.replication.drain_timeout;
+        let uploader = self.uploader.arbiter();
         Box::pin(async move {
             // Every stop was queued above; they proceed in parallel.
             for stop in stops {
@@ -636,6 +639,11 @@ impl Handler<Shutdown> for Supervisor {
             }
             for replica in &replicas {
                 replica.retire();
+            }
+            // Uploads still under way are dropped with the uploader's
+            // thread (an unfinished multipart upload never becomes visible).
+            if let Some(uploader) = uploader {
+                uploader.stop();
             }
         })
     }

@@ -613,3 +613,100 @@ async fn a_local_dir_url_replicates_too_and_cbk_verify_checks_every_object_again
     assert!(stdout.contains("but its sidecar says"), "{stdout}");
     assert!(stdout.contains(&format!("1/{second}: no sidecar")), "{stdout}");
 }
+
+#[actix_rt::test]
+async fn names_that_need_encoding_round_trip_through_the_remote() {
+    let fx = Fixture::new();
+    let far = fx.tmp.path().join("far");
+    let url = format!("file://{}/node1", far.display());
+    // A file already in the backup dir under the name the store's first
+    // flush gets: the component places the flush as `<name>~1`, which an
+    // object key spells with `%7E`.
+    let kv = KvId(1);
+    fx.engine.create_store(kv).unwrap();
+    let first = fx.flush_some(kv, 3);
+    let taken = fx.backup_dir(kv).join(first.name());
+    std::fs::create_dir_all(taken.parent().unwrap()).unwrap();
+    std::fs::write(&taken, b"an older file under the same name").unwrap();
+    let backup = fx.start(Config::default());
+    let (cb, mut rx) = recorder();
+    backup
+        .start_replicated_backup(kv, fx.backup_dir(kv), &format!("{url}/1"), cb, Some(ms(50)))
+        .await
+        .unwrap();
+    let round = next_nonempty_round(&mut rx, Duration::from_secs(10)).await;
+    assert!(
+        round.files.iter().any(|f| f.name.contains('~')),
+        "{:?}",
+        round.files
+    );
+    backup.stop_backup(kv, true).await.unwrap();
+    backup.shutdown().await.unwrap();
+
+    let into = fx.tmp.path().join("mirror");
+    let (url2, into2) = (url.clone(), into.clone());
+    let mirrored = blocking(move || mirror(&url2, &BTreeMap::new(), &into2).unwrap()).await;
+    assert!(mirrored.problems.is_empty(), "{:?}", mirrored.problems);
+    let (local, remote) = (files_under(&fx.backup_root()), files_under(&into));
+    assert_eq!(local, remote);
+}
+
+#[actix_rt::test]
+async fn a_store_replicated_again_after_a_start_without_replication_uploads_what_it_missed() {
+    let fx = Fixture::new();
+    let far = fx.tmp.path().join("far");
+    let url = format!("file://{}/node1", far.display());
+    let kv = KvId(1);
+    fx.engine.create_store(kv).unwrap();
+    let backup = fx.start(Config::default());
+    let (cb, mut rx) = recorder_with(|round| {
+        round.writer.write("{}")?;
+        Ok(())
+    });
+    let remote = format!("{url}/1");
+    let status = || {
+        let backup = backup.clone();
+        async move { store_status(&backup, kv).await.replication.unwrap() }
+    };
+    let until_drained = || async {
+        eventually(Duration::from_secs(30), "uploads drained", || async {
+            let s = status().await;
+            (s.pending_files == 0 && !s.rescan_pending).then_some(())
+        })
+        .await
+    };
+
+    fx.flush_some(kv, 3);
+    backup
+        .start_replicated_backup(kv, fx.backup_dir(kv), &remote, Arc::clone(&cb), Some(ms(50)))
+        .await
+        .unwrap();
+    next_nonempty_round(&mut rx, Duration::from_secs(10)).await;
+    backup.stop_backup(kv, true).await.unwrap();
+    until_drained().await;
+
+    // A start without replication: its files and metadata are not queued.
+    fx.flush_some(kv, 3);
+    backup
+        .start_backup(kv, fx.backup_dir(kv), Arc::clone(&cb), Some(ms(50)))
+        .await
+        .unwrap();
+    next_nonempty_round(&mut rx, Duration::from_secs(10)).await;
+    backup.stop_backup(kv, true).await.unwrap();
+
+    // Replicated again: the reused queue rescans and uploads them.
+    backup
+        .start_replicated_backup(kv, fx.backup_dir(kv), &remote, cb, Some(ms(50)))
+        .await
+        .unwrap();
+    next_round(&mut rx, Duration::from_secs(10)).await;
+    backup.stop_backup(kv, true).await.unwrap();
+    until_drained().await;
+    backup.shutdown().await.unwrap();
+
+    let into = fx.tmp.path().join("mirror");
+    let (url2, into2) = (url.clone(), into.clone());
+    let mirrored = blocking(move || mirror(&url2, &BTreeMap::new(), &into2).unwrap()).await;
+    assert!(mirrored.problems.is_empty(), "{:?}", mirrored.problems);
+    assert_eq!(files_under(&fx.backup_root()), files_under(&into));
+}

@@ -162,9 +162,6 @@ fn open_root(
             (Some(temp), dir)
         }
     };
-    if std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some()) {
-        return Err(continuous_backup::Error::RestoreTargetNotEmpty { path: dir });
-    }
     let options = cli_options.iter().cloned().collect();
     let mirrored = mirror(root, &options, &dir)?;
     eprintln!(

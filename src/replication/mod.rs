@@ -127,6 +127,11 @@ impl ReplicationConfig {
     }
 }
 
+/// URL schemes whose authority names the bucket or container.
+const SCHEMES: &[&str] = &[
+    "s3", "s3a", "gs", "az", "adl", "azure", "abfs", "abfss", "file", "memory",
+];
+
 /// A parsed object-store URL: which store, and the path in it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RemoteUrl {
@@ -144,6 +149,15 @@ impl RemoteUrl {
             reason,
         };
         let url = url::Url::parse(text).map_err(|e| invalid(e.to_string()))?;
+        if !SCHEMES.contains(&url.scheme()) {
+            // `object_store` also takes https URLs of each cloud, but takes
+            // the bucket out of their path; one form per store keeps the
+            // path and the client's bucket apart.
+            return Err(invalid(format!(
+                "the scheme is not one of {}; for S3-compatible servers use s3://bucket/path and the endpoint option",
+                SCHEMES.join(", ")
+            )));
+        }
         let (scheme, path) = ObjectStoreScheme::parse(&url).map_err(|e| invalid(e.to_string()))?;
         if !matches!(
             scheme,
@@ -336,10 +350,16 @@ mod tests {
         assert_eq!(store.store_key(), "s3://bucket");
         assert!(RemoteUrl::is_url("file:///tmp/x"));
         assert!(!RemoteUrl::is_url("/tmp/x"));
-        assert!(matches!(
-            RemoteUrl::parse("ftp://host/x"),
-            Err(Error::InvalidRemote { .. })
-        ));
+        for bad in [
+            "ftp://host/x",
+            "https://s3.eu-west-1.amazonaws.com/bucket/node1",
+            "http://127.0.0.1:9000/b",
+        ] {
+            assert!(
+                matches!(RemoteUrl::parse(bad), Err(Error::InvalidRemote { .. })),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

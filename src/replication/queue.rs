@@ -110,6 +110,8 @@ pub(crate) struct Replica {
     pub upload_errors: AtomicU64,
     pub dropped: AtomicU64,
     pub rescans: AtomicU64,
+    /// Objects the last rescan found remotely and not in the backup dir.
+    pub remote_only: AtomicU64,
 }
 
 impl Replica {
@@ -132,6 +134,7 @@ impl Replica {
             upload_errors: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             rescans: AtomicU64::new(0),
+            remote_only: AtomicU64::new(0),
         }
     }
 
@@ -180,7 +183,9 @@ impl Replica {
         if inner.retired {
             return Next::Retired;
         }
-        if inner.rescan || inner.overflowed {
+        // After an overflow, what is queued (in order, before everything
+        // dropped) goes first; one rescan then finds the rest.
+        if inner.rescan || (inner.overflowed && inner.items.is_empty()) {
             // Everything queued is in the backup dir, and the rescan finds
             // it there again; pushes that come during the scan follow what
             // it finds. Until it succeeds the queue stays as it is, so
@@ -195,15 +200,20 @@ impl Replica {
         let next = match inner.items.front() {
             None => Next::Idle,
             Some(first) if first.kind == Kind::Metadata => Next::Metadata(first.clone()),
-            Some(_) => Next::Files(
-                inner
-                    .items
-                    .iter()
-                    .take(max.max(1))
-                    .take_while(|i| i.kind == Kind::File)
-                    .cloned()
-                    .collect(),
-            ),
+            Some(_) => {
+                // A name twice in one batch would be sent twice at once;
+                // the batch ends before the second (then found uploaded).
+                let mut names = std::collections::HashSet::new();
+                Next::Files(
+                    inner
+                        .items
+                        .iter()
+                        .take(max.max(1))
+                        .take_while(|i| i.kind == Kind::File && names.insert(i.name.as_str()))
+                        .cloned()
+                        .collect(),
+                )
+            }
         };
         inner.busy = !matches!(next, Next::Idle);
         next
@@ -238,6 +248,18 @@ impl Replica {
         if inner.retired {
             return;
         }
+        // Pushes that came during the scan for files it found: it has them
+        // in order already.
+        let found: std::collections::HashSet<&str> = items.iter().map(|i| i.name.as_str()).collect();
+        let mut dropped_bytes = 0;
+        inner.items.retain(|i| {
+            let keep = !found.contains(i.name.as_str());
+            if !keep {
+                dropped_bytes += i.len;
+            }
+            keep
+        });
+        inner.pending_bytes -= dropped_bytes;
         for mut item in items.into_iter().rev() {
             if let Some(queued) = waited_since.get(&item.name) {
                 item.queued = item.queued.min(*queued);
@@ -259,10 +281,25 @@ impl Replica {
         inner.last_error = Some(error);
     }
 
+    /// A queued file was gone from the backup dir (removed by hand): it
+    /// counts as an upload error, and is not retried.
+    pub fn vanished(&self, name: &str) {
+        self.upload_errors.fetch_add(1, Relaxed);
+        self.inner.lock().last_error = Some(format!("{name} vanished from the backup dir before its upload"));
+    }
+
     /// Whether nothing waits and nothing is under way.
     pub fn is_drained(&self) -> bool {
         let inner = self.inner.lock();
         inner.items.is_empty() && !inner.busy && !inner.rescan && !inner.overflowed
+    }
+
+    /// Asks for a rescan before the next upload: the backup dir may hold
+    /// files that were never pushed (a start without replication, a
+    /// metadata write that failed after its name became visible).
+    pub fn ask_rescan(&self) {
+        self.inner.lock().rescan = true;
+        self.wake.notify_one();
     }
 
     /// Whether `retire` was called.
@@ -283,7 +320,7 @@ impl Replica {
             remote: self.remote.to_string(),
             pending_files: inner.items.len() as u64,
             pending_bytes: inner.pending_bytes,
-            oldest_pending_age: inner.items.front().map(|i| i.queued.elapsed()),
+            oldest_pending_age: inner.items.iter().map(|i| i.queued).min().map(|t| t.elapsed()),
             rescan_pending: inner.rescan || inner.overflowed || inner.scanning,
             uploaded_files: self.uploaded_files.load(Relaxed),
             uploaded_bytes: self.uploaded_bytes.load(Relaxed),
@@ -291,6 +328,7 @@ impl Replica {
             upload_errors: self.upload_errors.load(Relaxed),
             dropped_pushes: self.dropped.load(Relaxed),
             rescans: self.rescans.load(Relaxed),
+            remote_only_files: self.remote_only.load(Relaxed),
             last_error: inner.last_error.clone(),
             last_success: inner.last_success,
         }
@@ -325,6 +363,11 @@ pub struct ReplicationStatus {
     pub dropped_pushes: u64,
     /// Times the backup dir and the remote dir were listed and compared.
     pub rescans: u64,
+    /// Objects the last rescan found in the remote dir but not in the
+    /// backup dir: another history under the same prefix (a rebuilt backup
+    /// dir, another node). Never deleted; a restore from the remote would
+    /// mix them, so point each backup dir at its own prefix.
+    pub remote_only_files: u64,
     /// The last failure; cleared by the next success.
     pub last_error: Option<String>,
     /// When an upload last succeeded (wall clock, for display only).
@@ -424,6 +467,32 @@ mod tests {
         assert_eq!(names(r.next(8)), ["metadata.1.dat"]);
         r.done(1);
         assert_eq!(names(r.next(8)), ["metadata.2.dat"]);
+    }
+
+    #[test]
+    fn after_an_overflow_what_was_queued_goes_first_then_one_rescan() {
+        let r = replica(2);
+        assert!(matches!(r.next(8), Next::Rescan));
+        r.rescanned(vec![]);
+        r.push_files(&[file("a")]);
+        r.push_files(&[file("b"), file("c")]);
+        assert!(r.status().rescan_pending);
+        assert_eq!(names(r.next(8)), ["a"], "queued before the overflow, in order");
+        r.done(1);
+        assert!(matches!(r.next(8), Next::Rescan), "then the rescan finds b and c");
+    }
+
+    #[test]
+    fn a_name_is_never_twice_in_one_batch_nor_after_a_rescan_found_it() {
+        let r = replica(10);
+        assert!(matches!(r.next(8), Next::Rescan));
+        // Pushed during the scan, which finds the same files.
+        r.push_files(&[file("a"), file("b")]);
+        r.rescanned(vec![Item::new("a".into(), 10, Kind::File)]);
+        assert_eq!(names(r.next(8)), ["a", "b"], "the scan's a, then the push's b");
+        r.done(2);
+        r.push_files(&[file("c"), file("c"), file("d")]);
+        assert_eq!(names(r.next(8)), ["c"], "the batch ends before the second c");
     }
 
     #[test]

@@ -67,6 +67,11 @@ impl Uploader {
         }
     }
 
+    /// The uploader's arbiter, once started.
+    pub fn arbiter(&self) -> Option<actix_rt::ArbiterHandle> {
+        self.arbiter.as_ref().map(actix_rt::Arbiter::handle)
+    }
+
     /// The client of `remote`'s store, opened once (no network yet).
     pub fn client(&self, remote: &RemoteUrl) -> Result<Arc<dyn ObjectStore>> {
         self.shared.client(remote)
@@ -145,9 +150,11 @@ pub(crate) struct RemoteEntry {
 }
 
 impl RemoteEntry {
-    /// Whether the object is there whole with these sums.
+    /// Whether the object is there whole with these sums: its length, and
+    /// one sidecar, with them. Two sidecars mean a replacement was cut off
+    /// (the new sidecar went up, maybe not the object): not trusted.
     fn holds(&self, sums: Sums) -> bool {
-        self.object == Some(sums.len) && self.sidecars.contains(&sums)
+        self.object == Some(sums.len) && self.sidecars == [sums]
     }
 }
 
@@ -257,16 +264,27 @@ impl Task {
                 }
                 Next::Rescan => match self.rescan().await {
                     Ok(items) => {
+                        // A listing that works says little: the backoff
+                        // resets on an upload that works (or nothing to do).
+                        if items.is_empty() {
+                            self.failures = 0;
+                        }
                         self.replica.rescanned(items);
                         None
                     }
                     Err(e) => Some((e, 1)),
                 },
-                Next::Files(items) => self.upload_batch(&items).await,
-                Next::Metadata(item) => self.upload_batch(std::slice::from_ref(&item)).await,
+                Next::Files(items) => {
+                    let failed = self.upload_batch(&items).await;
+                    self.uploaded(failed)
+                }
+                Next::Metadata(item) => {
+                    let failed = self.upload_batch(std::slice::from_ref(&item)).await;
+                    self.uploaded(failed)
+                }
             };
             match failed {
-                None => self.failures = 0,
+                None => {}
                 Some((e, attempts)) => {
                     self.failures += 1;
                     let wait = self.backoff();
@@ -291,6 +309,14 @@ impl Task {
         tracing::debug!("uploader of this store ended");
     }
 
+    /// Resets the backoff after an upload step that worked.
+    fn uploaded(&mut self, failed: Option<(Error, u64)>) -> Option<(Error, u64)> {
+        if failed.is_none() {
+            self.failures = 0;
+        }
+        failed
+    }
+
     fn backoff(&self) -> Duration {
         let config = &self.shared.config;
         let doublings = self.failures.saturating_sub(1).min(30);
@@ -308,6 +334,22 @@ impl Task {
         let (files, metadata) = blocking(move || list_local(&dir)).await?;
         let remote = list_remote(&*self.client, &self.base).await?;
         self.remote = remote.into_iter().collect();
+        let local: std::collections::HashSet<String> =
+            files.iter().chain(&metadata).map(|i| segment(&i.name)).collect();
+        let remote_only = self
+            .remote
+            .iter()
+            .filter(|(name, entry)| entry.object.is_some() && !local.contains(*name))
+            .count();
+        self.replica.remote_only.store(remote_only as u64, Relaxed);
+        if remote_only > 0 {
+            // Another history under the same prefix (a rebuilt backup dir,
+            // another node): never deleted, but a restore would mix them.
+            tracing::warn!(
+                remote_only,
+                "the remote dir holds objects the backup dir does not"
+            );
+        }
         let mut todo = Vec::new();
         let (mut there, mut to_check) = (0usize, 0usize);
         for item in files.into_iter().chain(metadata) {
@@ -371,7 +413,7 @@ impl Task {
                 self.sums.insert(item.name.clone(), sums);
             }
             Outcome::Vanished => {
-                r.upload_errors.fetch_add(1, Relaxed);
+                r.vanished(&item.name);
                 tracing::warn!(file = %item.name, "queued file vanished from the backup dir; not uploaded");
             }
         }
@@ -540,6 +582,228 @@ fn read_at(path: &FsPath, offset: u64, len: u64) -> Result<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::callback::BackupFile;
+    use crate::engine::KvId;
+    use futures::stream::BoxStream;
+    use object_store::memory::InMemory;
+    use object_store::{
+        CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, PutMultipartOptions,
+        PutOptions, PutResult,
+    };
+    use std::sync::atomic::AtomicBool;
+
+    /// An in-memory store that records every put (attempted and done) and
+    /// can delay the puts of data files or refuse every put.
+    #[derive(Debug, Default)]
+    struct Recording {
+        inner: InMemory,
+        attempts: Mutex<Vec<String>>,
+        done: Mutex<Vec<String>>,
+        delay_data_files: Option<Duration>,
+        refuse_puts: AtomicBool,
+    }
+
+    impl std::fmt::Display for Recording {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Recording")
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for Recording {
+        async fn put_opts(
+            &self,
+            location: &Path,
+            payload: PutPayload,
+            opts: PutOptions,
+        ) -> object_store::Result<PutResult> {
+            let name = location.to_string();
+            self.attempts.lock().push(name.clone());
+            if self.refuse_puts.load(Relaxed) {
+                return Err(object_store::Error::Generic {
+                    store: "Recording",
+                    source: "puts refused by the test".into(),
+                });
+            }
+            let data_file = !name.contains("metadata.") && !name.contains(SUMS_DIR);
+            if let Some(delay) = self.delay_data_files.filter(|_| data_file) {
+                tokio::time::sleep(delay).await;
+            }
+            let put = self.inner.put_opts(location, payload, opts).await;
+            self.done.lock().push(name);
+            put
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            opts: PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+        async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
+            self.inner.get_opts(location, options).await
+        }
+        fn delete_stream(
+            &self,
+            locations: BoxStream<'static, object_store::Result<Path>>,
+        ) -> BoxStream<'static, object_store::Result<Path>> {
+            self.inner.delete_stream(locations)
+        }
+        fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+        async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+        async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+
+    /// A replica of a temp backup dir holding `names`, uploading to
+    /// `store` with `config`, its task started (call inside a System).
+    fn replicate(
+        store: &Arc<Recording>,
+        config: ReplicationConfig,
+        names: &[&str],
+    ) -> (Arc<Replica>, tempfile::TempDir, Uploader) {
+        let dir = tempfile::tempdir().unwrap();
+        for name in names {
+            std::fs::write(dir.path().join(name), name.as_bytes()).unwrap();
+        }
+        let remote = RemoteUrl::parse("memory:///r/1").unwrap();
+        let mut uploader = Uploader::new(config);
+        let client: Arc<dyn ObjectStore> = Arc::clone(store) as _;
+        uploader
+            .shared
+            .clients
+            .lock()
+            .insert(remote.store_key().to_string(), client);
+        let replica = Arc::new(Replica::new(KvId(1), dir.path().to_path_buf(), remote, 100));
+        uploader.replicate(Arc::clone(&replica)).unwrap();
+        (replica, dir, uploader)
+    }
+
+    fn files(names: &[&str]) -> Vec<BackupFile> {
+        names
+            .iter()
+            .map(|name| BackupFile {
+                name: name.to_string(),
+                len: name.len() as u64,
+                low_seqno: 1,
+                high_seqno: 1,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_metadata_file_goes_up_after_every_file_queued_before_it_even_when_they_are_slow() {
+        let store = Arc::new(Recording {
+            delay_data_files: Some(Duration::from_millis(40)),
+            ..Recording::default()
+        });
+        let names = [
+            "a.sqi",
+            "b.sqi",
+            "c.sqi",
+            "metadata.1.dat",
+            "d.sqi",
+            "metadata.2.dat",
+        ];
+        actix_rt::System::new().block_on(async {
+            let (replica, _dir, _uploader) = replicate(&store, ReplicationConfig::default(), &[]);
+            // Let the first rescan (of an empty dir) pass, then write and
+            // push as rounds and a callback do.
+            while replica.status().rescan_pending {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            for name in names {
+                std::fs::write(replica.local.join(name), name.as_bytes()).unwrap();
+            }
+            replica.push_files(&files(&["a.sqi", "b.sqi", "c.sqi"]));
+            replica.push_metadata(1, 14);
+            replica.push_files(&files(&["d.sqi"]));
+            replica.push_metadata(2, 14);
+            while !replica.is_drained() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        let done: Vec<String> = store
+            .done
+            .lock()
+            .iter()
+            .filter(|p| !p.contains(SUMS_DIR))
+            .cloned()
+            .collect();
+        let at = |name: &str| done.iter().position(|p| p.ends_with(name)).expect(name);
+        for file in ["a.sqi", "b.sqi", "c.sqi"] {
+            assert!(at(file) < at("metadata.1.dat"), "{done:?}");
+        }
+        assert!(at("d.sqi") < at("metadata.2.dat"), "{done:?}");
+        // Every object's sidecar went up before it.
+        let all = store.done.lock().clone();
+        for name in names {
+            let sidecar = all
+                .iter()
+                .position(|p| p.contains(SUMS_DIR) && p.contains(name))
+                .unwrap();
+            assert!(
+                sidecar < all.iter().position(|p| p.ends_with(name)).unwrap(),
+                "{all:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn puts_that_keep_failing_back_off_even_when_listing_works() {
+        let store = Arc::new(Recording::default());
+        store.refuse_puts.store(true, Relaxed);
+        let config = ReplicationConfig {
+            retry_initial: Duration::from_millis(100),
+            retry_max: Duration::from_secs(10),
+            ..ReplicationConfig::default()
+        };
+        let window = Duration::from_millis(1500);
+        let status = actix_rt::System::new().block_on(async {
+            let (replica, _dir, _uploader) = replicate(&store, config, &["a.sqi"]);
+            tokio::time::sleep(window).await;
+            replica.status()
+        });
+        // Waits of 100, 200, 400, 800 ms allow at most 4 attempts in 1.5 s
+        // (one sidecar put each); a backoff reset by each successful
+        // listing would make about 15.
+        let attempts = store.attempts.lock().len();
+        assert!(
+            (1..=4).contains(&attempts),
+            "{attempts} put attempts in {window:?}"
+        );
+        assert!(
+            status.upload_errors >= 1 && status.last_error.is_some(),
+            "{status:?}"
+        );
+        assert!(status.pending_files == 1 || status.rescan_pending, "{status:?}");
+    }
+
+    #[test]
+    fn an_object_with_two_sidecars_is_not_trusted() {
+        let old = Sums { len: 4, crc32c: 1 };
+        let new = Sums { len: 4, crc32c: 2 };
+        let replaced_cut_off = RemoteEntry {
+            object: Some(4),
+            sidecars: vec![old, new],
+        };
+        assert!(!replaced_cut_off.holds(new) && !replaced_cut_off.holds(old));
+        let whole = RemoteEntry {
+            object: Some(4),
+            sidecars: vec![new],
+        };
+        assert!(whole.holds(new) && !whole.holds(old));
+        let sidecar_only = RemoteEntry {
+            object: None,
+            sidecars: vec![new],
+        };
+        assert!(!sidecar_only.holds(new));
+    }
 
     #[test]
     fn the_pacer_spaces_sends_to_the_rate() {

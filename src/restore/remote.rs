@@ -2,16 +2,23 @@
 //! copy is downloaded into a local dir laid out as the component writes
 //! backup roots (`<dir>/<kv_id>/<name>`), after checking it against its
 //! sidecar, so that inspect, verify and restore run on it unchanged.
+//!
+//! The remote may be written to while it is read (a node still
+//! replicating). A listing is not a snapshot, so the root is listed twice:
+//! metadata files are taken from the first listing only, objects and
+//! sidecars from the second, which starts after the first has ended. Every
+//! file a metadata file follows was uploaded before it, and is therefore in
+//! the second listing: the copy read is restorable like the remote is.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::Path as FsPath;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::path::{Path as FsPath, PathBuf};
 
 use futures::{StreamExt, TryStreamExt};
-use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 
 use crate::error::{Error, Result};
+use crate::metadata::parse_metadata_file_name;
 use crate::replication::{RemoteUrl, Sums, SUMS_DIR};
 
 /// What [`mirror`] found.
@@ -21,8 +28,9 @@ pub struct Mirrored {
     pub files: usize,
     /// Their bytes.
     pub bytes: u64,
-    /// Objects that could not be trusted, one line each (not written):
-    /// no sidecar, or length or checksum unlike the sidecar's.
+    /// Objects that could not be trusted, one line each (not written): no
+    /// sidecar, more than one, length or checksum unlike the sidecar's, a
+    /// name that is not a plain file name, two names for one file.
     pub problems: Vec<String>,
     /// Sidecars whose object is not there: uploads under way or cut off
     /// (the object goes up after its sidecar). Not problems: the remote
@@ -30,107 +38,128 @@ pub struct Mirrored {
     pub in_flight: Vec<String>,
 }
 
-/// Downloads the backup root at `url` into `into` (created, must be empty
-/// or missing). The client's settings come from the environment (`AWS_*`,
-/// `GOOGLE_*`, `AZURE_*`), overridden by `options`. Blocks; runs its own
-/// small runtime, so call it outside an async context.
+/// Downloads the backup root at `url` into `into` (created; must be
+/// missing or empty). The client's settings come from the environment
+/// (`AWS_*`, `GOOGLE_*`, `AZURE_*`), overridden by `options`. Blocks until
+/// done (on a thread and runtime of its own, so it may be called from any
+/// context).
 pub fn mirror(url: &str, options: &BTreeMap<String, String>, into: &FsPath) -> Result<Mirrored> {
     let remote = RemoteUrl::parse(url)?;
     let client = remote.open(options)?;
+    if std::fs::read_dir(into).is_ok_and(|mut entries| entries.next().is_some()) {
+        return Err(Error::RestoreTargetNotEmpty {
+            path: into.to_path_buf(),
+        });
+    }
     std::fs::create_dir_all(into).map_err(|e| Error::io("create dir", into, e))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::io("start a runtime for", into, e))?;
-    runtime.block_on(mirror_all(&*client, &remote, into))
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| Error::io("start a runtime for", into, e))?;
+                runtime.block_on(mirror_all(&*client, &remote, into))
+            })
+            .join()
+            .unwrap_or(Err(Error::ComponentStopped))
+    })
 }
 
-/// One store's objects and sidecars, by encoded name.
-#[derive(Default)]
-struct Listed {
-    objects: BTreeMap<String, u64>,
-    sidecars: HashMap<String, Vec<Sums>>,
+/// One object to download.
+struct Job {
+    label: String,
+    meta: ObjectMeta,
+    sidecars: Vec<Sums>,
+    target: PathBuf,
+}
+
+async fn list(client: &dyn ObjectStore, remote: &RemoteUrl) -> Result<Vec<(Vec<String>, ObjectMeta)>> {
+    let base = remote.path();
+    let metas: Vec<ObjectMeta> =
+        client
+            .list(Some(base))
+            .try_collect()
+            .await
+            .map_err(|source| Error::Remote {
+                op: "list",
+                location: format!("{}/{}", remote.store_key(), base),
+                source,
+            })?;
+    Ok(metas
+        .into_iter()
+        .filter_map(|meta| {
+            let parts = meta.location.prefix_match(base)?;
+            let parts: Vec<String> = parts.map(|p| p.as_ref().to_string()).collect();
+            Some((parts, meta))
+        })
+        .collect())
 }
 
 async fn mirror_all(client: &dyn ObjectStore, remote: &RemoteUrl, into: &FsPath) -> Result<Mirrored> {
-    let base = remote.path();
-    let fail = |op, location: &Path| {
-        let location = format!("{}/{}", remote.store_key(), location);
-        move |source| Error::Remote { op, location, source }
-    };
-    let metas: Vec<_> = client
-        .list(Some(base))
-        .try_collect()
-        .await
-        .map_err(fail("list", base))?;
-    let mut stores: BTreeMap<String, Listed> = BTreeMap::new();
-    for meta in metas {
-        let Some(parts) = meta.location.prefix_match(base) else {
-            continue;
-        };
-        let parts: Vec<String> = parts.map(|p| p.as_ref().to_string()).collect();
+    let is_metadata = |name: &str| parse_metadata_file_name(name).is_some();
+    // Pass 1: the metadata files, and only them.
+    let mut metadata: BTreeMap<(String, String), ObjectMeta> = BTreeMap::new();
+    for (parts, meta) in list(client, remote).await? {
+        if let [store, name] = parts.as_slice() {
+            if is_metadata(name) {
+                metadata.insert((store.clone(), name.clone()), meta);
+            }
+        }
+    }
+    // Pass 2: every other object, and every sidecar.
+    let mut objects: BTreeMap<(String, String), ObjectMeta> = BTreeMap::new();
+    let mut sidecars: BTreeMap<(String, String), Vec<Sums>> = BTreeMap::new();
+    for (parts, meta) in list(client, remote).await? {
         match parts.as_slice() {
-            [store, name] => {
-                stores
-                    .entry(store.clone())
-                    .or_default()
-                    .objects
-                    .insert(name.clone(), meta.size);
+            [store, name] if !is_metadata(name) => {
+                objects.insert((store.clone(), name.clone()), meta);
             }
             [store, dir, sidecar] if dir == SUMS_DIR => {
                 if let Some((name, sums)) = Sums::parse_sidecar_name(sidecar) {
-                    let listed = stores.entry(store.clone()).or_default();
-                    listed.sidecars.entry(name.to_string()).or_default().push(sums);
+                    sidecars
+                        .entry((store.clone(), name.to_string()))
+                        .or_default()
+                        .push(sums);
                 }
             }
             _ => {}
         }
     }
+    objects.extend(metadata);
+
     let mut out = Mirrored::default();
-    let mut jobs = Vec::new();
-    for (store, listed) in &stores {
-        let dir = into.join(decode(store)?);
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create dir", &dir, e))?;
-        for name in listed.sidecars.keys() {
-            if !listed.objects.contains_key(name) {
-                out.in_flight.push(format!("{store}/{name}"));
-            }
-        }
-        for name in listed.objects.keys() {
-            let location = base.clone().join(store.as_str()).join(name.as_str());
-            let sidecars = listed.sidecars.get(name).cloned().unwrap_or_default();
-            let target = dir.join(decode(name)?);
-            jobs.push((format!("{store}/{name}"), location, sidecars, target));
+    for key @ (store, name) in sidecars.keys() {
+        if !objects.contains_key(key) {
+            out.in_flight.push(format!("{store}/{name}"));
         }
     }
+    let mut jobs = Vec::new();
+    let mut targets = HashSet::new();
+    for ((store, name), meta) in objects {
+        let label = format!("{store}/{name}");
+        let target = match (decode(&store), decode(&name)) {
+            (Ok(store), Ok(name)) => into.join(store).join(name),
+            (Err(reason), _) | (_, Err(reason)) => {
+                out.problems.push(format!("{label}: {reason}"));
+                continue;
+            }
+        };
+        if !targets.insert(target.clone()) {
+            out.problems
+                .push(format!("{label}: another object's name decodes to the same file"));
+            continue;
+        }
+        let sidecars = sidecars.remove(&(store, name)).unwrap_or_default();
+        jobs.push(Job {
+            label,
+            meta,
+            sidecars,
+            target,
+        });
+    }
     let results: Vec<Result<Option<String>>> = futures::stream::iter(jobs)
-        .map(|(label, location, sidecars, target)| async move {
-            let bytes = client
-                .get(&location)
-                .await
-                .map_err(fail("get", &location))?
-                .bytes()
-                .await
-                .map_err(fail("get", &location))?;
-            let sums = Sums::of(&bytes);
-            if sidecars.is_empty() {
-                return Ok(Some(format!("{label}: no sidecar with its length and checksum")));
-            }
-            if !sidecars.contains(&sums) {
-                let claimed: Vec<String> = sidecars
-                    .iter()
-                    .map(|s| format!("{} bytes crc32c {:08x}", s.len, s.crc32c))
-                    .collect();
-                return Ok(Some(format!(
-                    "{label}: {} bytes crc32c {:08x}, but its sidecar says {}",
-                    sums.len,
-                    sums.crc32c,
-                    claimed.join(" or ")
-                )));
-            }
-            let written = blocking_write(target, bytes.to_vec()).await;
-            written.map(|()| None)
-        })
+        .map(|job| download(client, remote, job))
         .buffer_unordered(8)
         .collect()
         .await;
@@ -146,12 +175,95 @@ async fn mirror_all(client: &dyn ObjectStore, remote: &RemoteUrl, into: &FsPath)
     Ok(out)
 }
 
-async fn blocking_write(target: PathBuf, bytes: Vec<u8>) -> Result<()> {
-    tokio::task::spawn_blocking(move || {
-        std::fs::write(&target, bytes).map_err(|e| Error::io("write", &target, e))
+/// Downloads one object into a temp file beside its target, checks it
+/// against its sidecar, and renames it into place; a problem is returned,
+/// not written.
+async fn download(client: &dyn ObjectStore, remote: &RemoteUrl, job: Job) -> Result<Option<String>> {
+    let Job {
+        label,
+        meta,
+        sidecars,
+        target,
+    } = job;
+    let claimed = match sidecars.as_slice() {
+        [] => return Ok(Some(format!("{label}: no sidecar with its length and checksum"))),
+        [one] => *one,
+        many => {
+            let many: Vec<String> = many.iter().map(describe).collect();
+            return Ok(Some(format!(
+                "{label}: {} sidecars ({}), a replacement cut off: not trusted",
+                many.len(),
+                many.join(", ")
+            )));
+        }
+    };
+    let fail = |source| Error::Remote {
+        op: "get",
+        location: format!("{}/{}", remote.store_key(), meta.location),
+        source,
+    };
+    let dir = target.parent().unwrap_or(FsPath::new(".")).to_path_buf();
+    let temp = blocking(move || {
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create dir", &dir, e))?;
+        tempfile::Builder::new()
+            .prefix(".cbk-download.")
+            .tempfile_in(&dir)
+            .map_err(|e| Error::io("create temp file in", &dir, e))
+    })
+    .await?;
+    let mut stream = client.get(&meta.location).await.map_err(fail)?.into_stream();
+    let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+    let mut len = 0u64;
+    let mut buf = Vec::new();
+    let mut file = temp;
+    loop {
+        let chunk = stream.next().await.transpose().map_err(fail)?;
+        if let Some(chunk) = &chunk {
+            digest.update(chunk);
+            len += chunk.len() as u64;
+            buf.extend_from_slice(chunk);
+        }
+        // Written in pieces of up to 4 MiB, on the blocking pool.
+        if buf.len() >= 4 << 20 || (chunk.is_none() && !buf.is_empty()) {
+            let piece = std::mem::take(&mut buf);
+            file = blocking(move || {
+                file.write_all(&piece)
+                    .map_err(|e| Error::io("write", file.path(), e))?;
+                Ok(file)
+            })
+            .await?;
+        }
+        if chunk.is_none() {
+            break;
+        }
+    }
+    let got = Sums {
+        len,
+        crc32c: digest.finalize() as u32,
+    };
+    if got != claimed {
+        return Ok(Some(format!(
+            "{label}: {}, but its sidecar says {}",
+            describe(&got),
+            describe(&claimed)
+        )));
+    }
+    blocking(move || {
+        file.persist_noclobber(&target)
+            .map_err(|e| Error::io("rename into place", &target, e.error))?;
+        Ok(None)
     })
     .await
-    .unwrap_or(Err(Error::ComponentStopped))
+}
+
+fn describe(sums: &Sums) -> String {
+    format!("{} bytes crc32c {:08x}", sums.len, sums.crc32c)
+}
+
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or(Err(Error::ComponentStopped))
 }
 
 fn count_bytes(dir: &FsPath) -> Result<u64> {
@@ -169,18 +281,35 @@ fn count_bytes(dir: &FsPath) -> Result<u64> {
     Ok(total)
 }
 
-/// A path segment as the file name it encodes; refuses one that is not a
-/// plain name once decoded (a hostile `..%2F..` must not leave `into`).
-fn decode(segment: &str) -> Result<String> {
-    let bad = |reason: &str| Error::InvalidRemote {
-        url: segment.to_string(),
-        reason: reason.into(),
-    };
+/// A path segment as the file name it encodes, or why it is not a plain
+/// file name once decoded (a hostile `..%2F..` must not leave the dir).
+fn decode(segment: &str) -> std::result::Result<String, &'static str> {
     let name = percent_encoding::percent_decode_str(segment)
         .decode_utf8()
-        .map_err(|_| bad("an object name is not UTF-8 once decoded"))?;
-    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
-        return Err(bad("an object name is not a plain file name once decoded"));
+        .map_err(|_| "the name is not UTF-8 once decoded")?;
+    if name.is_empty() || name == "." || name == ".." || name.starts_with('.') || name.contains(['/', '\0']) {
+        return Err("the name is not a plain file name once decoded");
     }
     Ok(name.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_names_are_refused_and_encoded_ones_decoded() {
+        assert_eq!(decode("000000000001.sqi%7E1").unwrap(), "000000000001.sqi~1");
+        for bad in [
+            "..",
+            "%2E%2E",
+            "a%2Fb",
+            "..%2F..%2Fetc",
+            "%00",
+            ".cbk-tmp.x",
+            "%FF",
+        ] {
+            assert!(decode(bad).is_err(), "{bad}");
+        }
+    }
 }
