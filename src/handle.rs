@@ -63,14 +63,7 @@ impl ContinuousBackup {
         callback: Arc<dyn BackupCallback>,
         interval: Option<Duration>,
     ) -> Result<()> {
-        let msg = StartBackup {
-            kv,
-            dir: dir.into(),
-            callback,
-            interval,
-            replicate_to: None,
-        };
-        self.addr.send(msg).await.map_err(|_| Error::ComponentStopped)?
+        self.send_start(kv, dir.into(), None, callback, interval).await
     }
 
     /// Starts backing up `kv` into `dir`, and replicating `dir` to the
@@ -83,12 +76,24 @@ impl ContinuousBackup {
         callback: Arc<dyn BackupCallback>,
         interval: Option<Duration>,
     ) -> Result<()> {
+        self.send_start(kv, dir.into(), Some(remote.to_string()), callback, interval)
+            .await
+    }
+
+    async fn send_start(
+        &self,
+        kv: KvId,
+        dir: PathBuf,
+        replicate_to: Option<String>,
+        callback: Arc<dyn BackupCallback>,
+        interval: Option<Duration>,
+    ) -> Result<()> {
         let msg = StartBackup {
             kv,
-            dir: dir.into(),
+            dir,
             callback,
             interval,
-            replicate_to: Some(remote.to_string()),
+            replicate_to,
         };
         self.addr.send(msg).await.map_err(|_| Error::ComponentStopped)?
     }

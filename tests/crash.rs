@@ -8,6 +8,8 @@
 //! `cargo test --test crash -- --nocapture` prints the counts.
 #![expect(clippy::print_stdout, reason = "the suite prints its counts")]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
@@ -15,28 +17,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::example_binary;
 use continuous_backup::faults::CRASH_POINTS;
 use continuous_backup::{metadata_file_name, parse_metadata_file_name, BackupFile};
 
 const STORES: u16 = 4;
 /// The pass of each crash point to die at.
 const PASSES: &[u64] = &[1, 2, 3, 5, 8, 13, 21, 34, 55];
-
-/// The example binary, built by `cargo test` beside this test's binary.
-fn example_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap(); // target/<profile>
-    let bin = dir.join("examples/storage_server");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let built = Command::new(cargo)
-            .args(["build", "--example", "storage_server"])
-            .status()
-            .unwrap();
-        assert!(built.success(), "cannot build the storage_server example");
-    }
-    bin
-}
 
 /// How a run of the child ends.
 #[derive(Debug)]

@@ -410,22 +410,6 @@ async fn a_server_answering_errors_gets_backoff_then_catch_up() {
     assert_remote_equals_local(&fx, &moto, &proxy.endpoint()).await;
 }
 
-/// The example binary, built by `cargo test` beside this test's binary.
-fn example_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap(); // target/<profile>
-    let bin = dir.join("examples/storage_server");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let built = Command::new(cargo)
-            .args(["build", "--example", "storage_server"])
-            .status()
-            .unwrap();
-        assert!(built.success(), "cannot build the storage_server example");
-    }
-    bin
-}
-
 fn storage_server(dir: &Path, endpoint: &str, extra: &[&str]) -> Command {
     let mut cmd = Command::new(example_binary());
     cmd.arg("--dir")

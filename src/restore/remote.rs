@@ -19,6 +19,7 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 
 use crate::error::{Error, Result};
 use crate::metadata::parse_metadata_file_name;
+use crate::replication::uploader::blocking;
 use crate::replication::{RemoteUrl, Sums, SUMS_DIR};
 
 /// What [`mirror`] found.
@@ -258,12 +259,6 @@ async fn download(client: &dyn ObjectStore, remote: &RemoteUrl, job: Job) -> Res
 
 fn describe(sums: &Sums) -> String {
     format!("{} bytes crc32c {:08x}", sums.len, sums.crc32c)
-}
-
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .unwrap_or(Err(Error::ComponentStopped))
 }
 
 fn count_bytes(dir: &FsPath) -> Result<u64> {

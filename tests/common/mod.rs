@@ -200,3 +200,20 @@ pub fn inode(path: &Path) -> u64 {
 pub fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
+
+/// The storage_server example's binary, built by `cargo test` beside the
+/// test binaries (built here if missing).
+pub fn example_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap(); // target/<profile>
+    let bin = dir.join("examples/storage_server");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let built = std::process::Command::new(cargo)
+            .args(["build", "--example", "storage_server"])
+            .status()
+            .unwrap();
+        assert!(built.success(), "cannot build the storage_server example");
+    }
+    bin
+}
