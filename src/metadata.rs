@@ -286,9 +286,9 @@ impl MetadataActor {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "metadata write failed");
-                if let Some(replica) = &session.replica {
+                if let (Some(replica), Error::Io { .. }) = (&session.replica, e) {
                     // Its name may have become visible (and is then never
-                    // reused): a rescan finds it.
+                    // reused): a rescan finds it. (Refusals write nothing.)
                     replica.ask_rescan();
                 }
             }

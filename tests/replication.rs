@@ -44,12 +44,16 @@ fn replication(endpoint: &str) -> ReplicationConfig {
 /// What each round of each store reported, and the metadata `n` it wrote.
 type RoundLog = Arc<Mutex<Vec<(KvId, Vec<String>, u64)>>>;
 
-/// A callback factory whose callbacks write one metadata file per round.
+/// A callback factory whose callbacks write one metadata file per round
+/// that reports files.
 fn logging_factory(log: &RoundLog) -> CallbackFactory {
     let log = Arc::clone(log);
     Arc::new(move |_kv| {
         let log = Arc::clone(&log);
         callback(move |kv, _snapshot, files, metadata| {
+            if files.is_empty() {
+                return Ok(());
+            }
             let n = metadata.write(&format!("{{\"files\":{}}}", files.len()))?;
             log.lock()
                 .push((kv, files.iter().map(|f| f.name.clone()).collect(), n));

@@ -65,8 +65,9 @@ pub(crate) enum Next {
     Rescan,
     /// Upload these files (the front of the queue), then `done(len)`.
     Files(Vec<Item>),
-    /// Upload this metadata file (the front of the queue), then `done(1)`.
-    Metadata(Item),
+    /// Upload these metadata files (the front of the queue, consecutive
+    /// numbers with no file between them) in order, then `done(len)`.
+    Metadata(Vec<Item>),
     /// Nothing to do: wait for a push.
     Idle,
     /// The replica was replaced or the component shut down: end.
@@ -197,22 +198,23 @@ impl Replica {
             inner.scanning = true;
             return Next::Rescan;
         }
-        let next = match inner.items.front() {
+        // A batch is a run of one kind from the front; it ends before a
+        // name it holds already (never sent twice at once).
+        let next = match inner.items.front().map(|i| i.kind) {
             None => Next::Idle,
-            Some(first) if first.kind == Kind::Metadata => Next::Metadata(first.clone()),
-            Some(_) => {
-                // A name twice in one batch would be sent twice at once;
-                // the batch ends before the second (then found uploaded).
+            Some(kind) => {
                 let mut names = std::collections::HashSet::new();
-                Next::Files(
-                    inner
-                        .items
-                        .iter()
-                        .take(max.max(1))
-                        .take_while(|i| i.kind == Kind::File && names.insert(i.name.as_str()))
-                        .cloned()
-                        .collect(),
-                )
+                let run: Vec<Item> = inner
+                    .items
+                    .iter()
+                    .take(max.max(1))
+                    .take_while(|i| i.kind == kind && names.insert(i.name.as_str()))
+                    .cloned()
+                    .collect();
+                match kind {
+                    Kind::File => Next::Files(run),
+                    Kind::Metadata => Next::Metadata(run),
+                }
             }
         };
         inner.busy = !matches!(next, Next::Idle);
@@ -395,7 +397,7 @@ mod tests {
     fn names(next: Next) -> Vec<String> {
         match next {
             Next::Files(items) => items.into_iter().map(|i| i.name).collect(),
-            Next::Metadata(item) => vec![item.name],
+            Next::Metadata(items) => items.into_iter().map(|i| i.name).collect(),
             other => panic!("expected items, got {other:?}"),
         }
     }
@@ -464,9 +466,8 @@ mod tests {
         ]);
         assert_eq!(names(r.next(8)), ["a"]);
         r.done(1);
-        assert_eq!(names(r.next(8)), ["metadata.1.dat"]);
-        r.done(1);
-        assert_eq!(names(r.next(8)), ["metadata.2.dat"]);
+        // Consecutive metadata files make one run (put in number order).
+        assert_eq!(names(r.next(8)), ["metadata.1.dat", "metadata.2.dat"]);
     }
 
     #[test]

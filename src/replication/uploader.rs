@@ -92,6 +92,7 @@ impl Uploader {
             remote: HashMap::new(),
             sums: HashMap::new(),
             failures: 0,
+            vanished: Vec::new(),
         };
         if !arbiter.spawn(task.run().instrument(span)) {
             return Err(Error::ComponentStopped);
@@ -232,6 +233,22 @@ fn list_local(dir: &FsPath) -> Result<(Vec<Item>, Vec<Item>)> {
     Ok((items(files, Kind::File), items(metadata, Kind::Metadata)))
 }
 
+/// A file read, its sidecar up, its object still to put.
+struct Ready {
+    name: String,
+    path: PathBuf,
+    sums: Sums,
+    /// The bytes, below the multipart threshold.
+    body: Option<Bytes>,
+    /// Sidecars of the name with other sums, removed once the object is up.
+    stale: Vec<Sums>,
+}
+
+enum Prepared {
+    Done(Outcome),
+    Ready(Ready),
+}
+
 /// What became of one queued file.
 enum Outcome {
     Uploaded(Sums),
@@ -251,6 +268,8 @@ struct Task {
     /// Sums of local files already read (backup files never change).
     sums: HashMap<String, Sums>,
     failures: u32,
+    /// Files of the step under way found gone from the backup dir.
+    vanished: Vec<String>,
 }
 
 impl Task {
@@ -278,8 +297,8 @@ impl Task {
                     let failed = self.upload_batch(&items).await;
                     self.uploaded(failed)
                 }
-                Next::Metadata(item) => {
-                    let failed = self.upload_batch(std::slice::from_ref(&item)).await;
+                Next::Metadata(items) => {
+                    let failed = self.upload_in_order(&items).await;
                     self.uploaded(failed)
                 }
             };
@@ -388,13 +407,49 @@ impl Task {
                 }
             }
         }
-        match failed {
-            None => {
-                self.replica.done(items.len());
-                None
-            }
-            Some(e) => Some((e, failures)),
+        self.settle(items.len(), failed.map(|e| (e, failures)))
+    }
+
+    /// Ends an upload step: removes its items if none failed, and reports
+    /// files that vanished (after `done`, which clears the last error).
+    fn settle(&mut self, items: usize, failed: Option<(Error, u64)>) -> Option<(Error, u64)> {
+        if failed.is_none() {
+            self.replica.done(items);
         }
+        for name in std::mem::take(&mut self.vanished) {
+            self.replica.vanished(&name);
+        }
+        failed
+    }
+
+    /// Uploads a run of metadata files: their reads and sidecars at once,
+    /// then their objects one after the other in number order, so the
+    /// remote never shows a later number without an earlier one. Stops at
+    /// the first failure (nothing after it goes up).
+    async fn upload_in_order(&mut self, items: &[Item]) -> Option<(Error, u64)> {
+        let prepared = futures::future::join_all(items.iter().map(|item| self.prepare(item))).await;
+        let mut outcomes = Vec::new();
+        let mut failed = None;
+        for prepared in prepared {
+            let outcome = match prepared {
+                Ok(Prepared::Done(outcome)) => Ok(outcome),
+                Ok(Prepared::Ready(ready)) => self.finish(ready).await,
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(outcome) => outcomes.push(outcome),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let succeeded = outcomes.len();
+        for (item, outcome) in items.iter().zip(outcomes) {
+            self.record(item, outcome);
+        }
+        let failed = failed.map(|e| (e, (items.len() - succeeded) as u64));
+        self.settle(items.len(), failed)
     }
 
     fn record(&mut self, item: &Item, outcome: Outcome) {
@@ -413,8 +468,8 @@ impl Task {
                 self.sums.insert(item.name.clone(), sums);
             }
             Outcome::Vanished => {
-                r.vanished(&item.name);
                 tracing::warn!(file = %item.name, "queued file vanished from the backup dir; not uploaded");
+                self.vanished.push(item.name.clone());
             }
         }
     }
@@ -428,20 +483,25 @@ impl Task {
     }
 
     async fn upload(&self, item: &Item) -> Result<Outcome> {
+        match self.prepare(item).await? {
+            Prepared::Done(outcome) => Ok(outcome),
+            Prepared::Ready(ready) => self.finish(ready).await,
+        }
+    }
+
+    /// Reads a file (its sums, and its bytes below the multipart
+    /// threshold), and puts its sidecar unless the remote has the object
+    /// already: after this only the object is left to put.
+    async fn prepare(&self, item: &Item) -> Result<Prepared> {
         let key = segment(&item.name);
         let entry = self.remote.get(&key).cloned().unwrap_or_default();
         let known = self.sums.get(&item.name).copied();
         if let Some(sums) = known.filter(|sums| entry.holds(*sums)) {
             // Read and uploaded by this process already (a store's first
             // round after a restart reports every file again).
-            return Ok(Outcome::AlreadyThere(sums));
+            return Ok(Prepared::Done(Outcome::AlreadyThere(sums)));
         }
-        let _permit = self
-            .shared
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| Error::ComponentStopped)?;
+        let _permit = self.permit().await?;
         let path = self.replica.local.join(&item.name);
         let threshold = self.shared.config.multipart_threshold;
         let read = {
@@ -451,24 +511,44 @@ impl Task {
         let (sums, body) = match read {
             Ok(read) => read,
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Outcome::Vanished)
+                return Ok(Prepared::Done(Outcome::Vanished))
             }
             Err(e) => return Err(e),
         };
         if entry.holds(sums) {
-            return Ok(Outcome::AlreadyThere(sums));
+            return Ok(Prepared::Done(Outcome::AlreadyThere(sums)));
         }
-        let sums_dir = self.base.clone().join(SUMS_DIR);
         if !entry.sidecars.contains(&sums) {
             // The sidecar first: an object is never there without one.
-            let sidecar = sums_dir.clone().join(sums.sidecar_name(&item.name));
+            let sidecar = self.sidecar(&item.name, sums);
             let text = format!("len {}\ncrc32c {:08x}\n", sums.len, sums.crc32c);
             self.client
                 .put(&sidecar, PutPayload::from(text))
                 .await
                 .map_err(|e| self.remote_error("put", &sidecar, e))?;
         }
-        let location = self.base.clone().join(item.name.as_str());
+        let stale = entry.sidecars.into_iter().filter(|s| *s != sums).collect();
+        Ok(Prepared::Ready(Ready {
+            name: item.name.clone(),
+            path,
+            sums,
+            body,
+            stale,
+        }))
+    }
+
+    /// Puts a prepared file's object (whole), then removes its stale
+    /// sidecars.
+    async fn finish(&self, ready: Ready) -> Result<Outcome> {
+        let Ready {
+            name,
+            path,
+            sums,
+            body,
+            stale,
+        } = ready;
+        let _permit = self.permit().await?;
+        let location = self.base.clone().join(name.as_str());
         match body {
             Some(bytes) => {
                 self.pace(sums.len).await;
@@ -479,14 +559,29 @@ impl Task {
             }
             None => self.put_multipart(&path, &location, sums).await?,
         }
-        for stale in entry.sidecars.iter().filter(|s| **s != sums) {
-            let sidecar = sums_dir.clone().join(stale.sidecar_name(&item.name));
-            if let Err(e) = self.client.delete(&sidecar).await {
-                tracing::warn!(error = %e, sidecar = %sidecar, "could not remove a stale sidecar");
-            }
+        for old in stale {
+            // Left in place, it would make the object untrusted: fail, so
+            // that the retry's rescan sees both sidecars and repairs it.
+            let sidecar = self.sidecar(&name, old);
+            self.client
+                .delete(&sidecar)
+                .await
+                .map_err(|e| self.remote_error("delete stale sidecar", &sidecar, e))?;
         }
-        tracing::debug!(file = %item.name, len = sums.len, "uploaded");
+        tracing::debug!(file = %name, len = sums.len, "uploaded");
         Ok(Outcome::Uploaded(sums))
+    }
+
+    fn sidecar(&self, name: &str, sums: Sums) -> Path {
+        self.base.clone().join(SUMS_DIR).join(sums.sidecar_name(name))
+    }
+
+    async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>> {
+        self.shared
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| Error::ComponentStopped)
     }
 
     async fn pace(&self, bytes: u64) {
@@ -711,6 +806,8 @@ mod tests {
             "metadata.1.dat",
             "d.sqi",
             "metadata.2.dat",
+            "metadata.3.dat",
+            "metadata.4.dat",
         ];
         actix_rt::System::new().block_on(async {
             let (replica, _dir, _uploader) = replicate(&store, ReplicationConfig::default(), &[]);
@@ -726,6 +823,8 @@ mod tests {
             replica.push_metadata(1, 14);
             replica.push_files(&files(&["d.sqi"]));
             replica.push_metadata(2, 14);
+            replica.push_metadata(3, 14);
+            replica.push_metadata(4, 14);
             while !replica.is_drained() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -742,6 +841,8 @@ mod tests {
             assert!(at(file) < at("metadata.1.dat"), "{done:?}");
         }
         assert!(at("d.sqi") < at("metadata.2.dat"), "{done:?}");
+        // A run of metadata files goes up in number order: no holes.
+        assert!(at("metadata.2.dat") < at("metadata.3.dat") && at("metadata.3.dat") < at("metadata.4.dat"));
         // Every object's sidecar went up before it.
         let all = store.done.lock().clone();
         for name in names {
@@ -784,6 +885,27 @@ mod tests {
             "{status:?}"
         );
         assert!(status.pending_files == 1 || status.rescan_pending, "{status:?}");
+    }
+
+    #[test]
+    fn a_queued_file_gone_from_the_backup_dir_shows_as_an_error_and_is_not_retried() {
+        let store = Arc::new(Recording::default());
+        let status = actix_rt::System::new().block_on(async {
+            let (replica, _dir, _uploader) = replicate(&store, ReplicationConfig::default(), &[]);
+            // After the first rescan (a push before it is the scan's to
+            // find, and it would not).
+            while replica.status().rescan_pending {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            replica.push_files(&files(&["removed-by-hand.sqi"]));
+            while !replica.is_drained() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            replica.status()
+        });
+        assert_eq!((status.upload_errors, status.pending_files), (1, 0), "{status:?}");
+        assert!(status.last_error.unwrap().contains("removed-by-hand.sqi"));
+        assert!(store.attempts.lock().is_empty());
     }
 
     #[test]

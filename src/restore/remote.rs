@@ -4,11 +4,13 @@
 //! sidecar, so that inspect, verify and restore run on it unchanged.
 //!
 //! The remote may be written to while it is read (a node still
-//! replicating). A listing is not a snapshot, so the root is listed twice:
-//! metadata files are taken from the first listing only, objects and
-//! sidecars from the second, which starts after the first has ended. Every
-//! file a metadata file follows was uploaded before it, and is therefore in
-//! the second listing: the copy read is restorable like the remote is.
+//! replicating). A listing is not a snapshot, so the root is listed three
+//! times, each listing starting after the one before ended: metadata files
+//! are taken from the first only, the other objects from the second, and
+//! sidecars from the third. Every file a metadata file follows was uploaded
+//! before it, so it is in the second listing; every object's sidecar was
+//! written before it, so it is in the third. The copy read is restorable
+//! like the remote is, and no object is taken for one without a sidecar.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
@@ -108,26 +110,26 @@ async fn mirror_all(client: &dyn ObjectStore, remote: &RemoteUrl, into: &FsPath)
             }
         }
     }
-    // Pass 2: every other object, and every sidecar.
+    // Pass 2: every other object.
     let mut objects: BTreeMap<(String, String), ObjectMeta> = BTreeMap::new();
-    let mut sidecars: BTreeMap<(String, String), Vec<Sums>> = BTreeMap::new();
     for (parts, meta) in list(client, remote).await? {
-        match parts.as_slice() {
-            [store, name] if !is_metadata(name) => {
+        if let [store, name] = parts.as_slice() {
+            if !is_metadata(name) {
                 objects.insert((store.clone(), name.clone()), meta);
             }
-            [store, dir, sidecar] if dir == SUMS_DIR => {
-                if let Some((name, sums)) = Sums::parse_sidecar_name(sidecar) {
-                    sidecars
-                        .entry((store.clone(), name.to_string()))
-                        .or_default()
-                        .push(sums);
-                }
-            }
-            _ => {}
         }
     }
     objects.extend(metadata);
+    // Pass 3: every sidecar.
+    let mut sidecars: BTreeMap<(String, String), Vec<Sums>> = BTreeMap::new();
+    for (parts, _) in list(client, remote).await? {
+        if let [store, dir, sidecar] = parts.as_slice() {
+            if let Some((name, sums)) = Sums::parse_sidecar_name(sidecar).filter(|_| dir == SUMS_DIR) {
+                let key = (store.clone(), name.to_string());
+                sidecars.entry(key).or_default().push(sums);
+            }
+        }
+    }
 
     let mut out = Mirrored::default();
     for key @ (store, name) in sidecars.keys() {
@@ -203,13 +205,18 @@ async fn download(client: &dyn ObjectStore, remote: &RemoteUrl, job: Job) -> Res
         location: format!("{}/{}", remote.store_key(), meta.location),
         source,
     };
-    let dir = target.parent().unwrap_or(FsPath::new(".")).to_path_buf();
+    // The temp file goes in the root: no store dir is made for an object
+    // that is not kept.
+    let root = target
+        .parent()
+        .and_then(FsPath::parent)
+        .unwrap_or(FsPath::new("."))
+        .to_path_buf();
     let temp = blocking(move || {
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create dir", &dir, e))?;
         tempfile::Builder::new()
             .prefix(".cbk-download.")
-            .tempfile_in(&dir)
-            .map_err(|e| Error::io("create temp file in", &dir, e))
+            .tempfile_in(&root)
+            .map_err(|e| Error::io("create temp file in", &root, e))
     })
     .await?;
     let mut stream = client.get(&meta.location).await.map_err(fail)?.into_stream();
@@ -250,6 +257,9 @@ async fn download(client: &dyn ObjectStore, remote: &RemoteUrl, job: Job) -> Res
         )));
     }
     blocking(move || {
+        if let Some(dir) = target.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io("create dir", dir, e))?;
+        }
         file.persist_noclobber(&target)
             .map_err(|e| Error::io("rename into place", &target, e.error))?;
         Ok(None)
