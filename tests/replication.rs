@@ -112,6 +112,15 @@ fn drained(status: &[ReplicationStatus]) -> bool {
     status.iter().all(|r| r.pending_files == 0 && !r.rescan_pending)
 }
 
+/// Waits until no store has anything pending (a liveness bound of 60 s).
+async fn until_drained(backup: &ContinuousBackup, what: &str) {
+    eventually(Duration::from_secs(60), what, || {
+        let backup = backup.clone();
+        async move { drained(&replication_status(&backup).await).then_some(()) }
+    })
+    .await;
+}
+
 /// Stops every store with a final round, and shuts down (which waits for
 /// the uploads).
 async fn finish(backup: &ContinuousBackup) {
@@ -344,11 +353,7 @@ async fn uploads_resume_after_the_server_was_stopped_and_restarted() {
 
     proxy.restart();
     let back = Instant::now();
-    eventually(Duration::from_secs(60), "catch-up after the outage", || {
-        let backup = backup.clone();
-        async move { drained(&replication_status(&backup).await).then_some(()) }
-    })
-    .await;
+    until_drained(&backup, "catch-up after the outage").await;
     println!("catch-up after a 0.9 s outage: {:?}", back.elapsed());
     finish(&backup).await;
     assert_remote_equals_local(&fx, &moto, &proxy.endpoint()).await;
@@ -401,11 +406,7 @@ async fn a_server_answering_errors_gets_backoff_then_catch_up() {
     );
 
     let back = Instant::now();
-    eventually(Duration::from_secs(60), "catch-up after the errors", || {
-        let backup = backup.clone();
-        async move { drained(&replication_status(&backup).await).then_some(()) }
-    })
-    .await;
+    until_drained(&backup, "catch-up after the errors").await;
     println!(
         "catch-up after {window:?} of 503 answers ({answered} answered): {:?}",
         back.elapsed()
