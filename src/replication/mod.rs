@@ -24,8 +24,9 @@ use std::path::Path as FsPath;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreScheme, RetryConfig};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreScheme, RetryConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -202,6 +203,36 @@ impl RemoteUrl {
     /// `scheme://authority`, naming the store.
     pub fn store_key(&self) -> &str {
         &self.store_key
+    }
+
+    /// An object-store call's failure at `location` in this URL's store.
+    pub(crate) fn error(&self, op: &'static str, location: &Path, source: object_store::Error) -> Error {
+        Error::Remote {
+            op,
+            location: format!("{}/{}", self.store_key, location),
+            source,
+        }
+    }
+
+    /// Every object below this URL (one listing): its path segments below
+    /// the URL's path, still encoded, with its metadata.
+    pub(crate) async fn list_below(
+        &self,
+        client: &dyn ObjectStore,
+    ) -> Result<Vec<(Vec<String>, ObjectMeta)>> {
+        let metas: Vec<ObjectMeta> = client
+            .list(Some(&self.path))
+            .try_collect()
+            .await
+            .map_err(|e| self.error("list", &self.path, e))?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|meta| {
+                let parts = meta.location.prefix_match(&self.path)?;
+                let parts: Vec<String> = parts.map(|p| p.as_ref().to_string()).collect();
+                Some((parts, meta))
+            })
+            .collect())
     }
 
     /// Opens a client for this URL's store. Credentials and settings come

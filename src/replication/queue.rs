@@ -82,8 +82,6 @@ struct Inner {
     overflowed: bool,
     /// A rescan was asked for (at start, after failed uploads).
     rescan: bool,
-    /// The uploader holds a batch or scans.
-    busy: bool,
     /// The uploader scans.
     scanning: bool,
     /// Items at the front that the rescan under way covers (they were in
@@ -92,6 +90,14 @@ struct Inner {
     retired: bool,
     last_error: Option<String>,
     last_success: Option<SystemTime>,
+}
+
+impl Inner {
+    /// Whether a rescan is due or under way (what is queued may then be
+    /// less than what the backup dir holds).
+    fn rescan_pending(&self) -> bool {
+        self.rescan || self.overflowed || self.scanning
+    }
 }
 
 /// The upload queue and counters of one store's remote copy.
@@ -177,8 +183,9 @@ impl Replica {
         )));
     }
 
-    /// What the uploader does next; at most `max` files in a batch. Marks
-    /// the replica busy until `done`, `rescanned` or `failed`.
+    /// What the uploader does next; at most `max` files in a batch. A
+    /// rescan handed out shows as pending until `rescanned` or `failed`;
+    /// a batch stays queued (and counted) until `done`.
     pub fn next(&self, max: usize) -> Next {
         let mut inner = self.inner.lock();
         if inner.retired {
@@ -194,7 +201,6 @@ impl Replica {
             inner.rescan = false;
             inner.overflowed = false;
             inner.covered = inner.items.len();
-            inner.busy = true;
             inner.scanning = true;
             return Next::Rescan;
         }
@@ -217,7 +223,6 @@ impl Replica {
                 }
             }
         };
-        inner.busy = !matches!(next, Next::Idle);
         next
     }
 
@@ -229,7 +234,6 @@ impl Replica {
                 inner.pending_bytes -= item.len;
             }
         }
-        inner.busy = false;
         inner.last_success = Some(SystemTime::now());
         inner.last_error = None;
     }
@@ -239,7 +243,6 @@ impl Replica {
     /// what was pushed while it ran.
     pub fn rescanned(&self, items: Vec<Item>) {
         let mut inner = self.inner.lock();
-        inner.busy = false;
         inner.scanning = false;
         let covered = std::mem::take(&mut inner.covered);
         let mut waited_since = std::collections::HashMap::new();
@@ -276,7 +279,6 @@ impl Replica {
     pub fn failed(&self, error: String, attempts: u64) {
         self.upload_errors.fetch_add(attempts, Relaxed);
         let mut inner = self.inner.lock();
-        inner.busy = false;
         inner.scanning = false;
         inner.covered = 0;
         inner.rescan = true;
@@ -293,7 +295,7 @@ impl Replica {
     /// Whether nothing waits and nothing is under way.
     pub fn is_drained(&self) -> bool {
         let inner = self.inner.lock();
-        inner.items.is_empty() && !inner.busy && !inner.rescan && !inner.overflowed
+        inner.items.is_empty() && !inner.rescan_pending()
     }
 
     /// Asks for a rescan before the next upload: the backup dir may hold
@@ -323,7 +325,7 @@ impl Replica {
             pending_files: inner.items.len() as u64,
             pending_bytes: inner.pending_bytes,
             oldest_pending_age: inner.items.iter().map(|i| i.queued).min().map(|t| t.elapsed()),
-            rescan_pending: inner.rescan || inner.overflowed || inner.scanning,
+            rescan_pending: inner.rescan_pending(),
             uploaded_files: self.uploaded_files.load(Relaxed),
             uploaded_bytes: self.uploaded_bytes.load(Relaxed),
             already_there: self.already_there.load(Relaxed),

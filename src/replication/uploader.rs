@@ -4,8 +4,8 @@
 //! files goes to tokio's blocking pool.
 //!
 //! Per store the task loops: take the next step from the store's
-//! [`Replica`] queue (a rescan, a batch of files, or one metadata file as a
-//! barrier), carry it out, and on failure count it, back off (doubling from
+//! [`Replica`] queue (a rescan, a batch of files, or a run of metadata
+//! files, which is a barrier), carry it out, and on failure count it, back off (doubling from
 //! `retry_initial` to `retry_max`) and rescan before the next try. One
 //! semaphore bounds the uploads in flight over every store; an optional
 //! pacer bounds their bytes per second.
@@ -17,7 +17,7 @@
 //! above it (which the store makes visible only when complete, and which is
 //! aborted on failure). Stale sidecars of the name are removed after.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
@@ -25,7 +25,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::StreamExt;
 use object_store::path::{Path, PathPart};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parking_lot::Mutex;
@@ -162,24 +161,14 @@ impl RemoteEntry {
 /// Lists a store's remote dir: objects and sidecars, by encoded name.
 pub(crate) async fn list_remote(
     client: &dyn ObjectStore,
-    base: &Path,
-) -> Result<BTreeMap<String, RemoteEntry>> {
-    let mut entries: BTreeMap<String, RemoteEntry> = BTreeMap::new();
-    let mut listing = client.list(Some(base));
-    while let Some(meta) = listing.next().await {
-        let meta = meta.map_err(|source| Error::Remote {
-            op: "list",
-            location: base.to_string(),
-            source,
-        })?;
-        let Some(parts) = meta.location.prefix_match(base) else {
-            continue;
-        };
-        let parts: Vec<PathPart<'_>> = parts.collect();
+    remote: &RemoteUrl,
+) -> Result<HashMap<String, RemoteEntry>> {
+    let mut entries: HashMap<String, RemoteEntry> = HashMap::new();
+    for (parts, meta) in remote.list_below(client).await? {
         match parts.as_slice() {
-            [name] => entries.entry(name.as_ref().to_string()).or_default().object = Some(meta.size),
-            [dir, sidecar] if dir.as_ref() == SUMS_DIR => {
-                if let Some((name, sums)) = Sums::parse_sidecar_name(sidecar.as_ref()) {
+            [name] => entries.entry(name.clone()).or_default().object = Some(meta.size),
+            [dir, sidecar] if dir == SUMS_DIR => {
+                if let Some((name, sums)) = Sums::parse_sidecar_name(sidecar) {
                     entries.entry(name.to_string()).or_default().sidecars.push(sums);
                 }
             }
@@ -293,14 +282,8 @@ impl Task {
                     }
                     Err(e) => Some((e, 1)),
                 },
-                Next::Files(items) => {
-                    let failed = self.upload_batch(&items).await;
-                    self.uploaded(failed)
-                }
-                Next::Metadata(items) => {
-                    let failed = self.upload_in_order(&items).await;
-                    self.uploaded(failed)
-                }
+                Next::Files(items) => self.upload_batch(&items).await,
+                Next::Metadata(items) => self.upload_in_order(&items).await,
             };
             match failed {
                 None => {}
@@ -328,14 +311,6 @@ impl Task {
         tracing::debug!("uploader of this store ended");
     }
 
-    /// Resets the backoff after an upload step that worked.
-    fn uploaded(&mut self, failed: Option<(Error, u64)>) -> Option<(Error, u64)> {
-        if failed.is_none() {
-            self.failures = 0;
-        }
-        failed
-    }
-
     fn backoff(&self) -> Duration {
         let config = &self.shared.config;
         let doublings = self.failures.saturating_sub(1).min(30);
@@ -351,8 +326,7 @@ impl Task {
         self.replica.rescans.fetch_add(1, Relaxed);
         let dir = self.replica.local.clone();
         let (files, metadata) = blocking(move || list_local(&dir)).await?;
-        let remote = list_remote(&*self.client, &self.base).await?;
-        self.remote = remote.into_iter().collect();
+        self.remote = list_remote(&*self.client, &self.replica.remote).await?;
         let local: std::collections::HashSet<String> =
             files.iter().chain(&metadata).map(|i| segment(&i.name)).collect();
         let remote_only = self
@@ -410,11 +384,13 @@ impl Task {
         self.settle(items.len(), failed.map(|e| (e, failures)))
     }
 
-    /// Ends an upload step: removes its items if none failed, and reports
-    /// files that vanished (after `done`, which clears the last error).
+    /// Ends an upload step: if none failed, removes its items and resets
+    /// the backoff; reports files that vanished (after `done`, which clears
+    /// the last error).
     fn settle(&mut self, items: usize, failed: Option<(Error, u64)>) -> Option<(Error, u64)> {
         if failed.is_none() {
             self.replica.done(items);
+            self.failures = 0;
         }
         for name in std::mem::take(&mut self.vanished) {
             self.replica.vanished(&name);
@@ -474,14 +450,6 @@ impl Task {
         }
     }
 
-    fn remote_error(&self, op: &'static str, location: &Path, source: object_store::Error) -> Error {
-        Error::Remote {
-            op,
-            location: format!("{}/{}", self.replica.remote.store_key(), location),
-            source,
-        }
-    }
-
     async fn upload(&self, item: &Item) -> Result<Outcome> {
         match self.prepare(item).await? {
             Prepared::Done(outcome) => Ok(outcome),
@@ -525,7 +493,7 @@ impl Task {
             self.client
                 .put(&sidecar, PutPayload::from(text))
                 .await
-                .map_err(|e| self.remote_error("put", &sidecar, e))?;
+                .map_err(|e| self.replica.remote.error("put", &sidecar, e))?;
         }
         let stale = entry.sidecars.into_iter().filter(|s| *s != sums).collect();
         Ok(Prepared::Ready(Ready {
@@ -555,7 +523,7 @@ impl Task {
                 self.client
                     .put(&location, PutPayload::from(bytes))
                     .await
-                    .map_err(|e| self.remote_error("put", &location, e))?;
+                    .map_err(|e| self.replica.remote.error("put", &location, e))?;
             }
             None => self.put_multipart(&path, &location, sums).await?,
         }
@@ -566,7 +534,7 @@ impl Task {
             self.client
                 .delete(&sidecar)
                 .await
-                .map_err(|e| self.remote_error("delete stale sidecar", &sidecar, e))?;
+                .map_err(|e| self.replica.remote.error("delete stale sidecar", &sidecar, e))?;
         }
         tracing::debug!(file = %name, len = sums.len, "uploaded");
         Ok(Outcome::Uploaded(sums))
@@ -597,7 +565,7 @@ impl Task {
             .client
             .put_multipart(location)
             .await
-            .map_err(|e| self.remote_error("start multipart upload", location, e))?;
+            .map_err(|e| self.replica.remote.error("start multipart upload", location, e))?;
         let part_size = self.shared.config.part_size;
         let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
         let mut offset = 0;
@@ -611,7 +579,7 @@ impl Task {
                 upload
                     .put_part(PutPayload::from(part))
                     .await
-                    .map_err(|e| self.remote_error("put part", location, e))?;
+                    .map_err(|e| self.replica.remote.error("put part", location, e))?;
                 offset += n;
             }
             if digest.finalize() as u32 != sums.crc32c {
@@ -625,10 +593,11 @@ impl Task {
         .await;
         match sent {
             Ok(()) => {
-                upload
-                    .complete()
-                    .await
-                    .map_err(|e| self.remote_error("complete multipart upload", location, e))?;
+                upload.complete().await.map_err(|e| {
+                    self.replica
+                        .remote
+                        .error("complete multipart upload", location, e)
+                })?;
                 Ok(())
             }
             Err(e) => {

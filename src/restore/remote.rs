@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::{Path as FsPath, PathBuf};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 
 use crate::error::{Error, Result};
@@ -77,33 +77,11 @@ struct Job {
     target: PathBuf,
 }
 
-async fn list(client: &dyn ObjectStore, remote: &RemoteUrl) -> Result<Vec<(Vec<String>, ObjectMeta)>> {
-    let base = remote.path();
-    let metas: Vec<ObjectMeta> =
-        client
-            .list(Some(base))
-            .try_collect()
-            .await
-            .map_err(|source| Error::Remote {
-                op: "list",
-                location: format!("{}/{}", remote.store_key(), base),
-                source,
-            })?;
-    Ok(metas
-        .into_iter()
-        .filter_map(|meta| {
-            let parts = meta.location.prefix_match(base)?;
-            let parts: Vec<String> = parts.map(|p| p.as_ref().to_string()).collect();
-            Some((parts, meta))
-        })
-        .collect())
-}
-
 async fn mirror_all(client: &dyn ObjectStore, remote: &RemoteUrl, into: &FsPath) -> Result<Mirrored> {
     let is_metadata = |name: &str| parse_metadata_file_name(name).is_some();
     // Pass 1: the metadata files, and only them.
     let mut metadata: BTreeMap<(String, String), ObjectMeta> = BTreeMap::new();
-    for (parts, meta) in list(client, remote).await? {
+    for (parts, meta) in remote.list_below(client).await? {
         if let [store, name] = parts.as_slice() {
             if is_metadata(name) {
                 metadata.insert((store.clone(), name.clone()), meta);
@@ -112,7 +90,7 @@ async fn mirror_all(client: &dyn ObjectStore, remote: &RemoteUrl, into: &FsPath)
     }
     // Pass 2: every other object.
     let mut objects: BTreeMap<(String, String), ObjectMeta> = BTreeMap::new();
-    for (parts, meta) in list(client, remote).await? {
+    for (parts, meta) in remote.list_below(client).await? {
         if let [store, name] = parts.as_slice() {
             if !is_metadata(name) {
                 objects.insert((store.clone(), name.clone()), meta);
@@ -122,7 +100,7 @@ async fn mirror_all(client: &dyn ObjectStore, remote: &RemoteUrl, into: &FsPath)
     objects.extend(metadata);
     // Pass 3: every sidecar.
     let mut sidecars: BTreeMap<(String, String), Vec<Sums>> = BTreeMap::new();
-    for (parts, _) in list(client, remote).await? {
+    for (parts, _) in remote.list_below(client).await? {
         if let [store, dir, sidecar] = parts.as_slice() {
             if let Some((name, sums)) = Sums::parse_sidecar_name(sidecar).filter(|_| dir == SUMS_DIR) {
                 let key = (store.clone(), name.to_string());
@@ -200,11 +178,7 @@ async fn download(client: &dyn ObjectStore, remote: &RemoteUrl, job: Job) -> Res
             )));
         }
     };
-    let fail = |source| Error::Remote {
-        op: "get",
-        location: format!("{}/{}", remote.store_key(), meta.location),
-        source,
-    };
+    let fail = |e| remote.error("get", &meta.location, e);
     // The temp file goes in the root: no store dir is made for an object
     // that is not kept.
     let root = target
