@@ -77,26 +77,28 @@ struct Job {
     target: PathBuf,
 }
 
+/// The objects of one listing that are metadata files (or that are not),
+/// by (store, name), still encoded.
+async fn objects_below(
+    client: &dyn ObjectStore,
+    remote: &RemoteUrl,
+    metadata: bool,
+) -> Result<BTreeMap<(String, String), ObjectMeta>> {
+    let mut out = BTreeMap::new();
+    for (parts, meta) in remote.list_below(client).await? {
+        if let [store, name] = parts.as_slice() {
+            if parse_metadata_file_name(name).is_some() == metadata {
+                out.insert((store.clone(), name.clone()), meta);
+            }
+        }
+    }
+    Ok(out)
+}
+
 async fn mirror_all(client: &dyn ObjectStore, remote: &RemoteUrl, into: &FsPath) -> Result<Mirrored> {
-    let is_metadata = |name: &str| parse_metadata_file_name(name).is_some();
-    // Pass 1: the metadata files, and only them.
-    let mut metadata: BTreeMap<(String, String), ObjectMeta> = BTreeMap::new();
-    for (parts, meta) in remote.list_below(client).await? {
-        if let [store, name] = parts.as_slice() {
-            if is_metadata(name) {
-                metadata.insert((store.clone(), name.clone()), meta);
-            }
-        }
-    }
-    // Pass 2: every other object.
-    let mut objects: BTreeMap<(String, String), ObjectMeta> = BTreeMap::new();
-    for (parts, meta) in remote.list_below(client).await? {
-        if let [store, name] = parts.as_slice() {
-            if !is_metadata(name) {
-                objects.insert((store.clone(), name.clone()), meta);
-            }
-        }
-    }
+    // Pass 1: the metadata files, and only them; pass 2: every other object.
+    let metadata = objects_below(client, remote, true).await?;
+    let mut objects = objects_below(client, remote, false).await?;
     objects.extend(metadata);
     // Pass 3: every sidecar.
     let mut sidecars: BTreeMap<(String, String), Vec<Sums>> = BTreeMap::new();
@@ -139,27 +141,31 @@ async fn mirror_all(client: &dyn ObjectStore, remote: &RemoteUrl, into: &FsPath)
             target,
         });
     }
-    let results: Vec<Result<Option<String>>> = futures::stream::iter(jobs)
+    let results: Vec<Result<Fetched>> = futures::stream::iter(jobs)
         .map(|job| download(client, remote, job))
         .buffer_unordered(8)
         .collect()
         .await;
     for result in results {
         match result? {
-            None => out.files += 1,
-            Some(problem) => out.problems.push(problem),
+            Ok(bytes) => {
+                out.files += 1;
+                out.bytes += bytes;
+            }
+            Err(problem) => out.problems.push(problem),
         }
     }
-    out.bytes = count_bytes(into)?;
     out.problems.sort();
     out.in_flight.sort();
     Ok(out)
 }
 
-/// Downloads one object into a temp file beside its target, checks it
-/// against its sidecar, and renames it into place; a problem is returned,
-/// not written.
-async fn download(client: &dyn ObjectStore, remote: &RemoteUrl, job: Job) -> Result<Option<String>> {
+/// What became of one object: kept (its bytes), or a problem (not written).
+type Fetched = std::result::Result<u64, String>;
+
+/// Downloads one object into a temp file in the root, checks it against
+/// its sidecar, and renames it into place.
+async fn download(client: &dyn ObjectStore, remote: &RemoteUrl, job: Job) -> Result<Fetched> {
     let Job {
         label,
         meta,
@@ -167,11 +173,11 @@ async fn download(client: &dyn ObjectStore, remote: &RemoteUrl, job: Job) -> Res
         target,
     } = job;
     let claimed = match sidecars.as_slice() {
-        [] => return Ok(Some(format!("{label}: no sidecar with its length and checksum"))),
+        [] => return Ok(Err(format!("{label}: no sidecar with its length and checksum"))),
         [one] => *one,
         many => {
             let many: Vec<String> = many.iter().map(describe).collect();
-            return Ok(Some(format!(
+            return Ok(Err(format!(
                 "{label}: {} sidecars ({}), a replacement cut off: not trusted",
                 many.len(),
                 many.join(", ")
@@ -224,7 +230,7 @@ async fn download(client: &dyn ObjectStore, remote: &RemoteUrl, job: Job) -> Res
         crc32c: digest.finalize() as u32,
     };
     if got != claimed {
-        return Ok(Some(format!(
+        return Ok(Err(format!(
             "{label}: {}, but its sidecar says {}",
             describe(&got),
             describe(&claimed)
@@ -236,28 +242,13 @@ async fn download(client: &dyn ObjectStore, remote: &RemoteUrl, job: Job) -> Res
         }
         file.persist_noclobber(&target)
             .map_err(|e| Error::io("rename into place", &target, e.error))?;
-        Ok(None)
+        Ok(Ok(len))
     })
     .await
 }
 
 fn describe(sums: &Sums) -> String {
     format!("{} bytes crc32c {:08x}", sums.len, sums.crc32c)
-}
-
-fn count_bytes(dir: &FsPath) -> Result<u64> {
-    let mut total = 0;
-    for store in std::fs::read_dir(dir).map_err(|e| Error::io("read dir", dir, e))? {
-        let store = store.map_err(|e| Error::io("read dir", dir, e))?;
-        for file in std::fs::read_dir(store.path()).map_err(|e| Error::io("read dir", store.path(), e))? {
-            let file = file.map_err(|e| Error::io("read dir", store.path(), e))?;
-            total += file
-                .metadata()
-                .map_err(|e| Error::io("stat", file.path(), e))?
-                .len();
-        }
-    }
-    Ok(total)
 }
 
 /// A path segment as the file name it encodes, or why it is not a plain
