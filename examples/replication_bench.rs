@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use continuous_backup::refengine::RefEngine;
-use continuous_backup::{callback, Config, ContinuousBackup, KvId, RemoteUrl, ReplicationConfig, Status};
+use continuous_backup::{
+    callback, Config, ContinuousBackup, KvId, RemoteUrl, ReplicationConfig, ReplicationStatus, Status,
+};
 use futures::StreamExt;
 use object_store::{ObjectStoreExt, PutPayload};
 
@@ -79,6 +81,16 @@ fn backup_files(root: &Path) -> Vec<(String, PathBuf)> {
         }
     }
     out
+}
+
+/// A replication counter summed over every store.
+fn total(status: &Status, counter: fn(&ReplicationStatus) -> u64) -> u64 {
+    status
+        .stores
+        .iter()
+        .filter_map(|s| s.replication.as_ref())
+        .map(counter)
+        .sum()
 }
 
 fn drained(status: &Status) -> bool {
@@ -215,12 +227,7 @@ async fn run(args: Args) {
     let status = wait_drained(&backup).await;
     let component = started.elapsed();
     let r3 = requests();
-    let uploaded: u64 = status
-        .stores
-        .iter()
-        .filter_map(|s| s.replication.as_ref())
-        .map(|r| r.uploaded_files)
-        .sum();
+    let uploaded: u64 = total(&status, |r| r.uploaded_files);
     assert_eq!(
         uploaded as usize,
         files.len(),
@@ -266,31 +273,15 @@ async fn run(args: Args) {
     // Let the last flushes reach a round before the server comes back.
     actix_rt::time::sleep(Duration::from_millis(400)).await;
     let before = backup.status().await.unwrap();
-    let pending: u64 = before
-        .stores
-        .iter()
-        .filter_map(|s| s.replication.as_ref())
-        .map(|r| r.pending_files)
-        .sum();
-    let errors: u64 = before
-        .stores
-        .iter()
-        .filter_map(|s| s.replication.as_ref())
-        .map(|r| r.upload_errors)
-        .sum();
+    let pending: u64 = total(&before, |r| r.pending_files);
+    let errors: u64 = total(&before, |r| r.upload_errors);
     let failed_rounds: u64 = before.stores.iter().map(|s| s.failed_rounds).sum();
     let away_for = away.elapsed();
     proxy.restart();
     let back = Instant::now();
     let after = wait_drained(&backup).await;
     let catch_up = back.elapsed();
-    let caught_up: u64 = after
-        .stores
-        .iter()
-        .filter_map(|s| s.replication.as_ref())
-        .map(|r| r.uploaded_files)
-        .sum::<u64>()
-        - uploaded;
+    let caught_up: u64 = total(&after, |r| r.uploaded_files) - uploaded;
     println!(
         "outage of {away_for:.1?}: {pending} files pending (or more, found by rescans), {errors} failed attempts, {failed_rounds} failed rounds"
     );
