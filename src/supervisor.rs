@@ -627,11 +627,12 @@ impl Handler<Shutdown> for Supervisor {
             // The last metadata writes are queued now: let the uploads
             // finish, for a while. What is left is found at the next start.
             let deadline = std::time::Instant::now() + drain;
-            while !replicas.iter().all(|r| r.is_drained()) && std::time::Instant::now() < deadline {
+            let drained = || replicas.iter().all(|r| r.is_drained());
+            while !drained() && std::time::Instant::now() < deadline {
                 actix_rt::time::sleep(Duration::from_millis(20)).await;
             }
-            let left: u64 = replicas.iter().map(|r| r.status().pending_files).sum();
-            if left > 0 || !replicas.iter().all(|r| r.is_drained()) {
+            if !drained() {
+                let left: u64 = replicas.iter().map(|r| r.status().pending_files).sum();
                 tracing::warn!(
                     files = left,
                     "shut down with uploads pending; the next start resumes them"
