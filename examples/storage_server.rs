@@ -202,7 +202,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let root = std::path::absolute(root)?;
-    let engine = RefEngine::open(root.join("data"))?;
+    // The data dir's lock is the first thing taken: a second server on the
+    // same --dir stops here, having touched nothing.
+    let engine = match RefEngine::open(root.join("data")) {
+        Ok(engine) => engine,
+        Err(e @ continuous_backup::Error::DirLocked { .. }) => {
+            eprintln!("storage_server: {e}");
+            eprintln!(
+                "storage_server: another storage server runs on --dir {}; not starting",
+                root.display()
+            );
+            std::process::exit(2);
+        }
+        Err(e) => return Err(e.into()),
+    };
     let resumed = !engine.stores().is_empty();
     let backup_root = root.join("backup");
     let stores = args.stores;

@@ -12,7 +12,7 @@
 pub(crate) mod schedule;
 pub(crate) mod state;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -229,7 +229,10 @@ impl BackupActor {
         if let Some(replica) = &self.spec.replica {
             replica.push_files(&linked.placed);
         }
-        self.spec.unacked.add(std::mem::take(&mut linked.placed));
+        let dir = self.opened.as_ref().map(|(dir, _)| dir.id());
+        if let Some(dir) = dir {
+            self.spec.unacked.add(std::mem::take(&mut linked.placed), dir);
+        }
     }
 
     fn on_called(
@@ -416,6 +419,7 @@ impl Actor for BackupActor {
         let open = OpenDir {
             kv: self.spec.kv,
             path: self.spec.dir.clone(),
+            data_dir: self.spec.engine.data_dir().map(Path::to_path_buf),
             counters: Arc::clone(&self.spec.counters),
             replica: self.spec.replica.clone(),
         };
@@ -427,6 +431,12 @@ impl Actor for BackupActor {
             .into_actor(self)
             .map(|res, act, ctx| match res.unwrap_or(Err(Error::ComponentStopped)) {
                 Ok(opened) => {
+                    let dropped = act.spec.unacked.keep_only_in(opened.dir.id());
+                    if dropped > 0 {
+                        act.span.in_scope(|| {
+                            tracing::warn!(files = dropped, "files an earlier start placed in another backup dir are not reported in this one");
+                        });
+                    }
                     act.spec.counters.last.lock().dir = Some(act.spec.dir.clone());
                     act.opened = Some((opened.dir, opened.session));
                     if let Some(tx) = act.on_started.take() {
@@ -467,6 +477,9 @@ impl Actor for BackupActor {
             }
         }
         self.span.in_scope(|| tracing::info!("backup stopped"));
+        // The dir (and its lock, if this was its last holder) goes before
+        // anyone is told the store stopped, so a new owner finds it free.
+        drop(self.opened.take());
         if let Some(stopping) = self.stopping.take() {
             let failed = match stopping.final_result {
                 Some(Err(e)) if stopping.final_asked => Some(e.to_string()),

@@ -110,6 +110,15 @@ impl Config {
                     reason: "must be an absolute path",
                 });
             }
+            if root
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return Err(Error::Config {
+                    field: "backup_root",
+                    reason: "must not contain `..` (give the path without it)",
+                });
+            }
         }
         Ok(())
     }

@@ -76,6 +76,18 @@ pub enum Error {
         holder: KvId,
     },
 
+    /// A directory (a backup dir, or an engine's data dir) is owned by
+    /// another holder: another process, or another component or engine of
+    /// this one. Nothing was written.
+    #[error("{path} is in use by {}; one owner at a time: stop the other one first, or give another dir", holder_text(*holder_pid))]
+    DirLocked {
+        /// The dir.
+        path: PathBuf,
+        /// The pid holding its lock, where `/proc/locks` tells it (this
+        /// process's own pid when another component of it holds it).
+        holder_pid: Option<u32>,
+    },
+
     /// Start was asked for a store that is already backing up elsewhere.
     #[error("KV store {kv} is already backing up into {dir}; stop it first")]
     AlreadyRunning {
@@ -293,5 +305,13 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+}
+
+fn holder_text(pid: Option<u32>) -> String {
+    match pid {
+        Some(pid) if pid == std::process::id() => format!("another owner in this process (pid {pid})"),
+        Some(pid) => format!("process {pid}"),
+        None => "another owner (its pid is not known)".to_owned(),
     }
 }

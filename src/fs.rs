@@ -18,13 +18,17 @@ use std::sync::Arc;
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, CWD};
 use rustix::io::Errno;
 
+use crate::dir_lock::{self, DirId, DirLock};
 use crate::dir_sync::DirSyncGroup;
 use crate::engine::IndexFile;
 use crate::error::{Error, Result};
-use crate::faults::{self, FsOp};
+use crate::faults::power::{self, SyncTarget};
+use crate::faults::{self, FsOp, FsyncSite};
 
-/// Prefix of every temp file the component creates in a backup dir. Files
-/// with it are incomplete writes of an earlier run and are removed on open.
+/// Prefix of every temp file the component creates in a backup dir. A temp
+/// name is `.cbk-tmp.<pid>.<k>.<name>`, unique to its writer (the process,
+/// and a counter of the process); files with the prefix are incomplete
+/// writes of an earlier run, removed when the dir's owner opens it.
 pub(crate) const TEMP_PREFIX: &str = ".cbk-tmp.";
 
 /// How many `name~k` alternatives are tried before a clash is an error.
@@ -48,12 +52,13 @@ impl Default for Modes {
     }
 }
 
-/// An open backup dir: its path (for messages) and a descriptor that every
-/// operation is relative to.
+/// An open backup dir, owned: its path (for messages) and a descriptor that
+/// every operation is relative to, which holds the dir's lock (one owner at
+/// a time, see `dir_lock`).
 #[derive(Debug)]
 pub(crate) struct BackupDir {
     path: PathBuf,
-    fd: OwnedFd,
+    lock: DirLock,
     modes: Modes,
     /// Set once a link failed with `EXDEV`: later files are copied without
     /// trying to link first.
@@ -78,8 +83,46 @@ struct EntrySync {
     done: AtomicBool,
 }
 
-/// Distinguishes the temp files of concurrent copies.
+/// Distinguishes the temp files of this process's writes.
 static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A temp name for `name` that belongs to this writer alone.
+fn temp_name(name: &str) -> String {
+    let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("{TEMP_PREFIX}{}.{seq}.{name}", std::process::id())
+}
+
+/// A backup dir created and opened, not yet owned: [`lock`](Self::lock)
+/// makes it a [`BackupDir`]. Its identity tells the caller whether it
+/// already owns this dir under another spelling.
+pub(crate) struct UnlockedDir {
+    path: PathBuf,
+    fd: OwnedFd,
+    id: DirId,
+    modes: Modes,
+    entry: Option<EntrySync>,
+}
+
+impl UnlockedDir {
+    /// The dir's (device, inode).
+    pub fn id(&self) -> DirId {
+        self.id
+    }
+
+    /// Takes the dir's lock: [`Error::DirLocked`] if another owner, in this
+    /// process or another, holds it.
+    pub fn lock(self) -> Result<BackupDir> {
+        let lock = DirLock::acquire(self.fd, &self.path)?;
+        Ok(BackupDir {
+            path: self.path,
+            lock,
+            modes: self.modes,
+            cross_device: AtomicBool::new(false),
+            poisoned: AtomicBool::new(false),
+            entry: self.entry,
+        })
+    }
+}
 
 /// How a file got into the backup dir.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,14 +144,16 @@ impl BackupDir {
     /// [`open_with`](Self::open_with) the default modes (0700, 0600).
     #[cfg(test)]
     pub fn open(path: &Path) -> Result<BackupDir> {
-        Self::open_with(path, Modes::default())
+        Self::open_with(path, Modes::default(), None)?.lock()
     }
 
     /// Creates `path` (and missing parents, mode `modes.dir`, each new entry
     /// made durable by an fsync of its parent) and opens it without following
-    /// a symlink at its last component.
-    pub fn open_with(path: &Path, modes: Modes) -> Result<BackupDir> {
-        Self::open_in(path, modes, None)
+    /// a symlink at its last component. Refused, before anything is created,
+    /// if it is or would be inside the dir `outside_of` (the engine's data
+    /// dir), however the path is spelled.
+    pub fn open_with(path: &Path, modes: Modes, outside_of: Option<DirId>) -> Result<UnlockedDir> {
+        Self::open_in(path, modes, None, outside_of)
     }
 
     /// [`open_with`](Self::open_with), except that the dir's own entry is
@@ -118,17 +163,40 @@ impl BackupDir {
     /// before anything in the dir is reported. Done at every open, new dir
     /// or not, so a dir whose creation an earlier failure left unsynced is
     /// covered too.
-    pub fn open_grouped(path: &Path, modes: Modes, parent: Arc<DirSyncGroup>) -> Result<BackupDir> {
+    pub fn open_grouped(
+        path: &Path,
+        modes: Modes,
+        parent: Arc<DirSyncGroup>,
+        outside_of: Option<DirId>,
+    ) -> Result<UnlockedDir> {
         debug_assert_eq!(Some(parent.path()), path.parent());
-        Self::open_in(path, modes, Some(parent))
+        Self::open_in(path, modes, Some(parent), outside_of)
     }
 
-    fn open_in(path: &Path, modes: Modes, parent: Option<Arc<DirSyncGroup>>) -> Result<BackupDir> {
+    fn open_in(
+        path: &Path,
+        modes: Modes,
+        parent: Option<Arc<DirSyncGroup>>,
+        outside_of: Option<DirId>,
+    ) -> Result<UnlockedDir> {
         if !path.is_absolute() {
             return Err(Error::InvalidBackupDir {
                 path: path.to_path_buf(),
                 reason: "the path is relative; give an absolute path",
             });
+        }
+        if let Some(data) = outside_of {
+            // The deepest part of the path that exists, symlinks followed:
+            // everything created goes below it.
+            let existing = dir_lock::existing_ancestor(path);
+            if let Ok(fd) = dir_lock::open_dir(&existing, true) {
+                if dir_lock::inside(&fd, &existing, data)? {
+                    return Err(Error::InvalidBackupDir {
+                        path: path.to_path_buf(),
+                        reason: "it lies inside the engine's data dir (through a symlink or not); put backups elsewhere",
+                    });
+                }
+            }
         }
         create_dirs(path, modes.dir, parent.is_some())?;
         let entry = parent.map(|group| EntrySync {
@@ -153,14 +221,23 @@ impl BackupDir {
             },
             e => Error::io("open backup dir", path, errno_io(e)),
         })?;
-        Ok(BackupDir {
+        let id = DirId::of(&fd, path)?;
+        Ok(UnlockedDir {
             path: path.to_path_buf(),
             fd,
+            id,
             modes,
-            cross_device: AtomicBool::new(false),
-            poisoned: AtomicBool::new(false),
             entry,
         })
+    }
+
+    /// The dir's (device, inode).
+    pub fn id(&self) -> DirId {
+        self.lock.id()
+    }
+
+    fn fd(&self) -> &OwnedFd {
+        self.lock.fd()
     }
 
     /// Makes the dir's own entry in its parent durable, if its open left
@@ -210,12 +287,17 @@ impl BackupDir {
         self.cross_device.load(Ordering::Relaxed)
     }
 
-    /// Makes every entry created in the dir so far durable.
-    pub fn sync(&self) -> Result<()> {
+    /// Makes every entry created in the dir so far durable (`site` says
+    /// which step of the component needs it).
+    pub fn sync(&self, site: FsyncSite) -> Result<()> {
         self.make_entry_durable()?;
-        let synced = self
-            .injected(FsOp::SyncDir)
-            .and_then(|()| rustix::fs::fsync(&self.fd));
+        if faults::fsync_omitted(&self.path, site) {
+            return Ok(());
+        }
+        let synced = self.injected(FsOp::SyncDir).and_then(|()| {
+            let token = power::sync_begin(SyncTarget::Dir(&self.path));
+            rustix::fs::fsync(self.fd()).map(|()| token.done())
+        });
         synced.map_err(|e| {
             self.poisoned.store(true, Ordering::Release);
             tracing::error!(dir = %self.path.display(), error = %e, "fsync of backup dir failed; the dir is unusable until reopened");
@@ -225,7 +307,7 @@ impl BackupDir {
 
     /// The names in the dir.
     pub fn names(&self) -> Result<Vec<String>> {
-        let dir = rustix::fs::Dir::read_from(&self.fd)
+        let dir = rustix::fs::Dir::read_from(self.fd())
             .map_err(|e| Error::io("read dir", &self.path, errno_io(e)))?;
         let mut names = Vec::new();
         for entry in dir {
@@ -250,55 +332,56 @@ impl BackupDir {
             }
         }
         if removed > 0 {
-            self.sync()?;
+            self.sync(FsyncSite::StaleTemps)?;
         }
         Ok(removed)
     }
 
     fn remove_temp(&self, name: &str) -> Result<()> {
         debug_assert!(name.starts_with(TEMP_PREFIX));
-        match rustix::fs::unlinkat(&self.fd, name, AtFlags::empty()) {
-            Ok(()) | Err(Errno::NOENT) => Ok(()),
+        match rustix::fs::unlinkat(self.fd(), name, AtFlags::empty()) {
+            Ok(()) => {
+                power::unlinked(&self.path, name);
+                Ok(())
+            }
+            Err(Errno::NOENT) => Ok(()),
             Err(e) => Err(Error::io("remove temp file", self.at(name), errno_io(e))),
         }
     }
 
     /// Whether `name` exists in the dir (as anything, symlinks not followed).
     pub fn exists(&self, name: &str) -> Result<bool> {
-        match rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+        match rustix::fs::statat(self.fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(_) => Ok(true),
             Err(Errno::NOENT) => Ok(false),
             Err(e) => Err(Error::io("stat", self.at(name), errno_io(e))),
         }
     }
 
-    /// Creates `temp` exclusively (replacing a stale temp of the same name).
+    /// Creates `temp` (a [`temp_name`], this writer's own) exclusively.
     fn create_temp(&self, temp: &str) -> Result<File> {
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW;
         let mode = Mode::from_raw_mode(self.modes.file);
-        let open = || {
-            self.injected(FsOp::CreateTemp)
-                .and_then(|()| rustix::fs::openat(&self.fd, temp, flags, mode))
-        };
-        let fd = match open() {
-            Err(Errno::EXIST) => {
-                self.remove_temp(temp)?;
-                open()
-            }
-            other => other,
-        }
-        .map_err(|e| Error::io("create temp file", self.at(temp), errno_io(e)))?;
-        Ok(File::from(fd))
+        let fd = self
+            .injected(FsOp::CreateTemp)
+            .and_then(|()| rustix::fs::openat(self.fd(), temp, flags, mode))
+            .map_err(|e| Error::io("create temp file", self.at(temp), errno_io(e)))?;
+        let file = File::from(fd);
+        power::created(&self.path, temp, &file);
+        Ok(file)
     }
 
     /// Renames `temp` to `name` unless `name` exists. Ok(false) when it does
     /// (the temp file is then removed).
     fn publish(&self, temp: &str, name: &str) -> Result<bool> {
-        let renamed = self
-            .injected(FsOp::Rename)
-            .and_then(|()| rustix::fs::renameat_with(&self.fd, temp, &self.fd, name, RenameFlags::NOREPLACE));
+        let renamed = self.injected(FsOp::Rename).and_then(|()| {
+            rustix::fs::renameat_with(self.fd(), temp, self.fd(), name, RenameFlags::NOREPLACE)
+        });
         match renamed {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                power::renamed(&self.path, temp, name);
+                Ok(true)
+            }
             Err(Errno::EXIST) => {
                 self.remove_temp(temp)?;
                 Ok(false)
@@ -316,10 +399,10 @@ impl BackupDir {
     /// retried: the temp file is dropped and the error returned.
     pub fn write_new_file(&self, name: &str, bytes: &[u8]) -> Result<()> {
         self.make_entry_durable()?;
-        let temp = format!("{TEMP_PREFIX}{name}");
+        let temp = temp_name(name);
         let mut file = self.create_temp(&temp)?;
         let written = self
-            .write_synced(&mut file, &mut &bytes[..])
+            .write_synced(&mut file, &mut &bytes[..], FsyncSite::MetadataFile)
             .map(drop)
             .map_err(|(op, e)| Error::io(op, self.at(&temp), e));
         drop(file);
@@ -339,7 +422,7 @@ impl BackupDir {
             ));
         }
         faults::crash_point("metadata.renamed_before_dir_sync");
-        self.sync()
+        self.sync(FsyncSite::MetadataRename)
     }
 
     /// Writes everything `src` yields to a new temp file and fsyncs it;
@@ -348,13 +431,24 @@ impl BackupDir {
         &self,
         file: &mut File,
         src: &mut dyn Read,
+        site: FsyncSite,
     ) -> std::result::Result<u64, (&'static str, io::Error)> {
         let n = faults::check(&self.path, FsOp::Write)
             .and_then(|()| io::copy(src, file))
             .map_err(|e| ("write", e))?;
+        power::written(&self.path, file, n);
         faults::crash_point("temp.written");
+        if faults::fsync_omitted(&self.path, site) {
+            return Ok(n);
+        }
         faults::check(&self.path, FsOp::SyncFile)
-            .and_then(|()| file.sync_all())
+            .and_then(|()| {
+                let token = power::sync_begin(SyncTarget::File {
+                    dir: &self.path,
+                    file,
+                });
+                file.sync_all().map(|()| token.done())
+            })
             .map_err(|e| ("fsync", e))?;
         Ok(n)
     }
@@ -377,15 +471,16 @@ impl BackupDir {
             };
             if !self.is_cross_device() {
                 let linked = self.injected(FsOp::Link).and_then(|()| {
-                    rustix::fs::linkat(CWD, src.path(), &self.fd, name.as_str(), AtFlags::empty())
+                    rustix::fs::linkat(CWD, src.path(), self.fd(), name.as_str(), AtFlags::empty())
                 });
                 match linked {
                     Ok(()) => {
+                        power::linked(&self.path, self.fd().as_fd(), &name);
                         return Ok(Placed {
                             name,
                             copied: false,
                             created: true,
-                        })
+                        });
                     }
                     Err(Errno::EXIST) => {
                         let id = match src_id {
@@ -446,7 +541,7 @@ impl BackupDir {
 
     /// (device, inode) of `name` in the dir, None if it does not exist.
     fn file_id(&self, name: &str) -> Result<Option<(u64, u64)>> {
-        match rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+        match rustix::fs::statat(self.fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => Ok(Some((st.st_dev, st.st_ino))),
             Err(Errno::NOENT) => Ok(None),
             Err(e) => Err(Error::io("stat", self.at(name), errno_io(e))),
@@ -461,13 +556,12 @@ impl BackupDir {
                 CopyOutcome::Taken
             });
         }
-        let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
-        let temp = format!("{TEMP_PREFIX}copy.{seq}.{name}");
+        let temp = temp_name(name);
         let mut out = self.create_temp(&temp)?;
         let copied = File::open(src.path())
             .map_err(|e| Error::io("open for copy", src.path(), e))
             .and_then(|mut input| {
-                self.write_synced(&mut out, &mut input)
+                self.write_synced(&mut out, &mut input, FsyncSite::CopyFile)
                     .map_err(|(op, e)| Error::io(op, self.at(&temp), e))
             })
             .and_then(|n| {
@@ -496,7 +590,7 @@ impl BackupDir {
     /// symlink) with the same bytes as the file at `src`.
     fn holds_same_bytes(&self, name: &str, src: &Path) -> Result<bool> {
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-        let fd = match rustix::fs::openat(&self.fd, name, flags, Mode::empty()) {
+        let fd = match rustix::fs::openat(self.fd(), name, flags, Mode::empty()) {
             Ok(fd) => fd,
             // A symlink (ELOOP) or anything else we cannot open is not our copy.
             Err(_) => return Ok(false),
@@ -585,7 +679,7 @@ fn create_dirs(path: &Path, mode: u32, defer_last: bool) -> Result<()> {
     }
     for dir in missing.into_iter().rev() {
         match DirBuilder::new().mode(mode).create(dir) {
-            Ok(()) => {}
+            Ok(()) => power::mkdir(dir),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) if e.raw_os_error() == Some(libc_enotdir()) => {
                 return Err(Error::InvalidBackupDir {
@@ -602,7 +696,9 @@ fn create_dirs(path: &Path, mode: u32, defer_last: bool) -> Result<()> {
             if let Err(e) = sync_dir(parent) {
                 // Not known durable: removed, so that the next open creates
                 // it again and fsyncs its parent, rather than trusting it.
-                let _ = std::fs::remove_dir(dir);
+                if std::fs::remove_dir(dir).is_ok() {
+                    power::rmdir(dir);
+                }
                 return Err(e);
             }
         }
@@ -614,16 +710,23 @@ fn libc_enotdir() -> i32 {
     Errno::NOTDIR.raw_os_error()
 }
 
-/// fsyncs the directory at `path`.
+/// fsyncs the directory at `path`, the parent of a directory the component
+/// created.
 pub(crate) fn sync_dir(path: &Path) -> Result<()> {
     faults::check(path, FsOp::SyncDir).map_err(|e| Error::io("fsync dir", path, e))?;
+    if faults::fsync_omitted(path, FsyncSite::NewDir) {
+        return Ok(());
+    }
     let fd = rustix::fs::open(
         path,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )
     .map_err(|e| Error::io("open dir", path, errno_io(e)))?;
-    rustix::fs::fsync(fd.as_fd()).map_err(|e| Error::io("fsync dir", path, errno_io(e)))
+    let token = power::sync_begin(SyncTarget::Dir(path));
+    rustix::fs::fsync(fd.as_fd()).map_err(|e| Error::io("fsync dir", path, errno_io(e)))?;
+    token.done();
+    Ok(())
 }
 
 #[cfg(test)]

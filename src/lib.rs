@@ -45,10 +45,14 @@
 mod backup;
 mod callback;
 mod config;
+mod dir_lock;
 mod dir_sync;
 mod engine;
 mod error;
+#[cfg(feature = "failpoints")]
 pub mod faults;
+#[cfg(not(feature = "failpoints"))]
+mod faults;
 mod fs;
 mod handle;
 mod linker;

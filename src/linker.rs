@@ -140,7 +140,7 @@ fn link_round(
     if !placed_files.is_empty() {
         faults::crash_point("round.linked_before_dir_sync");
         // Reported only once their entries are durable.
-        dir.sync()?;
+        dir.sync(crate::faults::FsyncSite::RoundLinks)?;
     }
     links.forget_absent(snapshot.files());
     links.mark_up_to_date(generation);

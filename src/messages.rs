@@ -112,6 +112,8 @@ pub(crate) struct SessionId(pub u64);
 pub(crate) struct OpenDir {
     pub kv: KvId,
     pub path: PathBuf,
+    /// The engine's data dir: the backup dir may not lie inside it.
+    pub data_dir: Option<PathBuf>,
     pub counters: Arc<StoreCounters>,
     /// The store's upload queue, told of every metadata file written.
     pub replica: Option<Arc<Replica>>,

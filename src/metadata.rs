@@ -17,6 +17,7 @@ use actix::{Actor, Addr, Handler, MessageResult, SyncContext};
 use tokio::sync::oneshot;
 
 use crate::callback::panic_message;
+use crate::dir_lock::DirId;
 use crate::dir_sync::DirSyncGroup;
 use crate::engine::{KvId, METADATA_PREFIX};
 use crate::error::{Error, Result};
@@ -42,18 +43,29 @@ pub fn parse_metadata_file_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// The grouped fsyncs of the parents of backup dirs, shared by the metadata
-/// threads: the dirs of many stores under one backup root share the fsyncs
-/// that make their entries durable.
+/// What the metadata threads share: the grouped fsyncs of the parents of
+/// backup dirs (the dirs of many stores under one backup root share the
+/// fsyncs that make their entries durable), and the backup dirs this
+/// component owns, by identity.
 ///
-/// It also serializes the creation of missing dirs across the metadata
-/// threads: a thread that finds a parent dir existing must know it durable,
-/// so another thread's `mkdir` and the fsync that follows it happen under
-/// this lock (and a dir whose fsync failed is removed before it is let go).
+/// The `creating` lock serializes the creation of missing dirs and the
+/// taking of ownership across the metadata threads: a thread that finds a
+/// parent dir existing must know it durable, so another thread's `mkdir`
+/// and the fsync that follows it happen under it (and a dir whose fsync
+/// failed is removed before it is let go); and two spellings of one dir,
+/// opened on two threads at once, are recognised as one.
 #[derive(Clone, Default)]
 pub(crate) struct ParentSyncs {
     groups: Arc<parking_lot::Mutex<HashMap<PathBuf, Arc<DirSyncGroup>>>>,
     creating: Arc<parking_lot::Mutex<()>>,
+    owned: Arc<parking_lot::Mutex<HashMap<DirId, Owned>>>,
+}
+
+/// A backup dir this component owns (holds the lock of), with its one log.
+struct Owned {
+    kv: KvId,
+    log: Arc<parking_lot::Mutex<MetadataLog>>,
+    sessions: usize,
 }
 
 impl ParentSyncs {
@@ -150,23 +162,19 @@ impl MetadataLog {
     }
 }
 
-struct OpenLog {
-    log: MetadataLog,
-    sessions: usize,
-}
-
 struct Session {
-    path: PathBuf,
+    id: DirId,
+    log: Arc<parking_lot::Mutex<MetadataLog>>,
     counters: Arc<StoreCounters>,
     replica: Option<Arc<Replica>>,
 }
 
-/// Serialises the metadata writes of its backup dirs on one thread (a
-/// `SyncArbiter` of size 1), in mailbox order.
+/// Serialises the metadata writes of its sessions on one thread (a
+/// `SyncArbiter` of size 1), in mailbox order. A dir's log is shared by
+/// every session of the dir (under a mutex), whichever thread it is on.
 pub(crate) struct MetadataActor {
     modes: Modes,
     parents: ParentSyncs,
-    logs: HashMap<PathBuf, OpenLog>,
     sessions: HashMap<SessionId, Session>,
     next_session: u64,
 }
@@ -176,7 +184,6 @@ impl MetadataActor {
         MetadataActor {
             modes,
             parents,
-            logs: HashMap::new(),
             sessions: HashMap::new(),
             next_session: 1,
         }
@@ -212,36 +219,63 @@ impl Handler<OpenDir> for MetadataActor {
 impl MetadataActor {
     fn open(&mut self, msg: OpenDir) -> Result<OpenedDir> {
         let _span = tracing::info_span!("open_backup_dir", kv_store = msg.kv.0).entered();
-        // A dir still open for an earlier start of a store (stopping while
-        // the next start opens it) keeps its log, so numbering stays unique.
-        let open = match self.logs.entry(msg.path.clone()) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let creating = self.parents.creating.lock();
-                let dir = match msg.path.parent() {
-                    Some(parent) => {
-                        let group = self.parents.group(parent);
-                        BackupDir::open_grouped(&msg.path, self.modes, group)?
-                    }
-                    None => BackupDir::open_with(&msg.path, self.modes)?,
-                };
-                drop(creating);
-                let dir = Arc::new(dir);
-                e.insert(OpenLog {
-                    log: MetadataLog::open(dir)?,
-                    sessions: 0,
+        let data_dir = match &msg.data_dir {
+            Some(data) => Some(DirId::of_path(data)?),
+            None => None,
+        };
+        let creating = self.parents.creating.lock();
+        let unlocked = match msg.path.parent() {
+            Some(parent) => {
+                let group = self.parents.group(parent);
+                BackupDir::open_grouped(&msg.path, self.modes, group, data_dir)?
+            }
+            None => BackupDir::open_with(&msg.path, self.modes, data_dir)?,
+        };
+        let id = unlocked.id();
+        let mut owned = self.parents.owned.lock();
+        let log = match owned.get_mut(&id) {
+            // Owned already: an earlier start of the store still stopping
+            // (under this spelling or another) keeps its log, so numbering
+            // stays unique; another store is refused.
+            Some(o) if o.kv != msg.kv => {
+                return Err(Error::BackupDirInUse {
+                    path: msg.path,
+                    holder: o.kv,
                 })
             }
+            Some(o) => {
+                o.sessions += 1;
+                Arc::clone(&o.log)
+            }
+            None => {
+                // Another owner (another process, or another component of
+                // this one) is refused here, before anything is written.
+                let dir = Arc::new(unlocked.lock()?);
+                let log = Arc::new(parking_lot::Mutex::new(MetadataLog::open(dir)?));
+                owned.insert(
+                    id,
+                    Owned {
+                        kv: msg.kv,
+                        log: Arc::clone(&log),
+                        sessions: 1,
+                    },
+                );
+                log
+            }
         };
-        open.sessions += 1;
-        msg.counters.next_metadata_n.store(open.log.next_n(), Relaxed);
+        drop((owned, creating));
+        let (dir, next_n) = {
+            let log = log.lock();
+            (Arc::clone(&log.dir), log.next_n())
+        };
+        msg.counters.next_metadata_n.store(next_n, Relaxed);
         let session = SessionId(self.next_session);
         self.next_session += 1;
-        let dir = Arc::clone(&open.log.dir);
         self.sessions.insert(
             session,
             Session {
-                path: msg.path,
+                id,
+                log,
                 counters: msg.counters,
                 replica: msg.replica,
             },
@@ -263,18 +297,15 @@ impl Handler<WriteMetadata> for MetadataActor {
 
 impl MetadataActor {
     fn write(&mut self, kv: KvId, session: SessionId, data: &str) -> Result<u64> {
-        // A session is open exactly while its dir's log is (see CloseSession).
-        let Some((session, open)) = self
-            .sessions
-            .get(&session)
-            .and_then(|session| Some((session, self.logs.get_mut(&session.path)?)))
-        else {
+        let Some(session) = self.sessions.get(&session) else {
             return Err(Error::BackupStopped { kv });
         };
         let _span = tracing::debug_span!("metadata_write", kv_store = kv.0).entered();
-        let written = open.log.write(kv, data);
+        let mut log = session.log.lock();
+        let written = log.write(kv, data);
         let c = &session.counters;
-        c.next_metadata_n.store(open.log.next_n(), Relaxed);
+        c.next_metadata_n.store(log.next_n(), Relaxed);
+        drop(log);
         match &written {
             Ok(n) => {
                 StoreCounters::add(&c.metadata_writes, 1);
@@ -302,10 +333,13 @@ impl Handler<CloseSession> for MetadataActor {
 
     fn handle(&mut self, msg: CloseSession, _: &mut SyncContext<Self>) -> Self::Result {
         if let Some(session) = self.sessions.remove(&msg.session) {
-            if let Some(open) = self.logs.get_mut(&session.path) {
-                open.sessions -= 1;
-                if open.sessions == 0 {
-                    self.logs.remove(&session.path);
+            let mut owned = self.parents.owned.lock();
+            if let Some(o) = owned.get_mut(&session.id) {
+                o.sessions -= 1;
+                if o.sessions == 0 {
+                    // The dir's lock goes with the last holder of the dir
+                    // (a linker job of the ended start may still have it).
+                    owned.remove(&session.id);
                 }
             }
         }

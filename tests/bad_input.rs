@@ -158,6 +158,10 @@ async fn bad_input_gets_a_typed_error_and_writes_nothing() {
             ..Config::default()
         },
         Config {
+            backup_root: Some("/srv/../backups".into()),
+            ..Config::default()
+        },
+        Config {
             dir_mode: 0o500,
             ..Config::default()
         },

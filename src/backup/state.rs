@@ -12,6 +12,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::callback::BackupFile;
+use crate::dir_lock::DirId;
 use crate::engine::IndexFile;
 
 /// Engine files known to be in the backup dir, so they are not linked again.
@@ -74,17 +75,37 @@ impl LinkSet {
     }
 }
 
-/// Linked files that no successful round has reported yet, in link order.
+/// Linked files that no successful round has reported yet, in link order,
+/// and the backup dir they are in.
 #[derive(Debug, Default)]
 pub(crate) struct Unacked {
     files: Vec<BackupFile>,
     /// The names in `files`.
     names: HashSet<String>,
+    /// The dir the files are in (by identity, however it was spelled).
+    dir: Option<DirId>,
 }
 
 impl Unacked {
-    /// Adds the files a round linked (and made durable).
-    pub fn add(&mut self, linked: Vec<BackupFile>) {
+    /// A start of the store opened `dir`: files placed in another dir (an
+    /// earlier start into another backup dir) are not in it, so they are
+    /// not reported there. Returns how many were dropped.
+    pub fn keep_only_in(&mut self, dir: DirId) -> usize {
+        if self.dir.is_some_and(|d| d != dir) {
+            let dropped = self.files.len();
+            *self = Unacked::default();
+            self.dir = Some(dir);
+            return dropped;
+        }
+        self.dir = Some(dir);
+        0
+    }
+
+    /// Adds the files a round linked (and made durable) into `dir`.
+    pub fn add(&mut self, linked: Vec<BackupFile>, dir: DirId) {
+        if self.keep_only_in(dir) > 0 {
+            debug_assert!(false, "keep_only_in is called when a dir opens");
+        }
         for f in linked {
             if self.names.insert(f.name.clone()) {
                 self.files.push(f);
@@ -150,12 +171,27 @@ mod tests {
             links.record(f, entry(f));
         }
         links.forget_absent(snapshot);
-        unacked.add(new.iter().map(entry).collect());
+        unacked.add(new.iter().map(entry).collect(), DIR);
         let report = unacked.report();
         if ok {
             unacked.acknowledge(&report);
         }
         report
+    }
+
+    const DIR: DirId = DirId { dev: 1, ino: 1 };
+
+    #[test]
+    fn files_of_another_backup_dir_are_not_carried_into_this_one() {
+        // Regression: a start into another dir reported the files an
+        // earlier start left unacknowledged in its own dir, though they
+        // were not in the new one.
+        let (mut l, mut u) = Default::default();
+        round(&mut l, &mut u, &[file(1)], false);
+        assert_eq!(u.keep_only_in(DIR), 0, "the same dir keeps them");
+        assert_eq!(u.len(), 1);
+        assert_eq!(u.keep_only_in(DirId { dev: 1, ino: 2 }), 1);
+        assert!(u.is_empty() && u.report().is_empty());
     }
 
     #[test]

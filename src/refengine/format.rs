@@ -476,7 +476,7 @@ pub fn write_index_file(
 fn write_durably(tmp: &Path, dest: &Path, low: u64, high: u64, records: &[RecordRef<'_>]) -> Result<Written> {
     check_seqno(dest, low)?;
     check_seqno(dest, high)?;
-    let file = File::create(tmp).map_err(|e| Error::io("create", tmp, e))?;
+    let file = File::create_new(tmp).map_err(|e| Error::io("create", tmp, e))?;
     let mut w = BufWriter::with_capacity(256 * 1024, file);
     let written = encode(&mut w, low, high, records).map_err(|e| Error::io("write", tmp, e))?;
     let file = w
@@ -484,17 +484,27 @@ fn write_durably(tmp: &Path, dest: &Path, low: u64, high: u64, records: &[Record
         .map_err(|e| Error::io("write", tmp, e.into_error()))?;
     file.sync_all().map_err(|e| Error::io("fsync", tmp, e))?;
     drop(file);
-    // Numbers are never reused while a file of that number exists, so this is
-    // a guard against bugs, not a race: only the store's flush or compaction,
-    // which are serialized, write into its dir.
-    if dest.exists() {
-        return Err(Error::io(
+    // Numbers are never reused while a file of that number exists, and only
+    // the store's flush or compaction, which are serialized, write into its
+    // dir: a file already there is a bug, never overwritten.
+    rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        tmp,
+        rustix::fs::CWD,
+        dest,
+        rustix::fs::RenameFlags::NOREPLACE,
+    )
+    .map_err(|e| match e {
+        rustix::io::Errno::EXIST => Error::io(
             "rename",
             dest,
-            io::Error::new(io::ErrorKind::AlreadyExists, "the file already exists"),
-        ));
-    }
-    fs::rename(tmp, dest).map_err(|e| Error::io("rename", tmp, e))?;
+            io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "the file already exists; nothing was overwritten",
+            ),
+        ),
+        e => Error::io("rename", tmp, e.into()),
+    })?;
     if let Some(dir) = dest.parent() {
         sync_dir(dir)?;
     }

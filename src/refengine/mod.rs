@@ -131,6 +131,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::dir_lock::DirLock;
 use crate::engine::{Engine, IndexFile, KvId, Snapshot};
 use crate::error::{Error, Result};
 
@@ -171,6 +172,12 @@ impl Default for RefOptions {
 }
 
 struct Inner {
+    /// Held while the engine is open: one owner of the data dir at a time.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "held for its drop: the lock goes with the engine")
+    )]
+    lock: Mutex<Option<DirLock>>,
     data_dir: PathBuf,
     options: RefOptions,
     /// The stores whose backup is active (see `StoreShared::retains`).
@@ -210,6 +217,10 @@ impl RefEngine {
         let existed = given.exists();
         fs::create_dir_all(given).map_err(|e| Error::io("create data dir", given, e))?;
         let data_dir = fs::canonicalize(given).map_err(|e| Error::io("canonicalize", given, e))?;
+        // One owner at a time (RocksDB's LOCK): taken before recovery,
+        // which removes what an interrupted flush left, could touch a dir
+        // another engine is writing.
+        let lock = DirLock::acquire_path(&data_dir)?;
         if !existed {
             if let Some(parent) = data_dir.parent() {
                 format::sync_dir(parent)?;
@@ -245,6 +256,7 @@ impl RefEngine {
         tracing::info!(data_dir = %data_dir.display(), stores = stores.len(), "opened the reference engine");
         Ok(RefEngine {
             inner: Arc::new(Inner {
+                lock: Mutex::new(Some(lock)),
                 data_dir,
                 options,
                 active_backups,
@@ -253,6 +265,15 @@ impl RefEngine {
                 stores: RwLock::new(stores),
             }),
         })
+    }
+
+    /// Leaks the engine as a crash would leave it (nothing released, no
+    /// file removed), except its data dir's lock, which the kernel drops
+    /// with a dead process.
+    #[cfg(test)]
+    pub(crate) fn crash(self) {
+        drop(self.inner.lock.lock().take());
+        std::mem::forget(self);
     }
 
     /// The (absolute) data dir.
