@@ -234,8 +234,11 @@ mod model {
                 return Ok(n);
             }
             let n = journal.files.len();
+            // A new open of the inode (a temp file is open write-only),
+            // to read its bytes back.
+            let handle = File::open(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
             journal.files.push(Known {
-                handle: Arc::new(file.try_clone()?),
+                handle: Arc::new(handle),
                 linked,
             });
             journal.by_inode.insert(key, n);
