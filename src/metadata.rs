@@ -69,6 +69,30 @@ struct Owned {
 }
 
 impl ParentSyncs {
+    /// The log of the dir `id` if this component owns it already (an
+    /// earlier start of the same store still stopping, under this spelling
+    /// or another: one log keeps the numbering unique), with one more
+    /// session; an error if another store owns it; `None` if nobody here
+    /// does.
+    fn share(
+        &self,
+        id: DirId,
+        kv: KvId,
+        path: &Path,
+    ) -> Result<Option<Arc<parking_lot::Mutex<MetadataLog>>>> {
+        match self.owned.lock().get_mut(&id) {
+            Some(o) if o.kv != kv => Err(Error::BackupDirInUse {
+                path: path.to_path_buf(),
+                holder: o.kv,
+            }),
+            Some(o) => {
+                o.sessions += 1;
+                Ok(Some(Arc::clone(&o.log)))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// The group of `parent`; a new one if its last fsync failed.
     fn group(&self, parent: &Path) -> Arc<DirSyncGroup> {
         let mut groups = self.groups.lock();
@@ -231,39 +255,30 @@ impl MetadataActor {
             }
             None => BackupDir::open_with(&msg.path, self.modes, data_dir)?,
         };
+        drop(creating);
         let id = unlocked.id();
-        let mut owned = self.parents.owned.lock();
-        let log = match owned.get_mut(&id) {
-            // Owned already: an earlier start of the store still stopping
-            // (under this spelling or another) keeps its log, so numbering
-            // stays unique; another store is refused.
-            Some(o) if o.kv != msg.kv => {
-                return Err(Error::BackupDirInUse {
-                    path: msg.path,
-                    holder: o.kv,
-                })
-            }
-            Some(o) => {
-                o.sessions += 1;
-                Arc::clone(&o.log)
-            }
-            None => {
-                // Another owner (another process, or another component of
-                // this one) is refused here, before anything is written.
-                let dir = Arc::new(unlocked.lock()?);
-                let log = Arc::new(parking_lot::Mutex::new(MetadataLog::open(dir)?));
-                owned.insert(
-                    id,
-                    Owned {
-                        kv: msg.kv,
-                        log: Arc::clone(&log),
-                        sessions: 1,
-                    },
-                );
-                log
-            }
+        let log = match self.parents.share(id, msg.kv, &msg.path)? {
+            Some(log) => log,
+            None => match unlocked.lock() {
+                // A dir is scanned (stale temps removed, numbers read)
+                // only by its lock holder, and outside the shared locks.
+                Ok(dir) => {
+                    let log = Arc::new(parking_lot::Mutex::new(MetadataLog::open(Arc::new(dir))?));
+                    self.parents.owned.lock().insert(
+                        id,
+                        Owned {
+                            kv: msg.kv,
+                            log: Arc::clone(&log),
+                            sessions: 1,
+                        },
+                    );
+                    log
+                }
+                // Another open of this component may have taken it meanwhile.
+                Err(e @ Error::DirLocked { .. }) => self.parents.share(id, msg.kv, &msg.path)?.ok_or(e)?,
+                Err(e) => return Err(e),
+            },
         };
-        drop((owned, creating));
         let (dir, next_n) = {
             let log = log.lock();
             (Arc::clone(&log.dir), log.next_n())

@@ -221,7 +221,11 @@ fn check_image(run: &Run, at: usize, image: &Image, dir: &Path, out: &mut Vec<Vi
                 if got.as_deref() != Some(data.as_bytes()) {
                     v(
                         ACKED_LOST,
-                        format!("{} holds {:?}", rel.display(), got.as_deref().map(String::from_utf8_lossy)),
+                        format!(
+                            "{} holds {:?}",
+                            rel.display(),
+                            got.as_deref().map(String::from_utf8_lossy)
+                        ),
                     );
                 }
             }
@@ -462,7 +466,12 @@ fn omitted_metadata_dir_fsync_makes_the_resumed_write_reuse_a_number() {
         cross_device: false,
         rounds: 2,
     };
-    let run = journaled_run("MetadataRename left out, reopened", w, Some(FsyncSite::MetadataRename)).unwrap();
+    let run = journaled_run(
+        "MetadataRename left out, reopened",
+        w,
+        Some(FsyncSite::MetadataRename),
+    )
+    .unwrap();
     let s = sweep(&run, 1, 0, true);
     assert!(s.rules().contains(N_REUSED), "{:?}", s.rules());
 }

@@ -103,9 +103,11 @@ impl Unacked {
 
     /// Adds the files a round linked (and made durable) into `dir`.
     pub fn add(&mut self, linked: Vec<BackupFile>, dir: DirId) {
-        if self.keep_only_in(dir) > 0 {
-            debug_assert!(false, "keep_only_in is called when a dir opens");
-        }
+        debug_assert!(
+            self.dir.is_none_or(|d| d == dir),
+            "keep_only_in runs when a dir opens"
+        );
+        self.keep_only_in(dir);
         for f in linked {
             if self.names.insert(f.name.clone()) {
                 self.files.push(f);
