@@ -115,6 +115,12 @@ fn print_table(reports: &[StoreReport]) {
         for (from, to) in &r.gaps {
             println!("      gap: seqnos {from}..={to} are in no file");
         }
+        if m.foreign > 0 {
+            println!(
+                "      {} files named like metadata files that the component does not write (run verify)",
+                m.foreign
+            );
+        }
         if let (Some(lo), Some(hi)) = (r.lowest_seqno, r.highest_seqno) {
             if r.restorable != [(lo, hi)] {
                 let exact: Vec<String> = r.restorable.iter().map(|(a, b)| format!("{a}..={b}")).collect();

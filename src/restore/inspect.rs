@@ -11,7 +11,8 @@ use crate::error::{Error, Result};
 /// How long the last metadata record may be in a report before it is cut.
 const SHORT: usize = 80;
 
-/// The metadata files of a store's backup.
+/// The metadata files of a store's backup (the names the component writes;
+/// others are counted apart, in `foreign`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct MetadataSummary {
     /// How many there are.
@@ -22,6 +23,10 @@ pub struct MetadataSummary {
     pub last_n: Option<u64>,
     /// The last record's content, cut to 80 characters.
     pub last: Option<String>,
+    /// Files named `metadata.<digits>.dat` that the component never writes
+    /// (`metadata.0.dat`, `metadata.07.dat`): not counted above; `verify`
+    /// names each.
+    pub foreign: usize,
 }
 
 /// What one store's backup holds.
@@ -93,6 +98,7 @@ fn report(store: &StoreBackup, reader: &dyn RecordReader) -> Result<StoreReport>
             first_n: store.metadata.first().map(|m| m.0),
             last_n: store.metadata.last().map(|m| m.0),
             last,
+            foreign: store.foreign_metadata.len(),
         },
         shared_with_live: shared,
         temp_files: store.temp_files.len(),
@@ -104,4 +110,37 @@ fn report(store: &StoreBackup, reader: &dyn RecordReader) -> Result<StoreReport>
 /// fails the report (run `verify` to list every problem).
 pub fn inspect(root: &BackupRoot, reader: &dyn RecordReader) -> Result<Vec<StoreReport>> {
     root.stores().iter().map(|s| report(s, reader)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::restore::RefFormat;
+
+    #[test]
+    fn inspect_counts_only_metadata_names_the_component_writes() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("1");
+        std::fs::create_dir(&dir).unwrap();
+        for name in [
+            "metadata.0.dat",
+            "metadata.07.dat",
+            "metadata.7.dat",
+            "metadata.8.dat",
+        ] {
+            std::fs::write(dir.join(name), name).unwrap();
+        }
+        let reports = inspect(&BackupRoot::open(root.path()).unwrap(), &RefFormat).unwrap();
+        assert_eq!(
+            reports[0].metadata,
+            MetadataSummary {
+                count: 2,
+                first_n: Some(7),
+                last_n: Some(8),
+                last: Some("metadata.8.dat".into()),
+                foreign: 2,
+            }
+        );
+        assert_eq!(reports[0].files, 0, "not read as seqno-index files either");
+    }
 }

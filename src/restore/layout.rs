@@ -2,9 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::engine::KvId;
+use crate::engine::{KvId, METADATA_PREFIX};
 use crate::error::{Error, Result};
-use crate::metadata::parse_metadata_file_name;
+use crate::metadata::{metadata_file_name, parse_metadata_file_name};
 
 /// A backup root: one dir per KV store, named by its id.
 #[derive(Clone, Debug)]
@@ -22,10 +22,38 @@ pub struct StoreBackup {
     pub dir: PathBuf,
     /// Seqno-index files (links or copies), sorted by name.
     pub files: Vec<PathBuf>,
-    /// Metadata files as `(n, path)`, sorted by `n`.
+    /// Metadata files as `(n, path)`, sorted by `n`: only names the
+    /// component writes (`metadata.<n>.dat`, `n` decimal from 1 without
+    /// leading zeros), so each `n` appears once.
     pub metadata: Vec<(u64, PathBuf)>,
+    /// Files named `metadata.<digits>.dat` that the component never writes
+    /// (`n` 0, leading zeros, or beyond 64 bits), sorted by name: neither
+    /// metadata files nor seqno-index files.
+    pub foreign_metadata: Vec<PathBuf>,
     /// Temp files of an interrupted write (removed when the backup starts again).
     pub temp_files: Vec<PathBuf>,
+}
+
+/// What a name in a backup dir is to the metadata numbering.
+enum MetadataName {
+    /// `metadata.<n>.dat` as the component writes it.
+    Canonical(u64),
+    /// `metadata.<digits>.dat` that the component never writes.
+    Foreign,
+    /// Not shaped like a metadata file's name.
+    Other,
+}
+
+fn metadata_name(name: &str) -> MetadataName {
+    let shaped = name
+        .strip_prefix(METADATA_PREFIX)
+        .and_then(|rest| rest.strip_suffix(".dat"))
+        .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()));
+    match parse_metadata_file_name(name) {
+        Some(n) if n >= 1 && metadata_file_name(n) == name => MetadataName::Canonical(n),
+        _ if shaped => MetadataName::Foreign,
+        _ => MetadataName::Other,
+    }
 }
 
 fn read_dir(path: &Path) -> Result<Vec<(String, PathBuf, std::fs::FileType)>> {
@@ -64,15 +92,19 @@ impl BackupRoot {
                 dir: dir.clone(),
                 files: Vec::new(),
                 metadata: Vec::new(),
+                foreign_metadata: Vec::new(),
                 temp_files: Vec::new(),
             };
             for (name, path, kind) in read_dir(&dir)? {
                 if name.starts_with('.') {
                     store.temp_files.push(path);
-                } else if let Some(n) = parse_metadata_file_name(&name) {
-                    store.metadata.push((n, path));
-                } else if kind.is_file() {
-                    store.files.push(path);
+                    continue;
+                }
+                match metadata_name(&name) {
+                    MetadataName::Canonical(n) => store.metadata.push((n, path)),
+                    MetadataName::Foreign => store.foreign_metadata.push(path),
+                    MetadataName::Other if kind.is_file() => store.files.push(path),
+                    MetadataName::Other => {}
                 }
             }
             store.metadata.sort_by_key(|(n, _)| *n);

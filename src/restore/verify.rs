@@ -9,6 +9,10 @@ use super::{history_conflict, BackupRoot, RecordReader};
 use crate::engine::KvId;
 use crate::metadata::metadata_file_name;
 
+/// Why a file named `metadata.<digits>.dat` that is not canonical is a problem.
+const FOREIGN_METADATA: &str = "not a name the component writes: numbers are decimal from 1 without \
+                                leading zeros (and below 2^64)";
+
 /// One thing wrong in a backup.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Problem {
@@ -29,7 +33,10 @@ impl fmt::Display for Problem {
 /// Reads every backed-up file (checksum, footer, records inside the range),
 /// checks that no two files of a store disagree on what a seqno wrote (one
 /// history per dir), and that metadata files are numbered 1..=max without a
-/// hole and are not empty. Returns every problem found; empty means clean.
+/// hole and are not empty. A file named like a metadata file that the
+/// component never writes (`metadata.0.dat`, `metadata.07.dat`) is one
+/// problem of its own and has no part in the numbering. Returns every
+/// problem found; empty means clean.
 pub fn verify(root: &BackupRoot, reader: &dyn RecordReader) -> Vec<Problem> {
     let mut problems = Vec::new();
     for store in root.stores() {
@@ -63,25 +70,25 @@ pub fn verify(root: &BackupRoot, reader: &dyn RecordReader) -> Vec<Problem> {
             );
         }
         drop(read);
-        let mut expected = 1;
+        for path in &store.foreign_metadata {
+            problem(path.clone(), FOREIGN_METADATA.into());
+        }
+        // Canonical numbers only: each appears once, in increasing order,
+        // from 1; one problem per gap.
+        let mut expected: u64 = 1;
         for (n, path) in &store.metadata {
-            match n - expected {
-                0 => {}
-                1..=100 => {
-                    for missing in expected..*n {
-                        let path = store.dir.join(metadata_file_name(missing));
-                        problem(path, "metadata file missing (a hole in the numbering)".into());
-                    }
-                }
-                _ => problem(
-                    store.dir.join(metadata_file_name(expected)),
+            if *n > expected {
+                let what = if *n - expected == 1 {
+                    "metadata file missing (a hole in the numbering)".to_owned()
+                } else {
                     format!(
-                        "metadata files {expected}..{} missing (a hole in the numbering)",
+                        "metadata files {expected} to {} missing (a hole in the numbering)",
                         n - 1
-                    ),
-                ),
+                    )
+                };
+                problem(store.dir.join(metadata_file_name(expected)), what);
             }
-            expected = n + 1;
+            expected = n.saturating_add(1);
             match std::fs::read(path) {
                 Ok(bytes) if bytes.is_empty() => problem(path.clone(), "metadata file is empty".into()),
                 Ok(_) => {}
@@ -90,4 +97,81 @@ pub fn verify(root: &BackupRoot, reader: &dyn RecordReader) -> Vec<Problem> {
         }
     }
     problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::restore::RefFormat;
+
+    /// The problems of a backup root holding one store (KV 1) whose dir
+    /// holds a non-empty file of each name.
+    fn problems_of(names: &[&str]) -> Vec<Problem> {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("1");
+        std::fs::create_dir(&dir).unwrap();
+        for name in names {
+            std::fs::write(dir.join(name), "{}").unwrap();
+        }
+        verify(&BackupRoot::open(root.path()).unwrap(), &RefFormat)
+    }
+
+    fn file_name(p: &Problem) -> String {
+        p.path.file_name().unwrap().to_string_lossy().into_owned()
+    }
+
+    // Regression: `metadata.0.dat` made the hole check subtract below zero
+    // and print "metadata files 1..18446744073709551615 missing".
+    #[test]
+    fn metadata_numbered_zero_is_one_problem_and_no_hole() {
+        let problems = problems_of(&["metadata.0.dat", "metadata.1.dat", "metadata.2.dat"]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(file_name(&problems[0]), "metadata.0.dat");
+        assert!(
+            problems[0].what.contains("not a name the component writes"),
+            "{problems:?}"
+        );
+        assert!(!problems[0].to_string().contains("18446744073709551615"));
+    }
+
+    // Regression: `metadata.07.dat` beside `metadata.7.dat` parsed as the
+    // same number twice and printed "8..6 missing".
+    #[test]
+    fn a_metadata_number_with_leading_zeros_is_one_problem_and_no_reversed_range() {
+        let canonical: Vec<String> = (1..=7).map(metadata_file_name).collect();
+        let mut names: Vec<&str> = canonical.iter().map(String::as_str).collect();
+        names.push("metadata.07.dat");
+        let problems = problems_of(&names);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(file_name(&problems[0]), "metadata.07.dat");
+        assert!(
+            problems[0].what.contains("decimal from 1 without leading zeros"),
+            "{problems:?}"
+        );
+        assert!(!problems[0].what.contains("8..6"));
+    }
+
+    #[test]
+    fn a_hole_in_the_metadata_numbering_is_one_problem_per_gap() {
+        let problems = problems_of(&["metadata.1.dat", "metadata.2.dat", "metadata.4.dat"]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(file_name(&problems[0]), "metadata.3.dat");
+        assert!(problems[0].what.contains("hole"), "{problems:?}");
+
+        let problems = problems_of(&["metadata.1.dat", "metadata.5.dat", "metadata.7.dat"]);
+        let what: Vec<(String, &str)> = problems.iter().map(|p| (file_name(p), p.what.as_str())).collect();
+        assert_eq!(
+            what,
+            [
+                (
+                    "metadata.2.dat".to_owned(),
+                    "metadata files 2 to 4 missing (a hole in the numbering)"
+                ),
+                (
+                    "metadata.6.dat".to_owned(),
+                    "metadata file missing (a hole in the numbering)"
+                ),
+            ]
+        );
+    }
 }
