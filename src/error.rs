@@ -245,12 +245,14 @@ pub enum Error {
         tries: u32,
     },
 
-    /// Code of the component or the engine panicked during a round.
+    /// Code of the component or the engine panicked during a round, or in
+    /// the blocking file work of an upload or a mirror.
     #[error("{what} panicked for KV store {kv}: {message}")]
     Panicked {
         /// The store.
         kv: KvId,
-        /// `callback` or `linker`.
+        /// What panicked: `callback`, `callback factory`, `linker`,
+        /// `metadata writer`, `uploader` or `mirror`.
         what: &'static str,
         /// The panic message.
         message: String,

@@ -29,6 +29,8 @@ use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreScheme, RetryConfig};
 use serde::{Deserialize, Serialize};
 
+use crate::callback::panic_message;
+use crate::engine::KvId;
 use crate::error::{Error, Result};
 
 pub use queue::ReplicationStatus;
@@ -125,6 +127,26 @@ impl ReplicationConfig {
             RemoteUrl::parse(url)?;
         }
         Ok(())
+    }
+}
+
+/// Runs blocking file work of the uploader or the mirror on tokio's
+/// blocking pool. A panic in `work` comes back as [`Error::Panicked`]
+/// naming `kv` (the store whose files it worked on) and `what`; only a
+/// cancelled task (its runtime shutting down) is [`Error::ComponentStopped`].
+pub(crate) async fn blocking<T: Send + 'static>(
+    kv: KvId,
+    what: &'static str,
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => {
+            let message = panic_message(&*e.into_panic());
+            tracing::error!(kv_store = kv.0, what, %message, "blocking file work panicked");
+            Err(Error::Panicked { kv, what, message })
+        }
+        Err(_) => Err(Error::ComponentStopped),
     }
 }
 
@@ -391,6 +413,27 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    // Regression: a panic in the uploader's or the mirror's blocking work
+    // came back as `ComponentStopped`, hiding the panic and its message.
+    #[test]
+    fn a_panic_in_blocking_work_is_a_panicked_error_with_its_message() {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let err = runtime
+            .block_on(blocking(KvId(7), "uploader", || -> Result<()> {
+                panic!("disk on fire")
+            }))
+            .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                Error::Panicked { kv: KvId(7), what: "uploader", message } if message == "disk on fire"
+            ),
+            "{err:?}"
+        );
+        let fine = runtime.block_on(blocking(KvId(7), "uploader", || Ok(3)));
+        assert_eq!(fine.unwrap(), 3);
     }
 
     #[test]

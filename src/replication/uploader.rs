@@ -34,10 +34,13 @@ use tracing::Instrument;
 use crate::error::{Error, Result};
 use crate::metadata::parse_metadata_file_name;
 use crate::replication::queue::{Item, Kind, Next, Replica};
-use crate::replication::{RemoteUrl, ReplicationConfig, Sums, SUMS_DIR};
+use crate::replication::{blocking, RemoteUrl, ReplicationConfig, Sums, SUMS_DIR};
 
 /// Files handed to one batch at most.
 const BATCH: usize = 64;
+
+/// What [`Error::Panicked`] names when the uploader's blocking work panics.
+const UPLOADER: &str = "uploader";
 
 /// Starts and feeds the per-store upload tasks.
 pub(crate) struct Uploader {
@@ -325,7 +328,7 @@ impl Task {
     async fn rescan(&mut self) -> Result<Vec<Item>> {
         self.replica.rescans.fetch_add(1, Relaxed);
         let dir = self.replica.local.clone();
-        let (files, metadata) = blocking(move || list_local(&dir)).await?;
+        let (files, metadata) = blocking(self.replica.kv, UPLOADER, move || list_local(&dir)).await?;
         self.remote = list_remote(&*self.client, &self.replica.remote).await?;
         let local: std::collections::HashSet<String> =
             files.iter().chain(&metadata).map(|i| segment(&i.name)).collect();
@@ -474,7 +477,10 @@ impl Task {
         let threshold = self.shared.config.multipart_threshold;
         let read = {
             let path = path.clone();
-            blocking(move || read_local(&path, threshold, known)).await
+            blocking(self.replica.kv, UPLOADER, move || {
+                read_local(&path, threshold, known)
+            })
+            .await
         };
         let (sums, body) = match read {
             Ok(read) => read,
@@ -573,7 +579,7 @@ impl Task {
             while offset < sums.len {
                 let n = part_size.min(sums.len - offset);
                 let path = path.to_path_buf();
-                let part = blocking(move || read_at(&path, offset, n)).await?;
+                let part = blocking(self.replica.kv, UPLOADER, move || read_at(&path, offset, n)).await?;
                 digest.update(&part);
                 self.pace(n).await;
                 upload
@@ -608,15 +614,6 @@ impl Task {
             }
         }
     }
-}
-
-/// Runs blocking file work on tokio's blocking pool.
-pub(crate) async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .unwrap_or(Err(Error::ComponentStopped))
 }
 
 /// Reads a local file's sums, and below `threshold` its bytes too (one

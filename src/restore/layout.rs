@@ -34,6 +34,13 @@ pub struct StoreBackup {
     pub temp_files: Vec<PathBuf>,
 }
 
+/// The store whose backup dir a backup root's entry `name` is: its id in
+/// decimal, without leading zeros.
+pub(crate) fn store_dir_id(name: &str) -> Option<KvId> {
+    let id = name.parse::<u16>().ok()?;
+    (id.to_string() == name).then_some(KvId(id))
+}
+
 /// What a name in a backup dir is to the metadata numbering.
 enum MetadataName {
     /// `metadata.<n>.dat` as the component writes it.
@@ -83,12 +90,11 @@ impl BackupRoot {
         }
         let mut stores = Vec::new();
         for (name, dir, kind) in read_dir(path)? {
-            let Ok(id) = name.parse::<u16>() else { continue };
-            if !kind.is_dir() || id.to_string() != name {
+            let Some(kv) = store_dir_id(&name).filter(|_| kind.is_dir()) else {
                 continue;
-            }
+            };
             let mut store = StoreBackup {
-                kv: KvId(id),
+                kv,
                 dir: dir.clone(),
                 files: Vec::new(),
                 metadata: Vec::new(),

@@ -19,10 +19,14 @@ use std::path::{Path as FsPath, PathBuf};
 use futures::StreamExt;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 
+use super::layout::store_dir_id;
+use crate::engine::KvId;
 use crate::error::{Error, Result};
 use crate::metadata::parse_metadata_file_name;
-use crate::replication::uploader::blocking;
-use crate::replication::{RemoteUrl, Sums, SUMS_DIR};
+use crate::replication::{blocking, RemoteUrl, Sums, SUMS_DIR};
+
+/// What [`Error::Panicked`] names when the mirror's blocking work panics.
+const MIRROR: &str = "mirror";
 
 /// What [`mirror`] found.
 #[derive(Debug, Default)]
@@ -65,12 +69,16 @@ pub fn mirror(url: &str, options: &BTreeMap<String, String>, into: &FsPath) -> R
                 runtime.block_on(mirror_all(&*client, &remote, into))
             })
             .join()
-            .unwrap_or(Err(Error::ComponentStopped))
+            // A panic on the mirror's own thread is the caller's, as if
+            // the mirror had run on its thread.
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
 }
 
 /// One object to download.
 struct Job {
+    /// The store whose dir it goes into.
+    kv: KvId,
     label: String,
     meta: ObjectMeta,
     sidecars: Vec<Sums>,
@@ -121,8 +129,16 @@ async fn mirror_all(client: &dyn ObjectStore, remote: &RemoteUrl, into: &FsPath)
     let mut targets = HashSet::new();
     for ((store, name), meta) in objects {
         let label = format!("{store}/{name}");
-        let target = match (decode(&store), decode(&name)) {
-            (Ok(store), Ok(name)) => into.join(store).join(name),
+        let (kv, target) = match (decode(&store), decode(&name)) {
+            (Ok(store), Ok(name)) => match store_dir_id(&store) {
+                Some(kv) => (kv, into.join(&store).join(name)),
+                None => {
+                    // Not a store's dir: no part of a backup root (which
+                    // `BackupRoot::open` would pass over too).
+                    tracing::debug!(object = %label, "not in a store's dir; not downloaded");
+                    continue;
+                }
+            },
             (Err(reason), _) | (_, Err(reason)) => {
                 out.problems.push(format!("{label}: {reason}"));
                 continue;
@@ -135,6 +151,7 @@ async fn mirror_all(client: &dyn ObjectStore, remote: &RemoteUrl, into: &FsPath)
         }
         let sidecars = sidecars.remove(&(store, name)).unwrap_or_default();
         jobs.push(Job {
+            kv,
             label,
             meta,
             sidecars,
@@ -167,6 +184,7 @@ type Fetched = std::result::Result<u64, String>;
 /// its sidecar, and renames it into place.
 async fn download(client: &dyn ObjectStore, remote: &RemoteUrl, job: Job) -> Result<Fetched> {
     let Job {
+        kv,
         label,
         meta,
         sidecars,
@@ -192,7 +210,7 @@ async fn download(client: &dyn ObjectStore, remote: &RemoteUrl, job: Job) -> Res
         .and_then(FsPath::parent)
         .unwrap_or(FsPath::new("."))
         .to_path_buf();
-    let temp = blocking(move || {
+    let temp = blocking(kv, MIRROR, move || {
         tempfile::Builder::new()
             .prefix(".cbk-download.")
             .tempfile_in(&root)
@@ -214,7 +232,7 @@ async fn download(client: &dyn ObjectStore, remote: &RemoteUrl, job: Job) -> Res
         // Written in pieces of up to 4 MiB, on the blocking pool.
         if buf.len() >= 4 << 20 || (chunk.is_none() && !buf.is_empty()) {
             let piece = std::mem::take(&mut buf);
-            file = blocking(move || {
+            file = blocking(kv, MIRROR, move || {
                 file.write_all(&piece)
                     .map_err(|e| Error::io("write", file.path(), e))?;
                 Ok(file)
@@ -236,7 +254,7 @@ async fn download(client: &dyn ObjectStore, remote: &RemoteUrl, job: Job) -> Res
             describe(&claimed)
         )));
     }
-    blocking(move || {
+    blocking(kv, MIRROR, move || {
         if let Some(dir) = target.parent() {
             std::fs::create_dir_all(dir).map_err(|e| Error::io("create dir", dir, e))?;
         }
