@@ -68,6 +68,15 @@ pub struct ReplicationConfig {
     /// Upload rate limit in bytes per second, over every store; none: no
     /// limit. Default: none.
     pub max_bytes_per_sec: Option<u64>,
+    /// Bytes of file contents the uploads may hold in memory at once, over
+    /// every store: a file below `multipart_threshold` is read whole, a
+    /// larger one a part at a time, and each waits for its bytes of this
+    /// before it reads them and gives them back once they are sent. The
+    /// bound is exact when it is at least `multipart_threshold` (the
+    /// default is); below that, a file longer than it takes the whole of it
+    /// and is read alone. Between 1 byte and 4 GiB - 1. Default: 64 MiB
+    /// (`concurrency` × `part_size` of the defaults).
+    pub max_upload_memory: u64,
     /// First wait after a failed upload; it doubles with each failure in a
     /// row. Default: 500 ms.
     pub retry_initial: Duration,
@@ -88,6 +97,7 @@ impl Default for ReplicationConfig {
             multipart_threshold: 16 << 20,
             part_size: 8 << 20,
             max_bytes_per_sec: None,
+            max_upload_memory: 64 << 20,
             retry_initial: Duration::from_millis(500),
             retry_max: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(10),
@@ -113,6 +123,12 @@ impl ReplicationConfig {
         }
         if self.multipart_threshold < self.part_size {
             return bad("replication.multipart_threshold", "must be at least part_size");
+        }
+        if !(1..=u64::from(u32::MAX)).contains(&self.max_upload_memory) {
+            return bad(
+                "replication.max_upload_memory",
+                "must be between 1 byte and 4 GiB - 1 (64 MiB by default)",
+            );
         }
         if self.max_bytes_per_sec == Some(0) {
             return bad("replication.max_bytes_per_sec", "must be above zero (or none)");
@@ -455,6 +471,19 @@ mod tests {
             ..ReplicationConfig::default()
         };
         assert!(no_uploads.validate().is_err());
+        for max_upload_memory in [0, 1 << 32] {
+            let unbounded = ReplicationConfig {
+                max_upload_memory,
+                ..ReplicationConfig::default()
+            };
+            assert!(matches!(
+                unbounded.validate(),
+                Err(Error::Config {
+                    field: "replication.max_upload_memory",
+                    ..
+                })
+            ));
+        }
         let bad_url = ReplicationConfig {
             url: Some("not a url".into()),
             ..ReplicationConfig::default()

@@ -7,8 +7,11 @@
 //! [`Replica`] queue (a rescan, a batch of files, or a run of metadata
 //! files, which is a barrier), carry it out, and on failure count it, back off (doubling from
 //! `retry_initial` to `retry_max`) and rescan before the next try. One
-//! semaphore bounds the uploads in flight over every store; an optional
-//! pacer bounds their bytes per second.
+//! semaphore bounds the uploads in flight over every store (an upload holds
+//! its permit from its read to its put); another, of
+//! `max_upload_memory` permits, bounds the file bytes they hold in memory:
+//! each body or part waits for its bytes before it is read and gives them
+//! back once it is sent. An optional pacer bounds their bytes per second.
 //!
 //! Uploading one file: its length and CRC-32C are taken while reading it;
 //! if the remote dir already holds an object of that name, length and
@@ -20,7 +23,7 @@
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::path::{Path as FsPath, PathBuf};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +31,7 @@ use bytes::Bytes;
 use object_store::path::{Path, PathPart};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parking_lot::Mutex;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::Instrument;
 
 use crate::error::{Error, Result};
@@ -51,7 +54,13 @@ pub(crate) struct Uploader {
 struct Shared {
     config: ReplicationConfig,
     clients: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+    /// Uploads in flight, over every store (`concurrency`).
     permits: Semaphore,
+    /// Bytes of file contents in memory, over every store
+    /// (`max_upload_memory`).
+    memory: Semaphore,
+    /// What those bytes are now, and their peak.
+    in_memory: Gauge,
     pacer: Option<Pacer>,
 }
 
@@ -61,6 +70,8 @@ impl Uploader {
         Uploader {
             shared: Arc::new(Shared {
                 permits: Semaphore::new(config.concurrency),
+                memory: Semaphore::new(config.max_upload_memory.min(u64::from(u32::MAX)) as usize),
+                in_memory: Gauge::default(),
                 clients: Mutex::new(HashMap::new()),
                 pacer,
                 config,
@@ -112,6 +123,61 @@ impl Shared {
         let client = remote.open(&self.config.options)?;
         clients.insert(remote.store_key().to_string(), Arc::clone(&client));
         Ok(client)
+    }
+}
+
+/// Bytes of files read into memory for upload and not yet sent, and the
+/// most there have been at once.
+#[derive(Debug, Default)]
+struct Gauge {
+    now: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl Gauge {
+    fn add(&self, bytes: u64) {
+        let now = self.now.fetch_add(bytes, Relaxed) + bytes;
+        self.peak.fetch_max(now, Relaxed);
+    }
+
+    fn sub(&self, bytes: u64) {
+        self.now.fetch_sub(bytes, Relaxed);
+    }
+
+    #[cfg(test)]
+    fn peak(&self) -> u64 {
+        self.peak.load(Relaxed)
+    }
+}
+
+/// File bytes in memory for an upload (a whole file or one part): counted
+/// in the gauge, and holding their share of `max_upload_memory`, until
+/// dropped once they are sent.
+struct Body<'a> {
+    bytes: Bytes,
+    gauge: &'a Gauge,
+    _memory: SemaphorePermit<'a>,
+}
+
+impl<'a> Body<'a> {
+    fn new(bytes: Bytes, gauge: &'a Gauge, memory: SemaphorePermit<'a>) -> Body<'a> {
+        gauge.add(bytes.len() as u64);
+        Body {
+            bytes,
+            gauge,
+            _memory: memory,
+        }
+    }
+
+    fn payload(&self) -> PutPayload {
+        PutPayload::from(self.bytes.clone())
+    }
+}
+
+impl Drop for Body<'_> {
+    fn drop(&mut self) {
+        // Before the permit goes back (fields drop after this).
+        self.gauge.sub(self.bytes.len() as u64);
     }
 }
 
@@ -226,19 +292,22 @@ fn list_local(dir: &FsPath) -> Result<(Vec<Item>, Vec<Item>)> {
 }
 
 /// A file read, its sidecar up, its object still to put.
-struct Ready {
+struct Ready<'a> {
     name: String,
     path: PathBuf,
     sums: Sums,
     /// The bytes, below the multipart threshold.
-    body: Option<Bytes>,
+    body: Option<Body<'a>>,
     /// Sidecars of the name with other sums, removed once the object is up.
     stale: Vec<Sums>,
+    /// The upload's permit (of `concurrency`), held from the read to the
+    /// put.
+    _slot: SemaphorePermit<'a>,
 }
 
-enum Prepared {
+enum Prepared<'a> {
     Done(Outcome),
-    Ready(Ready),
+    Ready(Ready<'a>),
 }
 
 /// What became of one queued file.
@@ -401,21 +470,15 @@ impl Task {
         failed
     }
 
-    /// Uploads a run of metadata files: their reads and sidecars at once,
-    /// then their objects one after the other in number order, so the
-    /// remote never shows a later number without an earlier one. Stops at
-    /// the first failure (nothing after it goes up).
+    /// Uploads a run of metadata files one after the other in number
+    /// order, so the remote never shows a later number without an earlier
+    /// one (and no file read waits in memory for the put of another).
+    /// Stops at the first failure (nothing after it goes up).
     async fn upload_in_order(&mut self, items: &[Item]) -> Option<(Error, u64)> {
-        let prepared = futures::future::join_all(items.iter().map(|item| self.prepare(item))).await;
         let mut outcomes = Vec::new();
         let mut failed = None;
-        for prepared in prepared {
-            let outcome = match prepared {
-                Ok(Prepared::Done(outcome)) => Ok(outcome),
-                Ok(Prepared::Ready(ready)) => self.finish(ready).await,
-                Err(e) => Err(e),
-            };
-            match outcome {
+        for item in items {
+            match self.upload(item).await {
                 Ok(outcome) => outcomes.push(outcome),
                 Err(e) => {
                     failed = Some(e);
@@ -461,9 +524,10 @@ impl Task {
     }
 
     /// Reads a file (its sums, and its bytes below the multipart
-    /// threshold), and puts its sidecar unless the remote has the object
-    /// already: after this only the object is left to put.
-    async fn prepare(&self, item: &Item) -> Result<Prepared> {
+    /// threshold, once their share of the memory bound is free), and puts
+    /// its sidecar unless the remote has the object already: after this
+    /// only the object is left to put.
+    async fn prepare(&self, item: &Item) -> Result<Prepared<'_>> {
         let key = segment(&item.name);
         let entry = self.remote.get(&key).cloned().unwrap_or_default();
         let known = self.sums.get(&item.name).copied();
@@ -472,17 +536,9 @@ impl Task {
             // round after a restart reports every file again).
             return Ok(Prepared::Done(Outcome::AlreadyThere(sums)));
         }
-        let _permit = self.permit().await?;
+        let slot = self.permit().await?;
         let path = self.replica.local.join(&item.name);
-        let threshold = self.shared.config.multipart_threshold;
-        let read = {
-            let path = path.clone();
-            blocking(self.replica.kv, UPLOADER, move || {
-                read_local(&path, threshold, known)
-            })
-            .await
-        };
-        let (sums, body) = match read {
+        let (sums, body) = match self.read(&path, known).await {
             Ok(read) => read,
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(Prepared::Done(Outcome::Vanished))
@@ -508,28 +564,58 @@ impl Task {
             sums,
             body,
             stale,
+            _slot: slot,
         }))
+    }
+
+    /// Reads a local file's sums, and below the multipart threshold its
+    /// bytes too (one read for both), after waiting for their share of the
+    /// memory bound. Above it, `known` sums are trusted (backup files never
+    /// change; the multipart upload checks them again).
+    async fn read(&self, path: &FsPath, known: Option<Sums>) -> Result<(Sums, Option<Body<'_>>)> {
+        let kv = self.replica.kv;
+        let (file, len) = {
+            let path = path.to_path_buf();
+            blocking(kv, UPLOADER, move || open_local(&path)).await?
+        };
+        if len < self.shared.config.multipart_threshold {
+            let memory = self.reserve(len).await?;
+            let path = path.to_path_buf();
+            let bytes = blocking(kv, UPLOADER, move || read_body(file, len, &path)).await?;
+            let sums = Sums::of(&bytes);
+            return Ok((sums, Some(Body::new(bytes, &self.shared.in_memory, memory))));
+        }
+        drop(file);
+        let sums = match known {
+            Some(sums) if sums.len == len => sums,
+            _ => {
+                let path = path.to_path_buf();
+                blocking(kv, UPLOADER, move || Sums::of_file(&path)).await?
+            }
+        };
+        Ok((sums, None))
     }
 
     /// Puts a prepared file's object (whole), then removes its stale
     /// sidecars.
-    async fn finish(&self, ready: Ready) -> Result<Outcome> {
+    async fn finish(&self, ready: Ready<'_>) -> Result<Outcome> {
         let Ready {
             name,
             path,
             sums,
             body,
             stale,
+            _slot,
         } = ready;
-        let _permit = self.permit().await?;
         let location = self.base.clone().join(name.as_str());
         match body {
-            Some(bytes) => {
+            Some(body) => {
                 self.pace(sums.len).await;
                 self.client
-                    .put(&location, PutPayload::from(bytes))
+                    .put(&location, body.payload())
                     .await
                     .map_err(|e| self.replica.remote.error("put", &location, e))?;
+                drop(body);
             }
             None => self.put_multipart(&path, &location, sums).await?,
         }
@@ -558,6 +644,17 @@ impl Task {
             .map_err(|_| Error::ComponentStopped)
     }
 
+    /// Waits for `bytes` of the memory bound (all of it, for more than
+    /// the bound holds: the file is then read alone).
+    async fn reserve(&self, bytes: u64) -> Result<SemaphorePermit<'_>> {
+        let cap = self.shared.config.max_upload_memory.min(u64::from(u32::MAX));
+        self.shared
+            .memory
+            .acquire_many(bytes.min(cap) as u32)
+            .await
+            .map_err(|_| Error::ComponentStopped)
+    }
+
     async fn pace(&self, bytes: u64) {
         if let Some(pacer) = &self.shared.pacer {
             pacer.take(bytes).await;
@@ -578,14 +675,17 @@ impl Task {
         let sent: Result<()> = async {
             while offset < sums.len {
                 let n = part_size.min(sums.len - offset);
+                let memory = self.reserve(n).await?;
                 let path = path.to_path_buf();
                 let part = blocking(self.replica.kv, UPLOADER, move || read_at(&path, offset, n)).await?;
-                digest.update(&part);
+                let part = Body::new(part, &self.shared.in_memory, memory);
+                digest.update(&part.bytes);
                 self.pace(n).await;
                 upload
-                    .put_part(PutPayload::from(part))
+                    .put_part(part.payload())
                     .await
                     .map_err(|e| self.replica.remote.error("put part", location, e))?;
+                drop(part);
                 offset += n;
             }
             if digest.finalize() as u32 != sums.crc32c {
@@ -616,22 +716,21 @@ impl Task {
     }
 }
 
-/// Reads a local file's sums, and below `threshold` its bytes too (one
-/// read for both). Above it, `known` sums are trusted (backup files never
-/// change; the multipart upload checks them again).
-fn read_local(path: &PathBuf, threshold: u64, known: Option<Sums>) -> Result<(Sums, Option<Bytes>)> {
-    let len = std::fs::metadata(path)
-        .map_err(|e| Error::io("stat", path, e))?
-        .len();
-    if len < threshold {
-        let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
-        return Ok((Sums::of(&bytes), Some(Bytes::from(bytes))));
-    }
-    let sums = match known {
-        Some(sums) if sums.len == len => sums,
-        _ => Sums::of_file(path)?,
-    };
-    Ok((sums, None))
+/// Opens a local file for upload and takes its length.
+fn open_local(path: &FsPath) -> Result<(std::fs::File, u64)> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let len = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
+    Ok((file, len))
+}
+
+/// Reads at most `len` bytes of `file` (the memory reserved for it).
+fn read_body(file: std::fs::File, len: u64, path: &FsPath) -> Result<Bytes> {
+    use std::io::Read;
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(len)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io("read", path, e))?;
+    Ok(Bytes::from(bytes))
 }
 
 fn read_at(path: &FsPath, offset: u64, len: u64) -> Result<Bytes> {
@@ -656,14 +755,54 @@ mod tests {
     use std::sync::atomic::AtomicBool;
 
     /// An in-memory store that records every put (attempted and done) and
-    /// can delay the puts of data files or refuse every put.
+    /// can delay or hold back the puts of data files or refuse every put.
     #[derive(Debug, Default)]
     struct Recording {
         inner: InMemory,
         attempts: Mutex<Vec<String>>,
         done: Mutex<Vec<String>>,
         delay_data_files: Option<Duration>,
+        gate: Gate,
         refuse_puts: AtomicBool,
+    }
+
+    /// Whether the gate opens, given how many puts have arrived.
+    type Opens = Box<dyn Fn(usize) -> bool + Send + Sync>;
+
+    /// Holds back the puts of data files until `opens` says so, given how
+    /// many have arrived; open for good from then on (and from the start
+    /// without `opens`).
+    #[derive(Default)]
+    struct Gate {
+        opens: Mutex<Option<Opens>>,
+        arrived: std::sync::atomic::AtomicUsize,
+        open: AtomicBool,
+        notify: tokio::sync::Notify,
+    }
+
+    impl std::fmt::Debug for Gate {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Gate")
+        }
+    }
+
+    impl Gate {
+        async fn pass(&self) {
+            let arrived = self.arrived.fetch_add(1, Relaxed) + 1;
+            if self.opens.lock().as_ref().is_none_or(|opens| opens(arrived)) {
+                self.open.store(true, Relaxed);
+                self.notify.notify_waiters();
+            }
+            loop {
+                let notified = std::pin::pin!(self.notify.notified());
+                let mut notified = notified;
+                notified.as_mut().enable();
+                if self.open.load(Relaxed) {
+                    return;
+                }
+                notified.await;
+            }
+        }
     }
 
     impl std::fmt::Display for Recording {
@@ -691,6 +830,9 @@ mod tests {
             let data_file = !name.contains("metadata.") && !name.contains(SUMS_DIR);
             if let Some(delay) = self.delay_data_files.filter(|_| data_file) {
                 tokio::time::sleep(delay).await;
+            }
+            if data_file {
+                self.gate.pass().await;
             }
             let put = self.inner.put_opts(location, payload, opts).await;
             self.done.lock().push(name);
@@ -821,6 +963,80 @@ mod tests {
                 "{all:?}"
             );
         }
+    }
+
+    // Regression: a batch read every file body before any was sent, with
+    // no permit held between the read and the put, so 64 files of up to
+    // 16 MiB each per store could sit in memory at once.
+    #[test]
+    fn file_bytes_held_for_upload_never_exceed_max_upload_memory() {
+        const MIB: u64 = 1 << 20;
+        const BODY: u64 = MIB / 2;
+        // 16 uploads in flight could hold 8 MiB of 512 KiB files: the
+        // memory bound, not the concurrency, keeps them to 5 MiB.
+        let config = ReplicationConfig {
+            concurrency: 16,
+            part_size: 5 * MIB,
+            multipart_threshold: 5 * MIB,
+            max_upload_memory: 5 * MIB,
+            ..ReplicationConfig::default()
+        };
+        config.validate().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let write = |i: usize, name: &str, len: u64| {
+            std::fs::write(dir.path().join(name), vec![i as u8; len as usize]).unwrap();
+            Item::new(name.to_string(), len, Kind::File)
+        };
+        // More files than a batch has uploads in flight, then one of
+        // 6 MiB (two parts, one at a time).
+        let small: Vec<Item> = (0..48).map(|i| write(i, &format!("{i:02}.sqi"), BODY)).collect();
+        let big = [write(48, "big.sqi", 6 * MIB)];
+        let store = Arc::new(Recording::default());
+        let remote = RemoteUrl::parse("memory:///r/1").unwrap();
+        let uploader = Uploader::new(config);
+        // The data puts wait until the bound is used up (no further file
+        // can be read) or until more bodies are read than it holds (as
+        // they would be without it): the peak is then what the bound
+        // allows, with every put held back.
+        let shared = Arc::clone(&uploader.shared);
+        *store.gate.opens.lock() = Some(Box::new(move |arrived| {
+            arrived as u64 > 5 * MIB / BODY || (shared.memory.available_permits() as u64) < BODY
+        }));
+        let mut task = Task {
+            base: remote.path().clone(),
+            replica: Arc::new(Replica::new(KvId(1), dir.path().to_path_buf(), remote, 100)),
+            shared: Arc::clone(&uploader.shared),
+            client: Arc::clone(&store) as Arc<dyn ObjectStore>,
+            remote: HashMap::new(),
+            sums: HashMap::new(),
+            failures: 0,
+            vanished: Vec::new(),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        for batch in [&small[..], &big[..]] {
+            let failed = runtime.block_on(task.upload_batch(batch));
+            assert!(failed.is_none(), "{failed:?}");
+        }
+        assert_eq!(
+            uploader.shared.in_memory.peak(),
+            5 * MIB,
+            "file bytes in memory at once: the bound, reached and never exceeded"
+        );
+        runtime.block_on(async {
+            for (i, item) in small.iter().chain(&big).enumerate() {
+                let object = store
+                    .inner
+                    .get(&Path::from(format!("r/1/{}", item.name)))
+                    .await
+                    .unwrap();
+                let bytes = object.bytes().await.unwrap();
+                assert!(
+                    bytes.len() as u64 == item.len && bytes.iter().all(|b| *b == i as u8),
+                    "{}",
+                    item.name
+                );
+            }
+        });
     }
 
     #[test]
