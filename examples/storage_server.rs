@@ -159,6 +159,8 @@ struct BackupSummary {
     metadata_files: usize,
     last_n: u64,
     high_seqno: u64,
+    /// Round manifests.
+    rounds: usize,
 }
 
 fn summarize(dir: &Path) -> std::io::Result<BackupSummary> {
@@ -168,6 +170,7 @@ fn summarize(dir: &Path) -> std::io::Result<BackupSummary> {
         metadata_files: 0,
         last_n: 0,
         high_seqno: 0,
+        rounds: 0,
     };
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -175,6 +178,8 @@ fn summarize(dir: &Path) -> std::io::Result<BackupSummary> {
         if let Some(n) = parse_metadata_file_name(&name) {
             s.metadata_files += 1;
             s.last_n = s.last_n.max(n);
+        } else if continuous_backup::manifest::parse_round_file_name(&name).is_some() {
+            s.rounds += 1;
         } else {
             let (footer, _) = read_index_file(&entry.path()).map_err(std::io::Error::other)?;
             s.files += 1;
@@ -311,8 +316,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _ = ops;
 
     println!(
-        "{:>4} {:>6} {:>10} {:>9} {:>7} {:>12} {:>12}",
-        "kv", "files", "bytes", "metadata", "last n", "backed-up hi", "engine hi"
+        "{:>4} {:>6} {:>10} {:>9} {:>7} {:>7} {:>12} {:>12}",
+        "kv", "files", "bytes", "metadata", "last n", "rounds", "backed-up hi", "engine hi"
     );
     let mut missing = Vec::new();
     for kv in 0..stores {
@@ -325,8 +330,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .max()
             .unwrap_or(0);
         println!(
-            "{:>4} {:>6} {:>10} {:>9} {:>7} {:>12} {:>12}",
-            kv.0, s.files, s.bytes, s.metadata_files, s.last_n, s.high_seqno, engine_high
+            "{:>4} {:>6} {:>10} {:>9} {:>7} {:>7} {:>12} {:>12}",
+            kv.0, s.files, s.bytes, s.metadata_files, s.last_n, s.rounds, s.high_seqno, engine_high
         );
         if s.high_seqno < engine_high || s.metadata_files as u64 != s.last_n {
             missing.push(kv);

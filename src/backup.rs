@@ -26,6 +26,7 @@ use crate::engine::{Engine, KvId};
 use crate::error::{Error, Result};
 use crate::fs::BackupDir;
 use crate::linker::LinkerActor;
+use crate::manifest::RoundLog;
 use crate::messages::{BackupEnded, CloseSession, LinkRound, OpenDir, RoundLinked, SessionId, StopStore};
 use crate::metadata::{MetadataActor, MetadataWriter};
 use crate::replication::queue::Replica;
@@ -85,6 +86,8 @@ pub(crate) struct BackupActor {
     on_started: Option<oneshot::Sender<Result<()>>>,
     span: tracing::Span,
     opened: Option<(Arc<BackupDir>, SessionId)>,
+    /// The dir's round numbering, once it is open.
+    rounds: Option<Arc<parking_lot::Mutex<RoundLog>>>,
     /// `None` while a round's links are at the linker pool.
     links: Option<Box<LinkSet>>,
     phase: Phase,
@@ -112,6 +115,7 @@ impl BackupActor {
             on_started: Some(on_started),
             span: tracing::Span::none(),
             opened: None,
+            rounds: None,
             links: Some(Box::default()),
             phase: Phase::Idle,
             cancel: Arc::new(AtomicBool::new(false)),
@@ -130,7 +134,7 @@ impl BackupActor {
         if self.phase != Phase::Idle || self.closed {
             return; // coalesced: the running round picks up what is new
         }
-        let Some((dir, _)) = &self.opened else {
+        let (Some((dir, _)), Some(rounds)) = (&self.opened, &self.rounds) else {
             return;
         };
         let Some(links) = self.links.take() else {
@@ -143,6 +147,7 @@ impl BackupActor {
         let msg = LinkRound {
             kv: self.spec.kv,
             dir: Arc::clone(dir),
+            rounds: Arc::clone(rounds),
             links,
             cancel: Arc::clone(&self.cancel),
             span: span.clone(),
@@ -228,6 +233,11 @@ impl BackupActor {
         }
         if let Some(replica) = &self.spec.replica {
             replica.push_files(&linked.placed);
+            // After the round's files: a remote manifest names only files
+            // queued before it.
+            if let Some((name, len)) = &linked.manifest {
+                replica.push_manifest(name, *len);
+            }
         }
         let dir = self.opened.as_ref().map(|(dir, _)| dir.id());
         if let Some(dir) = dir {
@@ -439,6 +449,7 @@ impl Actor for BackupActor {
                     }
                     act.spec.counters.last.lock().dir = Some(act.spec.dir.clone());
                     act.opened = Some((opened.dir, opened.session));
+                    act.rounds = Some(opened.rounds);
                     if let Some(tx) = act.on_started.take() {
                         let _ = tx.send(Ok(()));
                     }

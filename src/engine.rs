@@ -20,6 +20,36 @@ pub const MAX_SEQNO: u64 = (1 << 48) - 1;
 /// (`metadata.<n>.dat`). Seqno-index files may not use it.
 pub(crate) const METADATA_PREFIX: &str = "metadata.";
 
+/// Prefix of the round manifests in a backup dir (`round.<r>.json`).
+/// Seqno-index files may not use it.
+pub(crate) const ROUND_PREFIX: &str = "round.";
+
+/// What a seqno-index file declares it holds, as facts a restore checks
+/// offline (they are recorded in the backup dir's round manifests). The
+/// range is the file's [`low_seqno`](IndexFile::low_seqno)`..=`
+/// [`high_seqno`](IndexFile::high_seqno), as the engine declares it: it may
+/// be wider than the seqnos the file's records carry (sparse seqnos are
+/// normal), and 0 is a valid seqno.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Holds {
+    /// Every version of every key written to the store with a seqno in the
+    /// range (a flush output): a seqno of the range the file lacks was not
+    /// written to this store.
+    EveryVersion,
+    /// For every key written to the store with a seqno in the range, its
+    /// newest version at or below the high seqno, delete markers included (a
+    /// compaction of every file of the range, over the whole key space: the
+    /// reference engine's).
+    NewestPerKey,
+    /// Some versions of some keys of the range (a compaction output over
+    /// part of the key space, or one that dropped delete markers). A restore
+    /// uses it only as part of a complete snapshot
+    /// ([`Snapshot::is_complete`]).
+    Partial,
+}
+
 /// Identifier of one KV store. Engines number their stores with 16 bits, as
 /// vBucket ids are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -61,6 +91,7 @@ pub struct IndexFile {
     low_seqno: u64,
     high_seqno: u64,
     file_id: Option<u64>,
+    holds: Option<Holds>,
 }
 
 /// Hashes the file name rather than the whole path: equal files have equal
@@ -103,7 +134,20 @@ impl IndexFile {
             low_seqno,
             high_seqno,
             file_id: None,
+            holds: None,
         })
+    }
+
+    /// Declares what the file holds (see [`Holds`]). A file without a
+    /// declaration counts as [`Holds::Partial`] for restore.
+    pub fn with_holds(mut self, holds: Holds) -> Self {
+        self.holds = Some(holds);
+        self
+    }
+
+    /// What the file declares it holds, if it does.
+    pub fn holds(&self) -> Option<Holds> {
+        self.holds
     }
 
     /// Adds an id that tells this file apart from any other file the engine
@@ -179,6 +223,11 @@ fn check_file_name(path: &Path) -> Result<()> {
             "the file name starts with `metadata.`, which the component reserves for metadata files",
         ));
     }
+    if name.starts_with(ROUND_PREFIX) {
+        return Err(invalid(
+            "the file name starts with `round.`, which the component reserves for round manifests",
+        ));
+    }
     if name.contains('~') {
         return Err(invalid(
             "the file name contains `~`, which the component uses for renamed duplicates",
@@ -211,6 +260,16 @@ pub trait Snapshot: Send + Sync {
     fn generation(&self) -> Option<u64> {
         None
     }
+
+    /// Whether the listed files together hold the store's whole flushed
+    /// state at the highest seqno they cover: for every key, its newest
+    /// version at or below it (a deleted key may be absent, or present as
+    /// a delete marker), and no version a compaction or a drop has
+    /// superseded without a marker. A restore then takes a complete
+    /// snapshot's files as a base. `false`, the default, claims nothing.
+    fn is_complete(&self) -> bool {
+        false
+    }
 }
 
 /// What a storage engine implements so its KV stores can be backed up.
@@ -225,6 +284,21 @@ pub trait Engine: Send + Sync + 'static {
 
     /// The engine's data dir, if it has one; a backup dir may not lie inside it.
     fn data_dir(&self) -> Option<&Path> {
+        None
+    }
+
+    /// A short name of the engine's file format (`ref-sqi-1` for the
+    /// reference engine), recorded in the backup dir's round manifests so a
+    /// restore knows how to read the files. `unknown`, the default.
+    fn file_format(&self) -> &'static str {
+        "unknown"
+    }
+
+    /// The first seqno of store `kv`'s history, if the engine knows that
+    /// nothing was written to it before: a restore may then start from an
+    /// empty store just below it. `None`, the default, claims nothing.
+    fn first_seqno(&self, kv: KvId) -> Option<u64> {
+        let _ = kv;
         None
     }
 
@@ -284,7 +358,14 @@ mod tests {
 
     #[test]
     fn names_the_component_reserves_are_rejected() {
-        for bad in ["rel/1.sqi", "/d/..", "/d/.hidden", "/d/metadata.1.dat", "/d/a~1"] {
+        for bad in [
+            "rel/1.sqi",
+            "/d/..",
+            "/d/.hidden",
+            "/d/metadata.1.dat",
+            "/d/round.1.json",
+            "/d/a~1",
+        ] {
             assert!(
                 matches!(IndexFile::new(bad, 1, 1, 1), Err(Error::InvalidIndexFile { .. })),
                 "{bad} was accepted"

@@ -213,6 +213,9 @@ pub enum FsyncSite {
     MetadataRename,
     /// A copy's temp file (cross-device), before its rename.
     CopyFile,
+    /// A round manifest's temp file, before its rename (the round's dir
+    /// fsync then makes the name durable).
+    RoundManifest,
     /// The parent of a directory the component created (a backup dir, or
     /// a missing parent of one), before anything in it is reported.
     NewDir,

@@ -398,11 +398,21 @@ impl BackupDir {
     /// when this returns Ok is the file durable. A failed fsync is never
     /// retried: the temp file is dropped and the error returned.
     pub fn write_new_file(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        self.publish_new_file(name, bytes, FsyncSite::MetadataFile)?;
+        faults::crash_point("metadata.renamed_before_dir_sync");
+        self.sync(FsyncSite::MetadataRename)
+    }
+
+    /// [`write_new_file`](Self::write_new_file) without its last step: the
+    /// file is durable, its name is visible but made durable only by the
+    /// caller's next [`sync`](Self::sync) of the dir. `site` names the
+    /// file's fsync.
+    pub fn publish_new_file(&self, name: &str, bytes: &[u8], site: FsyncSite) -> Result<()> {
         self.make_entry_durable()?;
         let temp = temp_name(name);
         let mut file = self.create_temp(&temp)?;
         let written = self
-            .write_synced(&mut file, &mut &bytes[..], FsyncSite::MetadataFile)
+            .write_synced(&mut file, &mut &bytes[..], site)
             .map(drop)
             .map_err(|(op, e)| Error::io(op, self.at(&temp), e));
         drop(file);
@@ -421,8 +431,21 @@ impl BackupDir {
                 ),
             ));
         }
-        faults::crash_point("metadata.renamed_before_dir_sync");
-        self.sync(FsyncSite::MetadataRename)
+        Ok(())
+    }
+
+    /// The bytes of the small file `name` in the dir (at most 64 MiB; not
+    /// followed if a symlink).
+    pub fn read_small(&self, name: &str) -> Result<Vec<u8>> {
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(self.fd(), name, flags, Mode::empty())
+            .map_err(|e| Error::io("open", self.at(name), errno_io(e)))?;
+        let mut bytes = Vec::new();
+        File::from(fd)
+            .take(64 << 20)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io("read", self.at(name), e))?;
+        Ok(bytes)
     }
 
     /// Writes everything `src` yields to a new temp file and fsyncs it;

@@ -56,6 +56,7 @@ mod faults;
 mod fs;
 mod handle;
 mod linker;
+pub mod manifest;
 pub mod messages;
 mod metadata;
 pub mod refengine;
@@ -66,7 +67,7 @@ mod supervisor;
 
 pub use callback::{callback, BackupCallback, BackupFile, CallbackFactory};
 pub use config::Config;
-pub use engine::{check_seqno, Engine, IndexFile, KvId, Snapshot, MAX_SEQNO};
+pub use engine::{check_seqno, Engine, Holds, IndexFile, KvId, Snapshot, MAX_SEQNO};
 pub use error::{CallbackError, Error, Result};
 pub use handle::ContinuousBackup;
 pub use messages::{GetStatus, SetVbucketState, Shutdown, StartBackup, StopBackup, VbucketState};

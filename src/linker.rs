@@ -13,6 +13,7 @@ use crate::callback::{panic_message, BackupFile};
 use crate::engine::{Engine, IndexFile, KvId};
 use crate::error::{Error, Result};
 use crate::faults;
+use crate::manifest::{DeclaredFile, RoundFacts};
 use crate::messages::{BackupStoppedHook, LinkRound, Linked, RoundLinked};
 
 /// One thread of the linker pool.
@@ -109,6 +110,7 @@ fn link_round(
     }
     let (mut files_linked, mut bytes_linked, mut files_copied, mut bytes_copied) = (0, 0, 0, 0);
     let mut placed_files = Vec::new();
+    let mut declared = Vec::new();
     let was_cross_device = dir.is_cross_device();
     for file in links.to_link(snapshot.files()) {
         check_cancel(kv, &msg.cancel)?;
@@ -127,6 +129,13 @@ fn link_round(
             low_seqno: file.low_seqno(),
             high_seqno: file.high_seqno(),
         };
+        declared.push(DeclaredFile {
+            name: entry.name.clone(),
+            len: entry.len,
+            low_seqno: entry.low_seqno,
+            high_seqno: entry.high_seqno,
+            holds: file.holds(),
+        });
         links.record(file, entry.clone());
         recorded.push(file.clone());
         placed_files.push(entry);
@@ -137,10 +146,25 @@ fn link_round(
             "backup dir is on another file system than the data: files are copied, not linked"
         );
     }
-    if !placed_files.is_empty() {
+    let removed = links.absent_names(snapshot.files());
+    let mut manifest = None;
+    let full = !links.manifested();
+    if full || !placed_files.is_empty() || !removed.is_empty() {
+        // What the files declare goes into the dir with them, made durable
+        // by the same dir fsync (one more fsync: the manifest file's).
+        let facts = RoundFacts {
+            engine_format: engine.file_format(),
+            complete: snapshot.is_complete(),
+            first_seqno: engine.first_seqno(kv),
+            full,
+            added: declared,
+            removed,
+        };
+        manifest = Some(msg.rounds.lock().write(dir, facts)?);
         faults::crash_point("round.linked_before_dir_sync");
         // Reported only once their entries are durable.
         dir.sync(crate::faults::FsyncSite::RoundLinks)?;
+        links.mark_manifested();
     }
     links.forget_absent(snapshot.files());
     links.mark_up_to_date(generation);
@@ -158,5 +182,6 @@ fn link_round(
         bytes_linked,
         files_copied,
         bytes_copied,
+        manifest,
     })
 }

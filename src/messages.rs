@@ -21,6 +21,7 @@ use crate::callback::{BackupCallback, BackupFile};
 use crate::engine::{KvId, Snapshot};
 use crate::error::Result;
 use crate::fs::BackupDir;
+use crate::manifest::RoundLog;
 use crate::replication::queue::Replica;
 use crate::status::{Status, StoreCounters};
 
@@ -122,6 +123,8 @@ pub(crate) struct OpenDir {
 pub(crate) struct OpenedDir {
     pub dir: Arc<BackupDir>,
     pub session: SessionId,
+    /// The dir's round numbering, shared by every session of the dir.
+    pub rounds: Arc<parking_lot::Mutex<RoundLog>>,
 }
 
 /// MetadataWriter → metadata actor, with `do_send` from any thread; the reply
@@ -156,6 +159,7 @@ pub(crate) struct CloseSession {
 pub(crate) struct LinkRound {
     pub kv: KvId,
     pub dir: Arc<BackupDir>,
+    pub rounds: Arc<parking_lot::Mutex<RoundLog>>,
     pub links: Box<LinkSet>,
     pub cancel: Arc<AtomicBool>,
     pub span: tracing::Span,
@@ -176,6 +180,8 @@ pub(crate) struct Linked {
     pub bytes_linked: u64,
     pub files_copied: u64,
     pub bytes_copied: u64,
+    /// The round manifest written (name, length), if the round wrote one.
+    pub manifest: Option<(String, u64)>,
 }
 
 impl Linked {
@@ -188,6 +194,7 @@ impl Linked {
             bytes_linked: 0,
             files_copied: 0,
             bytes_copied: 0,
+            manifest: None,
         }
     }
 }

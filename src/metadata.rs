@@ -22,6 +22,7 @@ use crate::dir_sync::DirSyncGroup;
 use crate::engine::{KvId, METADATA_PREFIX};
 use crate::error::{Error, Result};
 use crate::fs::{BackupDir, Modes};
+use crate::manifest::RoundLog;
 use crate::messages::{CloseSession, OpenDir, OpenedDir, SessionId, WriteMetadata};
 use crate::replication::queue::Replica;
 use crate::status::StoreCounters;
@@ -65,8 +66,15 @@ pub(crate) struct ParentSyncs {
 struct Owned {
     kv: KvId,
     log: Arc<parking_lot::Mutex<MetadataLog>>,
+    rounds: Arc<parking_lot::Mutex<RoundLog>>,
     sessions: usize,
 }
+
+/// What the sessions of one owned dir share.
+type Shared = (
+    Arc<parking_lot::Mutex<MetadataLog>>,
+    Arc<parking_lot::Mutex<RoundLog>>,
+);
 
 impl ParentSyncs {
     /// The log of the dir `id` if this component owns it already (an
@@ -74,12 +82,7 @@ impl ParentSyncs {
     /// or another: one log keeps the numbering unique), with one more
     /// session; an error if another store owns it; `None` if nobody here
     /// does.
-    fn share(
-        &self,
-        id: DirId,
-        kv: KvId,
-        path: &Path,
-    ) -> Result<Option<Arc<parking_lot::Mutex<MetadataLog>>>> {
+    fn share(&self, id: DirId, kv: KvId, path: &Path) -> Result<Option<Shared>> {
         match self.owned.lock().get_mut(&id) {
             Some(o) if o.kv != kv => Err(Error::BackupDirInUse {
                 path: path.to_path_buf(),
@@ -87,7 +90,7 @@ impl ParentSyncs {
             }),
             Some(o) => {
                 o.sessions += 1;
-                Ok(Some(Arc::clone(&o.log)))
+                Ok(Some((Arc::clone(&o.log), Arc::clone(&o.rounds))))
             }
             None => Ok(None),
         }
@@ -117,15 +120,11 @@ pub(crate) struct MetadataLog {
 }
 
 impl MetadataLog {
-    /// Opens the log of `dir`: removes stale temp files and continues after
-    /// the largest `n` found (1 for an empty dir).
-    pub fn open(dir: Arc<BackupDir>) -> Result<Self> {
-        let removed = dir.remove_stale_temps()?;
-        if removed > 0 {
-            tracing::info!(dir = %dir.path().display(), removed, "removed temp files of an interrupted run");
-        }
-        let max = dir
-            .names()?
+    /// Opens the log of `dir` (whose lock is held), which holds `names`
+    /// (stale temps removed): continues after the largest `n` found (1 for
+    /// an empty dir).
+    pub fn open(dir: Arc<BackupDir>, names: &[String]) -> Result<Self> {
+        let max = names
             .iter()
             .filter_map(|n| parse_metadata_file_name(n))
             .max()
@@ -257,22 +256,30 @@ impl MetadataActor {
         };
         drop(creating);
         let id = unlocked.id();
-        let log = match self.parents.share(id, msg.kv, &msg.path)? {
-            Some(log) => log,
+        let (log, rounds) = match self.parents.share(id, msg.kv, &msg.path)? {
+            Some(shared) => shared,
             None => match unlocked.lock() {
                 // A dir is scanned (stale temps removed, numbers read)
                 // only by its lock holder, and outside the shared locks.
                 Ok(dir) => {
-                    let log = Arc::new(parking_lot::Mutex::new(MetadataLog::open(Arc::new(dir))?));
+                    let dir = Arc::new(dir);
+                    let removed = dir.remove_stale_temps()?;
+                    if removed > 0 {
+                        tracing::info!(dir = %dir.path().display(), removed, "removed temp files of an interrupted run");
+                    }
+                    let names = dir.names()?;
+                    let rounds = Arc::new(parking_lot::Mutex::new(RoundLog::open(&dir, &names)?));
+                    let log = Arc::new(parking_lot::Mutex::new(MetadataLog::open(dir, &names)?));
                     self.parents.owned.lock().insert(
                         id,
                         Owned {
                             kv: msg.kv,
                             log: Arc::clone(&log),
+                            rounds: Arc::clone(&rounds),
                             sessions: 1,
                         },
                     );
-                    log
+                    (log, rounds)
                 }
                 // Another open of this component may have taken it meanwhile.
                 Err(e @ Error::DirLocked { .. }) => self.parents.share(id, msg.kv, &msg.path)?.ok_or(e)?,
@@ -295,7 +302,7 @@ impl MetadataActor {
                 replica: msg.replica,
             },
         );
-        Ok(OpenedDir { dir, session })
+        Ok(OpenedDir { dir, session, rounds })
     }
 }
 
@@ -437,7 +444,10 @@ mod tests {
     use super::*;
 
     fn log_in(path: &std::path::Path) -> MetadataLog {
-        MetadataLog::open(Arc::new(BackupDir::open(path).unwrap())).unwrap()
+        let dir = Arc::new(BackupDir::open(path).unwrap());
+        dir.remove_stale_temps().unwrap();
+        let names = dir.names().unwrap();
+        MetadataLog::open(dir, &names).unwrap()
     }
 
     #[test]

@@ -470,8 +470,15 @@ fn a_restart_of_the_process_in_the_middle_of_uploads_resumes() {
     assert!(mirrored.problems.is_empty(), "{:?}", mirrored.problems);
     assert!(mirrored.in_flight.is_empty(), "{:?}", mirrored.in_flight);
     let (local, remote) = (files_under(&root), files_under(&into));
+    let missing: Vec<&String> = local.keys().filter(|k| remote.get(*k) != local.get(*k)).collect();
+    let absent: Vec<&&String> = missing.iter().filter(|k| !remote.contains_key(**k)).collect();
+    assert!(
+        missing.is_empty(),
+        "not mirrored: {} absent of {}: {absent:?}",
+        absent.len(),
+        missing.len()
+    );
     assert_eq!(local.len(), remote.len());
-    assert!(local.iter().all(|(k, v)| remote.get(k) == Some(v)));
     let twice: Vec<_> = moto
         .stores_per_object()
         .into_iter()

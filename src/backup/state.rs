@@ -22,6 +22,9 @@ pub(crate) struct LinkSet {
     /// The snapshot generation whose every file is in `linked` (and nothing
     /// else is), if the engine gives generations.
     up_to_date: Option<u64>,
+    /// Whether a round manifest of this start listed the whole snapshot:
+    /// until then a round's manifest is `full`, afterwards a delta.
+    manifested: bool,
 }
 
 impl LinkSet {
@@ -57,6 +60,33 @@ impl LinkSet {
         for f in files {
             self.linked.remove(f);
         }
+    }
+
+    /// Whether this start's manifests have listed the whole snapshot yet.
+    pub fn manifested(&self) -> bool {
+        self.manifested
+    }
+
+    /// Records that a manifest listing the whole snapshot was written.
+    pub fn mark_manifested(&mut self) {
+        self.manifested = true;
+    }
+
+    /// The backup-dir names of linked files the snapshot no longer lists,
+    /// in name order.
+    pub fn absent_names(&self, snapshot: &[IndexFile]) -> Vec<String> {
+        if self.linked.len() <= snapshot.len() && snapshot.iter().all(|f| self.linked.contains_key(f)) {
+            return Vec::new();
+        }
+        let live: HashSet<&IndexFile> = snapshot.iter().collect();
+        let mut gone: Vec<String> = self
+            .linked
+            .iter()
+            .filter(|(f, _)| !live.contains(f))
+            .map(|(_, entry)| entry.name.clone())
+            .collect();
+        gone.sort();
+        gone
     }
 
     /// Forgets files the engine no longer lists (compacted away: they cannot

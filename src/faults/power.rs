@@ -341,6 +341,22 @@ mod model {
             self.recorder.journal.lock().entries.len()
         }
 
+        /// How many fsyncs of files and of directories began so far.
+        pub fn fsyncs(&self) -> (usize, usize) {
+            let journal = self.recorder.journal.lock();
+            let files = journal
+                .entries
+                .iter()
+                .filter(|e| matches!(e, Entry::SyncFileBegin { .. }))
+                .count();
+            let dirs = journal
+                .entries
+                .iter()
+                .filter(|e| matches!(e, Entry::SyncDirBegin { .. }))
+                .count();
+            (files, dirs)
+        }
+
         /// The root.
         pub fn root(&self) -> &Path {
             &self.recorder.root

@@ -200,6 +200,9 @@ impl fmt::Debug for RefEngine {
     }
 }
 
+/// The name of this engine's file format in round manifests.
+pub const FILE_FORMAT: &str = "ref-sqi-1";
+
 impl RefEngine {
     /// Opens (creating if missing) a data dir holding any number of KV
     /// stores, recovering every store found in it (see the module docs),
@@ -451,6 +454,13 @@ impl Snapshot for RefSnapshot {
     fn generation(&self) -> Option<u64> {
         Some(self.listed.generation)
     }
+
+    /// The live files hold the store's whole flushed state (compaction
+    /// keeps each key's newest version and its delete markers); retained
+    /// compaction inputs only add older versions.
+    fn is_complete(&self) -> bool {
+        true
+    }
 }
 
 impl Engine for RefEngine {
@@ -461,6 +471,15 @@ impl Engine for RefEngine {
 
     fn data_dir(&self) -> Option<&Path> {
         Some(&self.inner.data_dir)
+    }
+
+    fn file_format(&self) -> &'static str {
+        FILE_FORMAT
+    }
+
+    /// Every store's seqnos start at 1.
+    fn first_seqno(&self, _kv: KvId) -> Option<u64> {
+        Some(1)
     }
 
     /// Two short locks (the store map's, then the store's state, which is

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::engine::{check_seqno, IndexFile, KvId};
+use crate::engine::{check_seqno, Holds, IndexFile, KvId};
 use crate::error::{Error, Result};
 
 use super::format::{self, sync_dir, RecordRef};
@@ -368,6 +368,7 @@ impl Store {
             let (records, offsets) = decoded.remove(&f.number).unwrap_or_default();
             let meta = fs::metadata(&f.path).map_err(|e| Error::io("stat", &f.path, e))?;
             let (len, ino) = (meta.len(), std::os::unix::fs::MetadataExt::ino(&meta));
+            let holds = declared_holds(records.len(), f.low, f.high);
             // Records are in seqno order, so a repeated key ends up at its
             // newest version's slot.
             let index = records
@@ -378,7 +379,9 @@ impl Store {
                     (r.key, slot)
                 })
                 .collect();
-            let desc = IndexFile::new(f.path, len, f.low, f.high)?.with_file_id(ino);
+            let desc = IndexFile::new(f.path, len, f.low, f.high)?
+                .with_file_id(ino)
+                .with_holds(holds);
             files.push(Arc::new(LiveFile::new(desc, index, Arc::clone(&dir))));
         }
         tracing::debug!(
@@ -682,7 +685,8 @@ impl Store {
         // (a dropped store's), which a backup dir still links.
         let ino = fs::metadata(&dest).map_err(|e| Error::io("stat", &dest, e))?;
         let desc = IndexFile::new(dest, written.len, low, high)?
-            .with_file_id(std::os::unix::fs::MetadataExt::ino(&ino));
+            .with_file_id(std::os::unix::fs::MetadataExt::ino(&ino))
+            .with_holds(declared_holds(records.len(), low, high));
         Ok(LiveFile::new(desc, index, Arc::clone(&self.dir)))
     }
 
@@ -729,6 +733,19 @@ impl Store {
     #[cfg(test)]
     pub(super) fn set_next_seqno(&self, seqno: u64) {
         self.state.lock().next_seqno = seqno;
+    }
+}
+
+/// What a file of this engine holds. Its seqnos are dense (one per put or
+/// delete of the store), so a file with one record per seqno of its range
+/// is a flush output, which keeps every version; any other is a compaction
+/// output (or a restored store's file), which keeps each key's newest
+/// version, delete markers included, over every key of its range.
+fn declared_holds(records: usize, low: u64, high: u64) -> Holds {
+    if records as u64 == high - low + 1 {
+        Holds::EveryVersion
+    } else {
+        Holds::NewestPerKey
     }
 }
 

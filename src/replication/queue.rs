@@ -174,6 +174,12 @@ impl Replica {
         self.push(files.iter().map(|f| Item::new(f.name.clone(), f.len, Kind::File)));
     }
 
+    /// Queues a round manifest (durable in the backup dir), after its
+    /// round's files.
+    pub fn push_manifest(&self, name: &str, len: u64) {
+        self.push(std::iter::once(Item::new(name.to_owned(), len, Kind::File)));
+    }
+
     /// Queues `metadata.<n>.dat` (durable in the backup dir).
     pub fn push_metadata(&self, n: u64, len: u64) {
         self.push(std::iter::once(Item::new(

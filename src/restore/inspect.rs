@@ -4,7 +4,7 @@ use std::os::unix::fs::MetadataExt;
 
 use serde::Serialize;
 
-use super::{BackupRoot, Coverage, RecordReader, StoreBackup};
+use super::{BackupRoot, Coverage, DeclaredCoverage, RecordReader, StoreBackup};
 use crate::engine::KvId;
 use crate::error::{Error, Result};
 
@@ -77,7 +77,12 @@ fn report(store: &StoreBackup, reader: &dyn RecordReader) -> Result<StoreReport>
         files.push(reader.coverage(path)?);
     }
     let lossy_files = files.iter().filter(|f| !f.holds_every_version).count();
-    let coverage = Coverage::new(files);
+    let mut coverage = Coverage::new(files);
+    let rounds = store.round_records()?;
+    if !rounds.is_empty() {
+        // What the files declare decides, not what their records carry.
+        coverage.restorable = DeclaredCoverage::new(&rounds).restorable;
+    }
     let last = match store.metadata.last() {
         Some((_, path)) => Some(shorten(
             &std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?,

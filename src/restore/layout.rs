@@ -2,8 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::engine::{KvId, METADATA_PREFIX};
+use crate::engine::{KvId, METADATA_PREFIX, ROUND_PREFIX};
 use crate::error::{Error, Result};
+use crate::manifest::{parse_round_file_name, RoundRecord};
 use crate::metadata::{metadata_file_name, parse_metadata_file_name};
 
 /// A backup root: one dir per KV store, named by its id.
@@ -26,12 +27,32 @@ pub struct StoreBackup {
     /// component writes (`metadata.<n>.dat`, `n` decimal from 1 without
     /// leading zeros), so each `n` appears once.
     pub metadata: Vec<(u64, PathBuf)>,
-    /// Files named `metadata.<digits>.dat` that the component never writes
-    /// (`n` 0, leading zeros, or beyond 64 bits), sorted by name: neither
-    /// metadata files nor seqno-index files.
+    /// Files named `metadata.<digits>.dat` (or `round.*`) that the
+    /// component never writes (`n` 0, leading zeros, or beyond 64 bits),
+    /// sorted by name: neither metadata files, manifests nor seqno-index
+    /// files.
     pub foreign_metadata: Vec<PathBuf>,
     /// Temp files of an interrupted write (removed when the backup starts again).
     pub temp_files: Vec<PathBuf>,
+    /// Round manifests as `(r, path)`, sorted by `r` (none in a dir written
+    /// before manifests existed).
+    pub rounds: Vec<(u64, PathBuf)>,
+}
+
+impl StoreBackup {
+    /// The round manifests, read and parsed, in round order.
+    pub fn round_records(&self) -> Result<Vec<RoundRecord>> {
+        self.rounds
+            .iter()
+            .map(|(_, path)| {
+                let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
+                serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+                    path: path.clone(),
+                    reason: format!("not a round manifest: {e}"),
+                })
+            })
+            .collect()
+    }
 }
 
 /// The store whose backup dir a backup root's entry `name` is: its id in
@@ -100,10 +121,18 @@ impl BackupRoot {
                 metadata: Vec::new(),
                 foreign_metadata: Vec::new(),
                 temp_files: Vec::new(),
+                rounds: Vec::new(),
             };
             for (name, path, kind) in read_dir(&dir)? {
                 if name.starts_with('.') {
                     store.temp_files.push(path);
+                    continue;
+                }
+                if name.starts_with(ROUND_PREFIX) {
+                    match parse_round_file_name(&name) {
+                        Some(r) => store.rounds.push((r, path)),
+                        None => store.foreign_metadata.push(path),
+                    }
                     continue;
                 }
                 match metadata_name(&name) {
@@ -114,6 +143,7 @@ impl BackupRoot {
                 }
             }
             store.metadata.sort_by_key(|(n, _)| *n);
+            store.rounds.sort_by_key(|(r, _)| *r);
             stores.push(store);
         }
         stores.sort_by_key(|s| s.kv);

@@ -8,6 +8,7 @@
 //! its own reader; [`RefFormat`] reads the reference engine's.
 
 mod coverage;
+mod declared;
 mod inspect;
 mod layout;
 mod pit;
@@ -16,6 +17,7 @@ mod verify;
 mod write;
 
 pub use coverage::{coverage_gaps, Coverage, FileCoverage, Unrestorable};
+pub use declared::{DeclaredCoverage, NotProvable};
 pub use inspect::{inspect, MetadataSummary, StoreReport};
 pub use layout::{BackupRoot, StoreBackup};
 pub use pit::{restore, RestoreSummary};

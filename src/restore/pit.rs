@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::declared::DeclaredCoverage;
 use super::{history_conflict, BackedUpFile, BackupRoot, Coverage, RecordReader, Unrestorable};
 use crate::engine::KvId;
 use crate::error::{Error, Result};
@@ -44,12 +45,36 @@ fn rebuild(
 ) -> Result<Rebuilt> {
     let store = root.store(kv)?;
     let not_restorable = |reason: String| Error::NotRestorable { kv, seqno, reason };
-    let mut files = Vec::with_capacity(store.files.len());
+    let rounds = store.round_records()?;
+    // With manifests, exactly the files of a proof from what they declare;
+    // a dir written before manifests existed is read as it always was.
+    let (paths, declared) = if rounds.is_empty() {
+        (store.files.clone(), None)
+    } else {
+        let declared = DeclaredCoverage::new(&rounds);
+        let names = declared.plan(seqno).map_err(|e| not_restorable(e.reason))?;
+        let mut paths = Vec::with_capacity(names.len());
+        for name in names {
+            let path = store.dir.join(&name);
+            if !store.files.contains(&path) {
+                return Err(not_restorable(format!(
+                    "round manifests name {name}, which is not in the backup dir {}",
+                    store.dir.display()
+                )));
+            }
+            paths.push(path);
+        }
+        (paths, Some(declared))
+    };
+    // Every file is read for the history check (a store deleted and
+    // created again into the same dir has files of two histories, and a
+    // plan could take either); only the plan's records are merged.
+    let mut all = Vec::with_capacity(store.files.len());
     for path in &store.files {
-        files.push(reader.read(path)?);
+        all.push(reader.read(path)?);
         progress(1);
     }
-    if let Some(c) = history_conflict(&files) {
+    if let Some(c) = history_conflict(&all) {
         return Err(not_restorable(format!(
             "seqno {} is written differently in {} and {}: the backup dir holds more than one \
              history of the store (it was deleted and created again into the same dir); restore \
@@ -59,11 +84,23 @@ fn rebuild(
             store.files[c.second].display()
         )));
     }
-    let coverage = Coverage::new(files.iter().map(BackedUpFile::coverage).collect());
-    if let Err(why) = coverage.check(seqno) {
-        return Err(not_restorable(explain(&why, &coverage, &store.files)));
-    }
-    let lowest = coverage.lowest.unwrap_or(seqno);
+    let files: Vec<BackedUpFile> = all
+        .into_iter()
+        .zip(&store.files)
+        .filter(|(_, path)| paths.contains(path))
+        .map(|(f, _)| f)
+        .collect();
+    let lowest = match &declared {
+        Some(_) => files.iter().map(|f| f.low_seqno).min().unwrap_or(seqno),
+        None => {
+            let coverage = Coverage::new(files.iter().map(BackedUpFile::coverage).collect());
+            if let Err(why) = coverage.check(seqno) {
+                return Err(not_restorable(explain(&why, &coverage, &store.files)));
+            }
+            coverage.lowest.unwrap_or(seqno)
+        }
+    };
+
     let mut newest: HashMap<Vec<u8>, Record> = HashMap::new();
     for record in files.into_iter().flat_map(|f| f.records) {
         if record.seqno > seqno {
@@ -78,9 +115,17 @@ fn rebuild(
     }
     let mut newest: Vec<Record> = newest.into_values().collect();
     newest.sort_by_key(|r| r.seqno);
+    if lowest == 0 && !newest.is_empty() {
+        // Checked before anything is written: no half-written store dir.
+        return Err(not_restorable(
+            "the backup holds seqno 0, and the reference engine's format numbers seqnos from 1; \
+             restore it into its own engine's format"
+                .into(),
+        ));
+    }
     Ok(Rebuilt {
         kv,
-        files_read: store.files.len(),
+        files_read: paths.len(),
         lowest,
         newest,
     })

@@ -192,6 +192,13 @@ pub fn names(dir: &Path) -> Vec<String> {
     v
 }
 
+/// The names in `dir` without its round manifests (`round.<r>.json`).
+pub fn names_but_rounds(dir: &Path) -> Vec<String> {
+    let mut v = names(dir);
+    v.retain(|n| continuous_backup::manifest::parse_round_file_name(n).is_none());
+    v
+}
+
 pub fn inode(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).unwrap().ino()
