@@ -718,9 +718,13 @@ fn create_dirs(path: &Path, mode: u32, defer_last: bool) -> Result<()> {
         if let Some(parent) = dir.parent() {
             if let Err(e) = sync_dir(parent) {
                 // Not known durable: removed, so that the next open creates
-                // it again and fsyncs its parent, rather than trusting it.
-                if std::fs::remove_dir(dir).is_ok() {
-                    power::rmdir(dir);
+                // it again and fsyncs its parent, rather than trusting it;
+                // but only under its lock, never from under another owner
+                // that found it meanwhile (it is then left as it is).
+                if let Ok(_held) = DirLock::acquire_path(dir) {
+                    if std::fs::remove_dir(dir).is_ok() {
+                        power::rmdir(dir);
+                    }
                 }
                 return Err(e);
             }

@@ -113,24 +113,35 @@ impl RoundLog {
     /// continues after the largest round found, and never goes back in
     /// time from its record.
     pub fn open(dir: &BackupDir, names: &[String]) -> Result<RoundLog> {
-        let Some(last) = names.iter().filter_map(|n| parse_round_file_name(n)).max() else {
+        let mut found: Vec<u64> = names.iter().filter_map(|n| parse_round_file_name(n)).collect();
+        found.sort_unstable();
+        let Some(&last) = found.last() else {
             return Ok(RoundLog {
                 next: 1,
                 last_time_ms: 0,
             });
         };
-        let name = round_file_name(last);
-        let bytes = dir.read_small(&name)?;
-        let record: RoundRecord = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
-            path: dir.path().join(&name),
-            reason: format!("not a round manifest: {e}"),
-        })?;
+        // The time of the newest manifest that reads back (one that does
+        // not is reported by verify, and restore treats it as missing).
+        let mut last_time_ms = 0;
+        for r in found.iter().rev() {
+            let name = round_file_name(*r);
+            match serde_json::from_slice::<RoundRecord>(&dir.read_small(&name)?) {
+                Ok(record) => {
+                    last_time_ms = record.time_ms;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(manifest = %dir.path().join(&name).display(), error = %e, "a round manifest does not read back")
+                }
+            }
+        }
         Ok(RoundLog {
             next: last.checked_add(1).ok_or(Error::InvalidBackupDir {
                 path: dir.path().to_path_buf(),
                 reason: "it holds a round manifest numbered u64::MAX: no number is left",
             })?,
-            last_time_ms: record.time_ms,
+            last_time_ms,
         })
     }
 
@@ -160,10 +171,11 @@ impl RoundLog {
         let name = round_file_name(round);
         let written = dir.publish_new_file(&name, &bytes, FsyncSite::RoundManifest);
         if written.is_ok() || dir.exists(&name).unwrap_or(true) {
+            // The name (and its time) may be on disk: neither goes back.
             self.next = round.saturating_add(1);
+            self.last_time_ms = record.time_ms;
         }
         written?;
-        self.last_time_ms = record.time_ms;
         Ok((name, bytes.len() as u64))
     }
 }

@@ -57,6 +57,10 @@ impl LinkSet {
     /// the next round places them again (idempotently) and reports them.
     pub fn roll_back<'a>(&mut self, files: impl IntoIterator<Item = &'a IndexFile>) {
         self.up_to_date = None;
+        // A manifest of the failed round may be durable and list what is
+        // rolled back here: the next round lists the whole snapshot again,
+        // so no delta is ever taken against a set the manifests disagree on.
+        self.manifested = false;
         for f in files {
             self.linked.remove(f);
         }
@@ -269,6 +273,19 @@ mod tests {
         // Callback failed; then compaction replaced 1 and 2 by 3.
         let report = round(&mut l, &mut u, &[file(3)], true);
         assert_eq!(report, vec![entry(&file(1)), entry(&file(2)), entry(&file(3))]);
+    }
+
+    #[test]
+    fn a_rolled_back_round_makes_the_next_manifest_full() {
+        // Regression: a round that failed after its manifest was durable
+        // (an engine hook panicked) left the next delta against a set the
+        // manifests did not hold, so a compacted file stayed in every later
+        // snapshot a restore rebuilt.
+        let mut l = LinkSet::default();
+        l.record(&file(1), entry(&file(1)));
+        l.mark_manifested();
+        l.roll_back([&file(1)]);
+        assert!(!l.manifested());
     }
 
     #[test]

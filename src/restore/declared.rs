@@ -75,8 +75,17 @@ pub struct NotProvable {
 }
 
 impl DeclaredCoverage {
-    /// Works out the exact restore points from `rounds` (in round order).
+    /// Works out the exact restore points from `rounds` (in round order),
+    /// over every file they declare.
     pub fn new(rounds: &[RoundRecord]) -> DeclaredCoverage {
+        Self::of_present(rounds, &|_| true)
+    }
+
+    /// [`new`](Self::new), counting only the declared files for which
+    /// `present` says yes (the files a dir, or a copy of it still being
+    /// uploaded, really holds): a snapshot with a missing file is no base,
+    /// and a missing file breaks a chain.
+    pub fn of_present(rounds: &[RoundRecord], present: &dyn Fn(&str) -> bool) -> DeclaredCoverage {
         let mut files: BTreeMap<String, DeclaredFile> = BTreeMap::new();
         let mut bases: Vec<Base> = Vec::new();
         let mut snapshot: BTreeSet<String> = BTreeSet::new();
@@ -107,7 +116,7 @@ impl DeclaredCoverage {
                     files: BTreeSet::new(),
                 });
             }
-            if round.complete && known {
+            if round.complete && known && snapshot.iter().all(|n| present(n)) {
                 let at = snapshot
                     .iter()
                     .filter_map(|n| files.get(n))
@@ -121,6 +130,7 @@ impl DeclaredCoverage {
                 }
             }
         }
+        files.retain(|name, _| present(name));
         let every: Vec<&DeclaredFile> = files
             .values()
             .filter(|f| f.holds == Some(Holds::EveryVersion))
@@ -344,6 +354,39 @@ mod tests {
             "only the full rounds' bases"
         );
         assert_eq!(c.plan(30).unwrap(), vec!["b", "c"]);
+    }
+
+    #[test]
+    fn a_declared_file_missing_from_the_dir_proves_nothing() {
+        // A remote still uploading, or a link lost: the newest base and the
+        // chain through the missing file are out; an older proof remains.
+        let rounds = numbered(vec![
+            round(
+                true,
+                true,
+                Some(0),
+                vec![file("a", 0, 10, Holds::EveryVersion)],
+                &[],
+            ),
+            round(
+                false,
+                true,
+                None,
+                vec![file("b", 11, 20, Holds::EveryVersion)],
+                &[],
+            ),
+            round(
+                false,
+                true,
+                None,
+                vec![file("c", 21, 30, Holds::EveryVersion)],
+                &[],
+            ),
+        ]);
+        let c = DeclaredCoverage::of_present(&rounds, &|n| n != "b");
+        assert_eq!(c.restorable, vec![(0, 10)]);
+        assert_eq!(c.plan(5).unwrap(), vec!["a"]);
+        assert!(c.plan(25).is_err());
     }
 
     #[test]

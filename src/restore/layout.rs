@@ -40,18 +40,24 @@ pub struct StoreBackup {
 }
 
 impl StoreBackup {
-    /// The round manifests, read and parsed, in round order.
-    pub fn round_records(&self) -> Result<Vec<RoundRecord>> {
-        self.rounds
-            .iter()
-            .map(|(_, path)| {
-                let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
-                serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
-                    path: path.clone(),
-                    reason: format!("not a round manifest: {e}"),
-                })
-            })
-            .collect()
+    /// The round manifests that read back, in round order, and the paths
+    /// of those that do not, with why (a restore treats them as missing,
+    /// which makes the snapshot unknown until the next full round).
+    pub fn round_records(&self) -> Result<(Vec<RoundRecord>, Vec<(PathBuf, String)>)> {
+        let (mut records, mut unreadable) = (Vec::new(), Vec::new());
+        for (_, path) in &self.rounds {
+            let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
+            match serde_json::from_slice(&bytes) {
+                Ok(record) => records.push(record),
+                Err(e) => unreadable.push((path.clone(), format!("not a round manifest: {e}"))),
+            }
+        }
+        Ok((records, unreadable))
+    }
+
+    /// Whether the dir holds the seqno-index file `name`.
+    pub fn holds_file(&self, name: &str) -> bool {
+        self.files.contains(&self.dir.join(name))
     }
 }
 

@@ -45,26 +45,24 @@ fn rebuild(
 ) -> Result<Rebuilt> {
     let store = root.store(kv)?;
     let not_restorable = |reason: String| Error::NotRestorable { kv, seqno, reason };
-    let rounds = store.round_records()?;
-    // With manifests, exactly the files of a proof from what they declare;
-    // a dir written before manifests existed is read as it always was.
-    let (paths, declared) = if rounds.is_empty() {
-        (store.files.clone(), None)
+    let (rounds, _) = store.round_records()?;
+    // With manifests, exactly the files of a proof from what they declare.
+    // A dir of the reference engine (written before manifests, or with
+    // history from before them) may also be read as it always was: its
+    // footer rule is sound for that engine, which keeps delete markers.
+    let plan = if rounds.is_empty() {
+        None
     } else {
-        let declared = DeclaredCoverage::new(&rounds);
-        let names = declared.plan(seqno).map_err(|e| not_restorable(e.reason))?;
-        let mut paths = Vec::with_capacity(names.len());
-        for name in names {
-            let path = store.dir.join(&name);
-            if !store.files.contains(&path) {
-                return Err(not_restorable(format!(
-                    "round manifests name {name}, which is not in the backup dir {}",
-                    store.dir.display()
-                )));
-            }
-            paths.push(path);
+        let declared = DeclaredCoverage::of_present(&rounds, &|n| store.holds_file(n));
+        match declared.plan(seqno) {
+            Ok(names) => Some(names),
+            Err(_) if legacy_applies(&rounds) => None,
+            Err(e) => return Err(not_restorable(e.reason)),
         }
-        (paths, Some(declared))
+    };
+    let (paths, declared) = match plan {
+        Some(names) => (names.iter().map(|n| store.dir.join(n)).collect::<Vec<_>>(), true),
+        None => (store.files.clone(), false),
     };
     // Every file is read for the history check (a store deleted and
     // created again into the same dir has files of two histories, and a
@@ -90,9 +88,9 @@ fn rebuild(
         .filter(|(_, path)| paths.contains(path))
         .map(|(f, _)| f)
         .collect();
-    let lowest = match &declared {
-        Some(_) => files.iter().map(|f| f.low_seqno).min().unwrap_or(seqno),
-        None => {
+    let lowest = match declared {
+        true => files.iter().map(|f| f.low_seqno).min().unwrap_or(seqno),
+        false => {
             let coverage = Coverage::new(files.iter().map(BackedUpFile::coverage).collect());
             if let Err(why) = coverage.check(seqno) {
                 return Err(not_restorable(explain(&why, &coverage, &store.files)));
@@ -129,6 +127,14 @@ fn rebuild(
         lowest,
         newest,
     })
+}
+
+/// Whether the footer rule of dirs without manifests may be used on a dir
+/// whose manifests are `rounds`: only for the reference engine's files.
+pub(super) fn legacy_applies(rounds: &[crate::manifest::RoundRecord]) -> bool {
+    rounds
+        .iter()
+        .all(|r| r.engine_format == crate::refengine::FILE_FORMAT)
 }
 
 /// `ranges` as `a..=b, c..=d`, or `none`.

@@ -49,13 +49,17 @@ pub fn verify(root: &BackupRoot, reader: &dyn RecordReader) -> Vec<Problem> {
         };
         let mut read = Vec::new();
         let mut paths = Vec::new();
+        let mut failed = std::collections::HashSet::new();
         for path in &store.files {
             match reader.read(path) {
                 Ok(file) => {
                     read.push(file);
                     paths.push(path);
                 }
-                Err(e) => problem(path.clone(), e.to_string()),
+                Err(e) => {
+                    problem(path.clone(), e.to_string());
+                    failed.insert(path.clone());
+                }
             }
         }
         if let Some(c) = history_conflict(&read) {
@@ -70,6 +74,36 @@ pub fn verify(root: &BackupRoot, reader: &dyn RecordReader) -> Vec<Problem> {
             );
         }
         drop(read);
+        // Round manifests: each reads back, and each file it declares is
+        // in the dir with its declared length.
+        match store.round_records() {
+            Ok((records, unreadable)) => {
+                for (path, why) in unreadable {
+                    problem(path, why);
+                }
+                let mut checked = std::collections::HashSet::new();
+                for f in records.iter().flat_map(|r| &r.added) {
+                    let path = store.dir.join(&f.name);
+                    // A file reported unreadable above is one problem, not two.
+                    if !checked.insert(f.name.clone()) || failed.contains(&path) {
+                        continue;
+                    }
+                    match std::fs::symlink_metadata(&path) {
+                        Ok(md) if md.len() == f.len => {}
+                        Ok(md) => problem(
+                            path,
+                            format!(
+                                "a round manifest declares {} bytes, the file has {}",
+                                f.len,
+                                md.len()
+                            ),
+                        ),
+                        Err(_) => problem(path, "declared by a round manifest but not in the dir".into()),
+                    }
+                }
+            }
+            Err(e) => problem(store.dir.clone(), e.to_string()),
+        }
         for path in &store.foreign_metadata {
             problem(path.clone(), FOREIGN_METADATA.into());
         }
