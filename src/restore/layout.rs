@@ -39,11 +39,14 @@ pub struct StoreBackup {
     pub rounds: Vec<(u64, PathBuf)>,
 }
 
+/// A file that does not read back as what its name says, and why.
+pub type Unreadable = (PathBuf, String);
+
 impl StoreBackup {
     /// The round manifests that read back, in round order, and the paths
     /// of those that do not, with why (a restore treats them as missing,
     /// which makes the snapshot unknown until the next full round).
-    pub fn round_records(&self) -> Result<(Vec<RoundRecord>, Vec<(PathBuf, String)>)> {
+    pub fn round_records(&self) -> Result<(Vec<RoundRecord>, Vec<Unreadable>)> {
         let (mut records, mut unreadable) = (Vec::new(), Vec::new());
         for (_, path) in &self.rounds {
             let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
