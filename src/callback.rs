@@ -143,7 +143,7 @@ impl CallbackRunner {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(source)) => Err(Error::Callback { kv, source }),
                 Err(panic) => {
-                    let message = panic_message(&*panic);
+                    let message = crate::error::panic_message(&*panic);
                     tracing::error!(kv_store = kv.0, %message, "backup callback panicked");
                     Err(Error::Panicked {
                         kv,
@@ -158,16 +158,5 @@ impl CallbackRunner {
         // fail; if it did, the dropped `tx` fails the round.
         let _ = self.jobs.send(job);
         rx
-    }
-}
-
-/// The text of a panic payload.
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(non-string panic payload)".to_owned()
     }
 }

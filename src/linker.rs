@@ -9,8 +9,9 @@ use std::sync::Arc;
 use actix::{Actor, Handler, MessageResult, SyncContext};
 
 use crate::backup::state::LinkSet;
-use crate::callback::{panic_message, BackupFile};
+use crate::callback::BackupFile;
 use crate::engine::{Engine, IndexFile, KvId};
+use crate::error::panic_message;
 use crate::error::{Error, Result};
 use crate::faults;
 use crate::manifest::{DeclaredFile, RoundFacts};

@@ -16,10 +16,10 @@ use std::sync::Arc;
 use actix::{Actor, Addr, Handler, MessageResult, SyncContext};
 use tokio::sync::oneshot;
 
-use crate::callback::panic_message;
 use crate::dir_lock::DirId;
 use crate::dir_sync::DirSyncGroup;
 use crate::engine::{KvId, METADATA_PREFIX};
+use crate::error::panic_message;
 use crate::error::{Error, Result};
 use crate::fs::{BackupDir, Modes};
 use crate::manifest::RoundLog;

@@ -22,9 +22,10 @@ use tokio::sync::oneshot;
 use crate::backup::schedule;
 use crate::backup::state::Unacked;
 use crate::backup::{BackupActor, BackupSpec};
-use crate::callback::{panic_message, BackupCallback, CallbackFactory, CallbackRunner};
+use crate::callback::{BackupCallback, CallbackFactory, CallbackRunner};
 use crate::config::{check_interval, Config};
 use crate::engine::{Engine, KvId};
+use crate::error::panic_message;
 use crate::error::{Error, Result};
 use crate::linker::LinkerActor;
 use crate::messages::{

@@ -29,8 +29,8 @@ use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreScheme, RetryConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::callback::panic_message;
 use crate::engine::KvId;
+use crate::error::panic_message;
 use crate::error::{Error, Result};
 
 pub use queue::ReplicationStatus;
