@@ -130,13 +130,7 @@ fn link_round(
             low_seqno: file.low_seqno(),
             high_seqno: file.high_seqno(),
         };
-        declared.push(DeclaredFile {
-            name: entry.name.clone(),
-            len: entry.len,
-            low_seqno: entry.low_seqno,
-            high_seqno: entry.high_seqno,
-            holds: file.holds(),
-        });
+        declared.push(declared_file(&entry, file));
         links.record(file, entry.clone());
         recorded.push(file.clone());
         placed_files.push(entry);
@@ -158,7 +152,15 @@ fn link_round(
             complete: snapshot.is_complete(),
             first_seqno: engine.first_seqno(kv),
             full,
-            added: declared,
+            // A full manifest lists the whole snapshot, files placed by an
+            // earlier round of this start included (after a roll-back).
+            added: if full {
+                let all = snapshot.files().iter();
+                all.filter_map(|f| links.entry(f).map(|e| declared_file(e, f)))
+                    .collect()
+            } else {
+                declared
+            },
             removed,
         };
         manifest = Some(msg.rounds.lock().write(dir, facts)?);
@@ -185,4 +187,56 @@ fn link_round(
         bytes_copied,
         manifest,
     })
+}
+
+/// What a placed file declares, for its round's manifest.
+fn declared_file(entry: &BackupFile, file: &IndexFile) -> DeclaredFile {
+    DeclaredFile {
+        name: entry.name.clone(),
+        len: entry.len,
+        low_seqno: entry.low_seqno,
+        high_seqno: entry.high_seqno,
+        holds: file.holds(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::BackupDir;
+    use crate::manifest::{RoundLog, RoundRecord};
+    use crate::refengine::RefEngine;
+
+    /// Regression: after a round failed once its manifest was durable (an
+    /// engine hook panicked), the next manifest said `full` but listed only
+    /// the files placed again, so a restore rebuilt a snapshot without the
+    /// others.
+    #[test]
+    fn a_full_manifest_after_a_roll_back_lists_the_whole_snapshot() {
+        let tmp = tempfile::tempdir().unwrap();
+        let engine = RefEngine::open(tmp.path().join("data")).unwrap();
+        let kv = KvId(1);
+        for (k, v) in [(b"a", b"1"), (b"b", b"2")] {
+            engine.put(kv, k, v).unwrap();
+            engine.flush(kv).unwrap();
+        }
+        let dir = Arc::new(BackupDir::open(&tmp.path().join("backup")).unwrap());
+        let log = RoundLog::open(&dir, &dir.names().unwrap()).unwrap();
+        let msg = LinkRound {
+            kv,
+            dir: Arc::clone(&dir),
+            rounds: Arc::new(parking_lot::Mutex::new(log)),
+            links: Box::default(),
+            cancel: Arc::new(AtomicBool::new(false)),
+            span: tracing::Span::none(),
+        };
+        let (mut links, mut recorded) = (LinkSet::default(), Vec::new());
+        link_round(&engine, &msg, &mut links, &mut recorded).unwrap();
+        links.roll_back(&recorded[1..]);
+        link_round(&engine, &msg, &mut links, &mut Vec::new()).unwrap();
+        let bytes = std::fs::read(tmp.path().join("backup/round.2.json")).unwrap();
+        let second: RoundRecord = serde_json::from_slice(&bytes).unwrap();
+        assert!(second.full);
+        assert_eq!(second.added.len(), 2, "{second:?}");
+    }
 }

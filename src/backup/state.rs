@@ -48,6 +48,11 @@ impl LinkSet {
             .collect()
     }
 
+    /// The entry of `file`, if it is known linked.
+    pub fn entry(&self, file: &IndexFile) -> Option<&BackupFile> {
+        self.linked.get(file)
+    }
+
     /// Records that `file` is in the backup dir as `entry`.
     pub fn record(&mut self, file: &IndexFile, entry: BackupFile) {
         self.linked.insert(file.clone(), entry);
