@@ -161,7 +161,7 @@ fn link_round(
             } else {
                 declared
             },
-            removed,
+            removed: removed.clone(),
         };
         manifest = Some(msg.rounds.lock().write(dir, facts)?);
         faults::crash_point("round.linked_before_dir_sync");
@@ -169,7 +169,7 @@ fn link_round(
         dir.sync(crate::faults::FsyncSite::RoundLinks)?;
         links.mark_manifested();
     }
-    links.forget_absent(snapshot.files());
+    links.forget(&removed);
     links.mark_up_to_date(generation);
     engine.files_backed_up(kv, recorded);
     tracing::debug!(

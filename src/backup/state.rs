@@ -98,14 +98,15 @@ impl LinkSet {
         gone
     }
 
-    /// Forgets files the engine no longer lists (compacted away: they cannot
-    /// come back), so the set stays as large as the store.
-    pub fn forget_absent(&mut self, snapshot: &[IndexFile]) {
-        if self.linked.len() <= snapshot.len() && snapshot.iter().all(|f| self.linked.contains_key(f)) {
+    /// Forgets the files named `gone` (what [`absent_names`](Self::absent_names)
+    /// gave: compacted away, they cannot come back), so the set stays as
+    /// large as the store.
+    pub fn forget(&mut self, gone: &[String]) {
+        if gone.is_empty() {
             return;
         }
-        let live: HashSet<&IndexFile> = snapshot.iter().collect();
-        self.linked.retain(|f, _| live.contains(f));
+        let gone: HashSet<&str> = gone.iter().map(String::as_str).collect();
+        self.linked.retain(|_, entry| !gone.contains(entry.name.as_str()));
     }
 
     #[cfg(test)]
@@ -211,7 +212,8 @@ mod tests {
         for f in &new {
             links.record(f, entry(f));
         }
-        links.forget_absent(snapshot);
+        let gone = links.absent_names(snapshot);
+        links.forget(&gone);
         unacked.add(new.iter().map(entry).collect(), DIR);
         let report = unacked.report();
         if ok {

@@ -91,8 +91,17 @@ pub struct Coverage {
     complete: Vec<(u64, u64)>,
 }
 
+/// `ranges` as `a..=b, c..=d`, or `none`.
+pub(super) fn list(ranges: &[(u64, u64)]) -> String {
+    if ranges.is_empty() {
+        return "none".into();
+    }
+    let shown: Vec<String> = ranges.iter().map(|(a, b)| format!("{a}..={b}")).collect();
+    shown.join(", ")
+}
+
 /// `ranges` merged into sorted, disjoint, non-adjacent inclusive ranges.
-fn union(ranges: impl IntoIterator<Item = (u64, u64)>) -> Vec<(u64, u64)> {
+pub(super) fn union(ranges: impl IntoIterator<Item = (u64, u64)>) -> Vec<(u64, u64)> {
     let mut sorted: Vec<(u64, u64)> = ranges.into_iter().collect();
     sorted.sort_unstable();
     let mut out: Vec<(u64, u64)> = Vec::new();

@@ -38,6 +38,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
+use super::coverage::{list, union};
 use crate::engine::Holds;
 use crate::manifest::{DeclaredFile, RoundRecord};
 
@@ -160,21 +161,10 @@ impl DeclaredCoverage {
             }
             reached.push((base, end));
         }
-        let mut ranges: Vec<(u64, u64)> = reached
-            .iter()
-            .filter_map(|(b, end)| {
-                let from = first_point(b);
-                (*end >= from).then_some((from as u64, *end as u64))
-            })
-            .collect();
-        ranges.sort_unstable();
-        let mut restorable: Vec<(u64, u64)> = Vec::new();
-        for (a, b) in ranges {
-            match restorable.last_mut() {
-                Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
-                _ => restorable.push((a, b)),
-            }
-        }
+        let restorable = union(reached.iter().filter_map(|(b, end)| {
+            let from = first_point(b);
+            (*end >= from).then_some((from as u64, *end as u64))
+        }));
         DeclaredCoverage {
             restorable,
             highest: files.values().map(|f| f.high_seqno).max(),
@@ -216,15 +206,7 @@ impl DeclaredCoverage {
     }
 
     fn why_not(&self, seqno: u64) -> String {
-        let exact = if self.restorable.is_empty() {
-            "none".to_owned()
-        } else {
-            self.restorable
-                .iter()
-                .map(|(a, b)| format!("{a}..={b}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let exact = list(&self.restorable);
         let below: Vec<&(Base, Pos)> = self.bases.iter().filter(|(b, _)| b.at <= seqno as Pos).collect();
         let what = match below.iter().map(|(_, end)| *end).max() {
             _ if self.lowest.is_none() => "the backup declares no file".to_owned(),

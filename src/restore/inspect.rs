@@ -59,20 +59,6 @@ pub struct StoreReport {
     pub temp_files: usize,
 }
 
-/// The union of two sorted lists of inclusive ranges, merged.
-fn union(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut all: Vec<(u64, u64)> = a.iter().chain(b).copied().collect();
-    all.sort_unstable();
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    for (lo, hi) in all {
-        match out.last_mut() {
-            Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
-            _ => out.push((lo, hi)),
-        }
-    }
-    out
-}
-
 fn shorten(text: &str) -> String {
     let line = text.lines().next().unwrap_or("");
     match line.char_indices().nth(SHORT) {
@@ -98,7 +84,7 @@ fn report(store: &StoreBackup, reader: &dyn RecordReader) -> Result<StoreReport>
         // (for the reference engine, its footer rule may add points).
         let declared = DeclaredCoverage::of_present(&rounds, &|n| store.holds_file(n)).restorable;
         coverage.restorable = if super::pit::legacy_applies(&rounds) {
-            union(&declared, &coverage.restorable)
+            super::coverage::union(declared.into_iter().chain(coverage.restorable.iter().copied()))
         } else {
             declared
         };

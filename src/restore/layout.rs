@@ -58,9 +58,10 @@ impl StoreBackup {
         Ok((records, unreadable))
     }
 
-    /// Whether the dir holds the seqno-index file `name`.
+    /// Whether the dir holds the seqno-index file `name` (`files` is
+    /// sorted by name: a binary search).
     pub fn holds_file(&self, name: &str) -> bool {
-        self.files.contains(&self.dir.join(name))
+        self.files.binary_search(&self.dir.join(name)).is_ok()
     }
 }
 

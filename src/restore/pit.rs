@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::coverage::list;
 use super::declared::DeclaredCoverage;
 use super::{history_conflict, BackedUpFile, BackupRoot, Coverage, RecordReader, Unrestorable};
 use crate::engine::KvId;
@@ -82,10 +83,11 @@ fn rebuild(
             store.files[c.second].display()
         )));
     }
+    let planned: std::collections::HashSet<&PathBuf> = paths.iter().collect();
     let files: Vec<BackedUpFile> = all
         .into_iter()
         .zip(&store.files)
-        .filter(|(_, path)| paths.contains(path))
+        .filter(|(_, path)| planned.contains(path))
         .map(|(f, _)| f)
         .collect();
     let lowest = match declared {
@@ -135,15 +137,6 @@ pub(super) fn legacy_applies(rounds: &[crate::manifest::RoundRecord]) -> bool {
     rounds
         .iter()
         .all(|r| r.engine_format == crate::refengine::FILE_FORMAT)
-}
-
-/// `ranges` as `a..=b, c..=d`, or `none`.
-fn list(ranges: &[(u64, u64)]) -> String {
-    if ranges.is_empty() {
-        return "none".into();
-    }
-    let shown: Vec<String> = ranges.iter().map(|(a, b)| format!("{a}..={b}")).collect();
-    shown.join(", ")
 }
 
 /// Why a restore is refused, in words, with the seqnos that would work.
