@@ -234,6 +234,16 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// Backed-up files in a format this build cannot read (or a backup
+    /// root whose stores are in several).
+    #[error("{what}; formats this build reads: {known}")]
+    UnknownFormat {
+        /// What was found.
+        what: String,
+        /// The formats this build supports.
+        known: String,
+    },
+
     /// A file could not be linked under any free name.
     #[error("no free name for {name} in {dir} after {tries} tries")]
     NoFreeName {

@@ -96,7 +96,7 @@ async fn inspect_names_the_exact_restore_points_of_a_compacted_store() {
     let o = cbk(&["inspect", &root(&fx)]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(
-        text(&o).contains("exact restore points: 3..=4 (1 compaction outputs"),
+        text(&o).contains("exact restore points: 3..=4 (1 files do not hold every version"),
         "{}",
         text(&o)
     );

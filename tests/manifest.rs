@@ -10,7 +10,7 @@ use common::*;
 use continuous_backup::faults::power::Recording;
 use continuous_backup::manifest::{parse_round_file_name, RoundRecord};
 use continuous_backup::refengine::RefEngine;
-use continuous_backup::restore::{restore, BackupRoot, RefFormat};
+use continuous_backup::restore::{restore, BackupRoot, RefFormat, RefTarget};
 use continuous_backup::{Config, Holds, KvId};
 
 const KV: KvId = KvId(2);
@@ -152,7 +152,7 @@ async fn a_dir_without_manifests_restores_as_before() {
     }
     let root = BackupRoot::open(&fx.backup_root()).unwrap();
     let out = fx.tmp.path().join("restored");
-    restore(&root, &[KV], 4, &out, &RefFormat, &mut |_| {}).unwrap();
+    restore(&root, &[KV], 4, &out, &RefFormat, &RefTarget, &mut |_| {}).unwrap();
     let engine = RefEngine::open(&out).unwrap();
     assert_eq!(engine.high_seqno(KV).unwrap(), 4);
 }
@@ -181,7 +181,7 @@ async fn history_from_before_manifests_stays_restorable_after_an_upgrade() {
     assert_eq!(rounds(&dir).len(), 1);
     let root = BackupRoot::open(&fx.backup_root()).unwrap();
     let out = fx.tmp.path().join("at-1");
-    restore(&root, &[KV], 1, &out, &RefFormat, &mut |_| {}).unwrap();
+    restore(&root, &[KV], 1, &out, &RefFormat, &RefTarget, &mut |_| {}).unwrap();
     let got = RefEngine::open(&out).unwrap().get(KV, b"k").unwrap();
     assert_eq!(got.as_deref(), Some(&b"old"[..]));
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use common::s3::{files_under, s3_options, Moto, Proxy};
 use common::*;
 use continuous_backup::refengine::RefEngine;
-use continuous_backup::restore::{mirror, restore, BackupRoot, Mirrored, RefFormat};
+use continuous_backup::restore::{mirror, restore, BackupRoot, Mirrored, RefFormat, RefTarget};
 use continuous_backup::{
     callback, CallbackFactory, Config, ContinuousBackup, Error, KvId, RemoteUrl, ReplicationConfig,
     ReplicationStatus, VbucketState,
@@ -290,8 +290,26 @@ async fn a_restore_from_the_remote_alone_equals_one_from_the_local_dir() {
     for seqno in [high / 3, high / 2, high] {
         let out_local = fx.tmp.path().join(format!("restored-local-{seqno}"));
         let out_remote = fx.tmp.path().join(format!("restored-remote-{seqno}"));
-        restore(&local, &STORES, seqno, &out_local, &RefFormat, &mut |_| {}).unwrap();
-        restore(&remote, &STORES, seqno, &out_remote, &RefFormat, &mut |_| {}).unwrap();
+        restore(
+            &local,
+            &STORES,
+            seqno,
+            &out_local,
+            &RefFormat,
+            &RefTarget,
+            &mut |_| {},
+        )
+        .unwrap();
+        restore(
+            &remote,
+            &STORES,
+            seqno,
+            &out_remote,
+            &RefFormat,
+            &RefTarget,
+            &mut |_| {},
+        )
+        .unwrap();
         let (a, b) = (restored_state(&out_local), restored_state(&out_remote));
         assert!(
             a.values().any(Option::is_some),

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use continuous_backup::refengine::{RefEngine, RefOptions};
-use continuous_backup::restore::{inspect, restore, BackupRoot, RecordReader, RefFormat};
+use continuous_backup::restore::{inspect, restore, BackupRoot, RecordReader, RefFormat, RefTarget};
 use continuous_backup::{Config, ContinuousBackup, Error, KvId};
 
 /// Every mutation of one store, in seqno order: (seqno, key, value or delete).
@@ -127,7 +127,7 @@ fn check(fx: &Fixture, histories: &[History], points: u64, seed: u64, may_refuse
         }
         for (p, s) in seqnos.into_iter().enumerate() {
             let out = fx.tmp.path().join(format!("restored/{kv}-{p}-{s}"));
-            match restore(&root, &[kv], s, &out, &RefFormat, &mut |_| {}) {
+            match restore(&root, &[kv], s, &out, &RefFormat, &RefTarget, &mut |_| {}) {
                 Err(Error::NotRestorable { .. }) if may_refuse => {
                     assert!(!out.exists(), "a refused restore writes nothing");
                     found.refused += 1;
@@ -228,9 +228,9 @@ async fn without_retention_for_backup_a_restore_inside_a_compacted_file_is_refus
         let files = &root.store(kv).unwrap().files;
         let holds_b = files
             .iter()
-            .any(|f| RefFormat.read(f).unwrap().records.iter().any(|r| r.seqno == 2));
+            .any(|f| RefFormat.records(f).unwrap().any(|r| r.unwrap().seqno == 2));
         let out = fx.tmp.path().join("at-2");
-        let restored = restore(&root, &[kv], 2, &out, &RefFormat, &mut |_| {});
+        let restored = restore(&root, &[kv], 2, &out, &RefFormat, &RefTarget, &mut |_| {});
         if retain {
             assert!(holds_b, "the retained input was linked");
             restored.unwrap();
@@ -246,7 +246,7 @@ async fn without_retention_for_backup_a_restore_inside_a_compacted_file_is_refus
             );
             assert!(!out.exists(), "nothing written");
             // Seqno 3, the compaction output's high seqno, is exact.
-            restore(&root, &[kv], 3, &out, &RefFormat, &mut |_| {}).unwrap();
+            restore(&root, &[kv], 3, &out, &RefFormat, &RefTarget, &mut |_| {}).unwrap();
             let got = RefEngine::open(&out).unwrap().get(kv, b"k").unwrap();
             assert_eq!(got.as_deref(), Some(&b"c"[..]));
         }
@@ -276,7 +276,7 @@ async fn a_backup_dir_holding_two_histories_of_a_store_is_refused() {
     run(&[("shared", "new1"), ("shared", "new2")]).await; // @1, @2 again
     let root = BackupRoot::open(&fx.backup_root()).unwrap();
     let out = fx.tmp.path().join("restored");
-    let err = restore(&root, &[kv], 2, &out, &RefFormat, &mut |_| {}).unwrap_err();
+    let err = restore(&root, &[kv], 2, &out, &RefFormat, &RefTarget, &mut |_| {}).unwrap_err();
     assert!(
         matches!(&err, Error::NotRestorable { reason, .. } if reason.contains("more than one history")),
         "{err}"

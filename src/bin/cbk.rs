@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use continuous_backup::restore::{inspect, mirror, restore, verify, BackupRoot, RefFormat, StoreReport};
+use continuous_backup::restore::{
+    detect_format, format_named, inspect, mirror, restore, verify, BackupRoot, Format, StoreReport,
+};
 use continuous_backup::{KvId, RemoteUrl};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -14,7 +16,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 ///
 /// A backup root holds one dir per KV store, named by its id
 /// (`<root>/<kv_id>/`), as the component writes them for vBucket-driven
-/// backups. Files are read in the reference engine's format.
+/// backups. Files are read in the format their round manifests name (the
+/// reference engine's for dirs written before manifests), or `--format`.
 ///
 /// A root may also be an object-store URL of a remote copy
 /// (`s3://bucket/node1`, `gs://…`, `az://…`, `file:///…`): its objects are
@@ -33,6 +36,11 @@ struct Cli {
     /// a temp dir removed at exit.
     #[arg(long, value_name = "DIR", global = true)]
     download_to: Option<PathBuf>,
+    /// The files' format: `auto` (from the round manifests), `ref` (the
+    /// reference engine) or `lsm-tree`. A restore writes a data dir of the
+    /// same engine.
+    #[arg(long, value_name = "FORMAT", global = true, default_value = "auto")]
+    format: String,
 }
 
 fn parse_option(text: &str) -> Result<(String, String), String> {
@@ -45,7 +53,8 @@ fn parse_option(text: &str) -> Result<(String, String), String> {
 enum Command {
     /// Per store: files, bytes, seqno coverage and gaps, the seqnos a restore
     /// gives exactly, metadata files, and how many files are still hard links
-    /// shared with a live data dir. Reads only each file's footer.
+    /// shared with a live data dir. Reads the round manifests and only the
+    /// footers of files they do not declare.
     Inspect {
         /// The backup root: a dir, or an object-store URL.
         root: String,
@@ -53,8 +62,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Read every backed-up file (checksum, footer, records inside their
-    /// range) and check that metadata files are numbered without holes.
+    /// Read every backed-up file (the format's checksums, records inside
+    /// their declared range), check the round manifests against the files,
+    /// and that metadata files are numbered without holes.
     /// Prints one line per problem; exits 0 only when there is none.
     Verify {
         /// The backup root: a dir, or an object-store URL.
@@ -62,7 +72,8 @@ enum Command {
     },
     /// Rebuild stores as they were at a seqno (for each key the newest
     /// version at or below it, deletes honoured) into a fresh data dir that
-    /// the reference engine opens normally.
+    /// their engine (the reference engine, or the lsm-tree adapter) opens
+    /// normally.
     Restore(RestoreArgs),
 }
 
@@ -95,14 +106,15 @@ fn range(lo: Option<u64>, hi: Option<u64>) -> String {
 
 fn print_table(reports: &[StoreReport]) {
     println!(
-        "{:>5} {:>6} {:>12} {:>20} {:>5} {:>5} {:>12} {:>6}  last metadata",
-        "kv", "files", "bytes", "seqnos", "gaps", "meta", "n", "shared"
+        "{:>5} {:>10} {:>6} {:>12} {:>20} {:>5} {:>5} {:>12} {:>6}  last metadata",
+        "kv", "format", "files", "bytes", "seqnos", "gaps", "meta", "n", "shared"
     );
     for r in reports {
         let m = &r.metadata;
         println!(
-            "{:>5} {:>6} {:>12} {:>20} {:>5} {:>5} {:>12} {:>6}  {}",
+            "{:>5} {:>10} {:>6} {:>12} {:>20} {:>5} {:>5} {:>12} {:>6}  {}",
             r.kv.0,
+            r.format,
             r.files,
             r.bytes,
             range(r.lowest_seqno, r.highest_seqno),
@@ -125,7 +137,7 @@ fn print_table(reports: &[StoreReport]) {
             if r.restorable != [(lo, hi)] {
                 let exact: Vec<String> = r.restorable.iter().map(|(a, b)| format!("{a}..={b}")).collect();
                 println!(
-                    "      exact restore points: {} ({} compaction outputs without their inputs' versions)",
+                    "      exact restore points: {} ({} files do not hold every version of their range)",
                     if exact.is_empty() {
                         "none".into()
                     } else {
@@ -193,13 +205,19 @@ fn open_root(
 
 fn run(cli: Cli) -> Result<ExitCode, continuous_backup::Error> {
     let open = |root: &str| open_root(root, &cli.options, cli.download_to.as_ref());
+    let format = |root: &BackupRoot| -> Result<Format, continuous_backup::Error> {
+        match cli.format.as_str() {
+            "auto" => format_named(&detect_format(root)?),
+            named => format_named(named),
+        }
+    };
     match cli.command {
         Command::Inspect { ref root, json } => {
             let opened = open(root)?;
             for p in &opened.remote_problems {
                 eprintln!("cbk: not downloaded: {p}");
             }
-            let reports = inspect(&opened.root, &RefFormat)?;
+            let reports = inspect(&opened.root, format(&opened.root)?.reader.as_ref())?;
             if json {
                 println!(
                     "{}",
@@ -214,7 +232,8 @@ fn run(cli: Cli) -> Result<ExitCode, continuous_backup::Error> {
             let opened = open(root)?;
             let backup = &opened.root;
             let mut problems: Vec<String> = opened.remote_problems.clone();
-            problems.extend(verify(backup, &RefFormat).iter().map(ToString::to_string));
+            let reader = format(backup)?.reader;
+            problems.extend(verify(backup, reader.as_ref()).iter().map(ToString::to_string));
             for p in &problems {
                 println!("{p}");
             }
@@ -256,9 +275,16 @@ fn run(cli: Cli) -> Result<ExitCode, continuous_backup::Error> {
             } else {
                 bar.set_draw_target(ProgressDrawTarget::hidden());
             }
-            let summaries = restore(backup, &kvs, args.to_seqno, &args.out, &RefFormat, &mut |n| {
-                bar.inc(n)
-            })?;
+            let Format { reader, target } = format(backup)?;
+            let summaries = restore(
+                backup,
+                &kvs,
+                args.to_seqno,
+                &args.out,
+                reader.as_ref(),
+                target.as_ref(),
+                &mut |n| bar.inc(n),
+            )?;
             bar.finish_and_clear();
             for s in &summaries {
                 println!(

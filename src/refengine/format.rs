@@ -67,16 +67,8 @@ pub const RECORD_HEADER_LEN: usize = 17;
 const KIND_PUT: u8 = 0;
 const KIND_TOMBSTONE: u8 = 1;
 
-/// One mutation stored in a seqno-index file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Record {
-    /// The mutation's seqno.
-    pub seqno: u64,
-    /// The key.
-    pub key: Vec<u8>,
-    /// The value, or `None` for a tombstone (the key was deleted).
-    pub value: Option<Vec<u8>>,
-}
+/// One mutation stored in a seqno-index file: the crate's own record type.
+pub use crate::record::Record;
 
 /// The footer of a seqno-index file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

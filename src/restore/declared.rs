@@ -45,12 +45,22 @@ use crate::manifest::{DeclaredFile, RoundRecord};
 /// A seqno position: `-1` is "before seqno 0".
 type Pos = i64;
 
-/// A known state: at `at`, read from `files` (backup-dir names).
+/// A known state: at `at`, read from `files` (backup-dir names), known
+/// from round `round` on.
 #[derive(Clone, Debug)]
 struct Base {
     at: Pos,
+    round: u64,
     files: BTreeSet<String>,
 }
+
+/// A file that holds every version, and the last round whose snapshot
+/// listed it. A chain from a base known at round r only takes files
+/// listed at r or later: a file that extends a state at `x` was flushed
+/// after `x`, so no snapshot before the base's lists it, and a file of an
+/// earlier history of the store (deleted and created again into the same
+/// dir) is not mistaken for one.
+type Every<'a> = (&'a DeclaredFile, u64);
 
 /// The exact restore points of one store's backup, from its manifests.
 #[derive(Clone, Debug, Serialize)]
@@ -66,6 +76,12 @@ pub struct DeclaredCoverage {
     files: BTreeMap<String, DeclaredFile>,
     #[serde(skip)]
     bases: Vec<(Base, Pos)>,
+    #[serde(skip)]
+    last_seen: BTreeMap<String, u64>,
+    /// Two files that both declare every version of some seqno: the dir
+    /// holds more than one history of the store, and nothing is provable.
+    #[serde(skip)]
+    conflict: Option<(String, String)>,
 }
 
 /// Why a seqno cannot be restored from the declared facts.
@@ -88,6 +104,7 @@ impl DeclaredCoverage {
     /// and a missing file breaks a chain.
     pub fn of_present(rounds: &[RoundRecord], present: &dyn Fn(&str) -> bool) -> DeclaredCoverage {
         let mut files: BTreeMap<String, DeclaredFile> = BTreeMap::new();
+        let mut last_seen: BTreeMap<String, u64> = BTreeMap::new();
         let mut bases: Vec<Base> = Vec::new();
         let mut snapshot: BTreeSet<String> = BTreeSet::new();
         // The snapshot is known only from a full round on, through rounds
@@ -111,9 +128,13 @@ impl DeclaredCoverage {
             for name in &round.removed {
                 snapshot.remove(name);
             }
+            for name in &snapshot {
+                last_seen.insert(name.clone(), round.round);
+            }
             if let Some(first) = round.first_seqno {
                 bases.push(Base {
                     at: first as Pos - 1,
+                    round: round.round,
                     files: BTreeSet::new(),
                 });
             }
@@ -126,37 +147,46 @@ impl DeclaredCoverage {
                 if let Some(at) = at {
                     bases.push(Base {
                         at: at as Pos,
+                        round: round.round,
                         files: snapshot.clone(),
                     });
                 }
             }
         }
         files.retain(|name, _| present(name));
-        let every: Vec<&DeclaredFile> = files
-            .values()
-            .filter(|f| f.holds == Some(Holds::EveryVersion))
-            .collect();
+        let every = every_version(&files, &last_seen);
+        let conflict = overlapping(&every);
+        if conflict.is_some() {
+            bases.clear();
+        }
         let newest: Vec<&DeclaredFile> = files
             .values()
             .filter(|f| f.holds == Some(Holds::NewestPerKey))
             .collect();
         // Close over compactions: each may turn a known point into a base.
         let mut reached: Vec<(Base, Pos)> = Vec::new();
+        // Of the bases at one seqno the earliest known is kept (its chain
+        // may take the most files): popped first.
         let mut pending = bases;
+        pending.sort_by_key(|b| std::cmp::Reverse(b.round));
         while let Some(base) = pending.pop() {
             if reached.iter().any(|(b, _)| b.at == base.at) {
                 continue;
             }
-            let (end, _) = chain(&every, base.at, Pos::MAX);
+            let (end, _) = chain(&every, &base, Pos::MAX);
             for c in &newest {
                 let (lo, hi) = (c.low_seqno as Pos, c.high_seqno as Pos);
                 let from = base.at.max(lo - 1);
                 if from <= end.min(hi) && hi > base.at {
-                    let (_, via) = chain(&every, base.at, from);
+                    let (_, via) = chain(&every, &base, from);
                     let mut files: BTreeSet<String> = base.files.clone();
                     files.extend(via.into_iter().map(|f| f.name.clone()));
                     files.insert(c.name.clone());
-                    pending.push(Base { at: hi, files });
+                    pending.push(Base {
+                        at: hi,
+                        round: base.round,
+                        files,
+                    });
                 }
             }
             reached.push((base, end));
@@ -171,6 +201,8 @@ impl DeclaredCoverage {
             lowest: files.values().map(|f| f.low_seqno).min(),
             files,
             bases: reached,
+            last_seen,
+            conflict,
         }
     }
 
@@ -178,11 +210,7 @@ impl DeclaredCoverage {
     /// plan of one proof), or why no proof exists.
     pub fn plan(&self, seqno: u64) -> Result<Vec<String>, NotProvable> {
         let s = seqno as Pos;
-        let every: Vec<&DeclaredFile> = self
-            .files
-            .values()
-            .filter(|f| f.holds == Some(Holds::EveryVersion))
-            .collect();
+        let every = every_version(&self.files, &self.last_seen);
         // The base nearest below S reads the fewest files.
         let best = self
             .bases
@@ -194,10 +222,17 @@ impl DeclaredCoverage {
                 reason: self.why_not(seqno),
             });
         };
-        let (_, via) = chain(&every, base.at, s);
+        let (_, via) = chain(&every, base, s);
         let mut names = base.files.clone();
         names.extend(via.into_iter().map(|f| f.name.clone()));
         Ok(names.into_iter().collect())
+    }
+
+    /// Two files that both declare every version of some seqno (the dir
+    /// holds more than one history of the store), if any: then no seqno is
+    /// provable.
+    pub fn conflict(&self) -> Option<(&str, &str)> {
+        self.conflict.as_ref().map(|(a, b)| (a.as_str(), b.as_str()))
     }
 
     /// What a file of the manifests declares, by its backup-dir name.
@@ -206,6 +241,13 @@ impl DeclaredCoverage {
     }
 
     fn why_not(&self, seqno: u64) -> String {
+        if let Some((a, b)) = &self.conflict {
+            return format!(
+                "{a} and {b} both declare every version of some seqnos: the backup dir holds more \
+                 than one history of the store (it was deleted and created again into the same \
+                 dir); restore needs a backup dir with one"
+            );
+        }
         let exact = list(&self.restorable);
         let below: Vec<&(Base, Pos)> = self.bases.iter().filter(|(b, _)| b.at <= seqno as Pos).collect();
         let what = match below.iter().map(|(_, end)| *end).max() {
@@ -241,19 +283,54 @@ fn first_point(base: &Base) -> Pos {
     }
 }
 
-/// The longest run of every-version files covering `from + 1..` without a
-/// break, up to `limit`: its end, and its files (each needed to get there).
-fn chain<'a>(every: &[&'a DeclaredFile], from: Pos, limit: Pos) -> (Pos, Vec<&'a DeclaredFile>) {
-    let mut end = from;
+/// The files that declare every version, with the last round that listed
+/// each.
+fn every_version<'a>(
+    files: &'a BTreeMap<String, DeclaredFile>,
+    last_seen: &BTreeMap<String, u64>,
+) -> Vec<Every<'a>> {
+    files
+        .values()
+        .filter(|f| f.holds == Some(Holds::EveryVersion))
+        .map(|f| (f, last_seen.get(&f.name).copied().unwrap_or(0)))
+        .collect()
+}
+
+/// Two files that both declare every version of a seqno, if any: in one
+/// history each seqno is written once, so flush outputs never overlap.
+fn overlapping(every: &[Every<'_>]) -> Option<(String, String)> {
+    let mut by_low: Vec<&DeclaredFile> = every.iter().map(|(f, _)| *f).collect();
+    by_low.sort_by_key(|f| (f.low_seqno, f.high_seqno));
+    let mut reach: Option<&DeclaredFile> = None;
+    for f in by_low {
+        if let Some(r) = reach {
+            if f.low_seqno <= r.high_seqno {
+                return Some((r.name.clone(), f.name.clone()));
+            }
+        }
+        if reach.is_none_or(|r| f.high_seqno > r.high_seqno) {
+            reach = Some(f);
+        }
+    }
+    None
+}
+
+/// The longest run of every-version files covering `base.at + 1..` without
+/// a break, up to `limit`, among those listed at or after the base's round:
+/// its end, and its files (each needed to get there).
+fn chain<'a>(every: &[Every<'a>], base: &Base, limit: Pos) -> (Pos, Vec<&'a DeclaredFile>) {
+    let mut end = base.at;
     let mut used = Vec::new();
     while end < limit {
         let next = every
             .iter()
+            .filter(|(_, seen)| *seen >= base.round)
+            .map(|(f, _)| *f)
             .filter(|f| f.low_seqno as Pos <= end + 1 && f.high_seqno as Pos > end)
             .max_by_key(|f| f.high_seqno);
         match next {
             Some(f) => {
-                used.push(*f);
+                used.push(f);
                 end = f.high_seqno as Pos;
             }
             None => break,
@@ -489,6 +566,62 @@ mod tests {
         assert_eq!(c.restorable, vec![(10, 20)]);
         assert_eq!(c.plan(15).unwrap(), vec!["a", "b"]);
         assert!(c.plan(20).is_ok());
+    }
+
+    // Regression: a store deleted and created again into the same dir
+    // starts its seqnos over; its flushes must not chain with the old
+    // history's into an answer that mixes the two.
+    #[test]
+    fn two_files_declaring_every_version_of_one_seqno_prove_nothing() {
+        let rounds = numbered(vec![
+            round(
+                true,
+                true,
+                Some(1),
+                vec![file("a", 1, 10, Holds::EveryVersion)],
+                &[],
+            ),
+            round(
+                false,
+                true,
+                None,
+                vec![file("b", 11, 20, Holds::EveryVersion)],
+                &["a"],
+            ),
+            // The second history.
+            round(
+                true,
+                true,
+                Some(1),
+                vec![file("a~1", 1, 5, Holds::EveryVersion)],
+                &["b"],
+            ),
+        ]);
+        let c = DeclaredCoverage::new(&rounds);
+        assert!(c.restorable.is_empty(), "{:?}", c.restorable);
+        assert_eq!(c.conflict(), Some(("a~1", "a")));
+        let why = c.plan(3).unwrap_err().reason;
+        assert!(why.contains("more than one history"), "{why}");
+    }
+
+    #[test]
+    fn a_chain_from_a_base_takes_no_file_only_rounds_before_it_listed() {
+        // "old" (every version of 6..=9) was listed only before the base
+        // of round 3 was known: it is of an earlier history, not the base's.
+        let rounds = numbered(vec![
+            round(
+                true,
+                false,
+                None,
+                vec![file("old", 6, 9, Holds::EveryVersion)],
+                &[],
+            ),
+            round(false, false, None, vec![], &["old"]),
+            round(true, true, None, vec![file("base", 0, 5, Holds::Partial)], &[]),
+        ]);
+        let c = DeclaredCoverage::new(&rounds);
+        assert_eq!(c.restorable, vec![(5, 5)]);
+        assert!(c.plan(7).is_err());
     }
 
     /// The coverage rule against an oracle: a simulated engine writes keys

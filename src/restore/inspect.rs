@@ -4,7 +4,8 @@ use std::os::unix::fs::MetadataExt;
 
 use serde::Serialize;
 
-use super::{BackupRoot, Coverage, DeclaredCoverage, RecordReader, StoreBackup};
+use super::{BackupRoot, Coverage, DeclaredCoverage, FileCoverage, RecordReader, StoreBackup};
+use crate::engine::Holds;
 use crate::engine::KvId;
 use crate::error::{Error, Result};
 
@@ -34,6 +35,9 @@ pub struct MetadataSummary {
 pub struct StoreReport {
     /// The store.
     pub kv: KvId,
+    /// The file format its engine recorded in the round manifests (the
+    /// reader's, for a dir written before manifests).
+    pub format: String,
     /// Seqno-index files.
     pub files: usize,
     /// Their bytes.
@@ -47,8 +51,8 @@ pub struct StoreReport {
     /// Inclusive seqno ranges a restore gives exactly (see
     /// [`Coverage`](super::Coverage)).
     pub restorable: Vec<(u64, u64)>,
-    /// Files that do not hold every version of their range (compaction
-    /// outputs).
+    /// Files that do not hold (or declare) every version of their range
+    /// (compaction outputs).
     pub lossy_files: usize,
     /// Its metadata files.
     pub metadata: MetadataSummary,
@@ -68,27 +72,49 @@ fn shorten(text: &str) -> String {
 }
 
 fn report(store: &StoreBackup, reader: &dyn RecordReader) -> Result<StoreReport> {
+    let (rounds, _) = store.round_records()?;
+    let declared =
+        (!rounds.is_empty()).then(|| DeclaredCoverage::of_present(&rounds, &|n| store.holds_file(n)));
     let mut files = Vec::new();
     let (mut bytes, mut shared) = (0, 0);
     for path in &store.files {
         let md = std::fs::symlink_metadata(path).map_err(|e| Error::io("stat", path, e))?;
         bytes += md.len();
         shared += usize::from(md.nlink() > 1);
-        files.push(reader.coverage(path)?);
+        // What a file declares in a manifest first; else its own footer.
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let said = declared
+            .as_ref()
+            .and_then(|d| d.declared(name))
+            .map(|f| FileCoverage {
+                low_seqno: f.low_seqno,
+                high_seqno: f.high_seqno,
+                holds_every_version: f.holds == Some(Holds::EveryVersion),
+            });
+        match said {
+            Some(c) => files.push(c),
+            None => files.extend(reader.footer_coverage(path)?),
+        }
     }
-    let lossy_files = files.iter().filter(|f| !f.holds_every_version).count();
+    let lossy_files = store.files.len() - files.iter().filter(|f| f.holds_every_version).count();
     let mut coverage = Coverage::new(files);
-    let (rounds, _) = store.round_records()?;
-    if !rounds.is_empty() {
+    if let Some(declared) = declared {
         // What the files declare decides, not what their records carry
         // (for the reference engine, its footer rule may add points).
-        let declared = DeclaredCoverage::of_present(&rounds, &|n| store.holds_file(n)).restorable;
         coverage.restorable = if super::pit::legacy_applies(&rounds) {
-            super::coverage::union(declared.into_iter().chain(coverage.restorable.iter().copied()))
+            super::coverage::union(
+                declared
+                    .restorable
+                    .into_iter()
+                    .chain(coverage.restorable.iter().copied()),
+            )
         } else {
-            declared
+            declared.restorable
         };
     }
+    let format = rounds
+        .last()
+        .map_or_else(|| reader.format().to_owned(), |r| r.engine_format.clone());
     let last = match store.metadata.last() {
         Some((_, path)) => Some(shorten(
             &std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?,
@@ -97,6 +123,7 @@ fn report(store: &StoreBackup, reader: &dyn RecordReader) -> Result<StoreReport>
     };
     Ok(StoreReport {
         kv: store.kv,
+        format,
         files: store.files.len(),
         bytes,
         lowest_seqno: coverage.lowest,
@@ -116,9 +143,10 @@ fn report(store: &StoreBackup, reader: &dyn RecordReader) -> Result<StoreReport>
     })
 }
 
-/// Reports on every store of the backup root, reading only each file's
-/// footer (`verify` reads everything). A file whose footer cannot be read
-/// fails the report (run `verify` to list every problem).
+/// Reports on every store of the backup root, from its round manifests and
+/// each undeclared file's footer (`verify` reads everything). A file whose
+/// footer cannot be read fails the report (run `verify` to list every
+/// problem).
 pub fn inspect(root: &BackupRoot, reader: &dyn RecordReader) -> Result<Vec<StoreReport>> {
     root.stores().iter().map(|s| report(s, reader)).collect()
 }

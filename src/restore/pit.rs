@@ -7,10 +7,10 @@ use serde::Serialize;
 
 use super::coverage::list;
 use super::declared::DeclaredCoverage;
-use super::{history_conflict, BackedUpFile, BackupRoot, Coverage, RecordReader, Unrestorable};
+use super::{history_conflict, BackupRoot, Coverage, RecordReader, RestoreTarget, StoreBackup, Unrestorable};
 use crate::engine::KvId;
 use crate::error::{Error, Result};
-use crate::refengine::Record;
+use crate::record::Record;
 
 /// What a restore wrote for one store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -42,6 +42,7 @@ fn rebuild(
     kv: KvId,
     seqno: u64,
     reader: &dyn RecordReader,
+    target: &dyn RestoreTarget,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Rebuilt> {
     let store = root.store(kv)?;
@@ -54,74 +55,63 @@ fn rebuild(
     let plan = if rounds.is_empty() {
         None
     } else {
+        if let Some(format) = rounds
+            .iter()
+            .map(|r| &r.engine_format)
+            .find(|f| *f != reader.format())
+        {
+            return Err(not_restorable(format!(
+                "the backup's files are in the `{format}` format, not `{}`: restore with the reader \
+                 of that format",
+                reader.format()
+            )));
+        }
         let declared = DeclaredCoverage::of_present(&rounds, &|n| store.holds_file(n));
         match declared.plan(seqno) {
-            Ok(names) => Some(names),
+            Ok(names) => {
+                let lowest = names
+                    .iter()
+                    .filter_map(|n| declared.declared(n))
+                    .map(|f| f.low_seqno)
+                    .min()
+                    .unwrap_or(seqno);
+                Some((names, lowest))
+            }
             Err(_) if legacy_applies(&rounds) => None,
             Err(e) => return Err(not_restorable(e.reason)),
         }
     };
-    let (paths, declared) = match plan {
-        Some(names) => (names.iter().map(|n| store.dir.join(n)).collect::<Vec<_>>(), true),
-        None => (store.files.clone(), false),
-    };
-    // Every file is read for the history check (a store deleted and
-    // created again into the same dir has files of two histories, and a
-    // plan could take either); only the plan's records are merged.
-    let mut all = Vec::with_capacity(store.files.len());
-    for path in &store.files {
-        all.push(reader.read(path)?);
-        progress(1);
-    }
-    if let Some(c) = history_conflict(&all) {
-        return Err(not_restorable(format!(
-            "seqno {} is written differently in {} and {}: the backup dir holds more than one \
-             history of the store (it was deleted and created again into the same dir); restore \
-             needs a backup dir with one",
-            c.seqno,
-            store.files[c.first].display(),
-            store.files[c.second].display()
-        )));
-    }
-    let planned: std::collections::HashSet<&PathBuf> = paths.iter().collect();
-    let files: Vec<BackedUpFile> = all
-        .into_iter()
-        .zip(&store.files)
-        .filter(|(_, path)| planned.contains(path))
-        .map(|(f, _)| f)
-        .collect();
-    let lowest = match declared {
-        true => files.iter().map(|f| f.low_seqno).min().unwrap_or(seqno),
-        false => {
-            let coverage = Coverage::new(files.iter().map(BackedUpFile::coverage).collect());
-            if let Err(why) = coverage.check(seqno) {
-                return Err(not_restorable(explain(&why, &coverage, &store.files)));
-            }
-            coverage.lowest.unwrap_or(seqno)
-        }
+    let (paths, lowest) = match plan {
+        Some((names, lowest)) => (
+            names.iter().map(|n| store.dir.join(n)).collect::<Vec<_>>(),
+            lowest,
+        ),
+        None => legacy_plan(store, seqno, reader).map_err(not_restorable)?,
     };
 
+    // One pass over the plan's files, each streamed: memory holds one
+    // version per key (the newest at or below S so far), never the history.
     let mut newest: HashMap<Vec<u8>, Record> = HashMap::new();
-    for record in files.into_iter().flat_map(|f| f.records) {
-        if record.seqno > seqno {
-            continue;
-        }
-        match newest.get(&record.key) {
-            Some(have) if have.seqno >= record.seqno => {}
-            _ => {
-                newest.insert(record.key.clone(), record);
+    for path in &paths {
+        for record in reader.records(path)? {
+            let record = record?;
+            if record.seqno > seqno {
+                continue;
+            }
+            match newest.get(&record.key) {
+                Some(have) if have.seqno >= record.seqno => {}
+                _ => {
+                    newest.insert(record.key.clone(), record);
+                }
             }
         }
+        progress(1);
     }
     let mut newest: Vec<Record> = newest.into_values().collect();
     newest.sort_by_key(|r| r.seqno);
-    if lowest == 0 && !newest.is_empty() {
+    if !newest.is_empty() {
         // Checked before anything is written: no half-written store dir.
-        return Err(not_restorable(
-            "the backup holds seqno 0, and the reference engine's format numbers seqnos from 1; \
-             restore it into its own engine's format"
-                .into(),
-        ));
+        target.check(lowest, seqno).map_err(not_restorable)?;
     }
     Ok(Rebuilt {
         kv,
@@ -129,6 +119,50 @@ fn rebuild(
         lowest,
         newest,
     })
+}
+
+/// The files of a dir restored by the footer rule (no usable manifest):
+/// every file, if their footers prove `seqno` and no two disagree on a
+/// seqno; with the lowest seqno they cover.
+fn legacy_plan(
+    store: &StoreBackup,
+    seqno: u64,
+    reader: &dyn RecordReader,
+) -> std::result::Result<(Vec<PathBuf>, u64), String> {
+    let mut covers = Vec::with_capacity(store.files.len());
+    for path in &store.files {
+        match reader.footer_coverage(path) {
+            Ok(Some(c)) => covers.push(c),
+            Ok(None) => {
+                return Err(format!(
+                    "the dir has no round manifest and {} declares nothing in the `{}` format, so \
+                     no restore point is provable",
+                    path.display(),
+                    reader.format()
+                ))
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let coverage = Coverage::new(covers);
+    if let Err(why) = coverage.check(seqno) {
+        return Err(explain(&why, &coverage, &store.files));
+    }
+    match history_conflict(reader, &store.files) {
+        Err(e) => return Err(e.to_string()),
+        Ok(Some(c)) => {
+            return Err(format!(
+                "seqno {} is written differently in {} and {}: the backup dir holds more than one \
+                 history of the store (it was deleted and created again into the same dir); restore \
+                 needs a backup dir with one",
+                c.seqno,
+                c.first.display(),
+                c.second.display()
+            ))
+        }
+        Ok(None) => {}
+    }
+    Ok((store.files.clone(), coverage.lowest.unwrap_or(seqno)))
 }
 
 /// Whether the footer rule of dirs without manifests may be used on a dir
@@ -173,11 +207,12 @@ fn is_empty_dir(path: &Path) -> Result<bool> {
 
 /// Rebuilds each store of `kvs` as it was at `seqno` (for each key the
 /// newest version with a seqno at most `seqno`, deletes honoured) from the
-/// backup alone, and writes it as a fresh reference-engine data dir at
-/// `out`, which the engine opens normally and continues at `seqno + 1`.
+/// backup alone, reading its files with `reader`, and writes it through
+/// `target` as a fresh data dir at `out`, which the engine opens normally
+/// and continues at `seqno + 1`.
 ///
-/// Refuses, writing nothing, when `out` is not empty, or when any store's
-/// backup does not cover `seqno` without a gap. `progress` is called with
+/// Refuses, writing nothing, when `out` is not empty, or when what any
+/// store's files declare does not prove `seqno`. `progress` is called with
 /// each file read.
 pub fn restore(
     root: &BackupRoot,
@@ -185,6 +220,7 @@ pub fn restore(
     seqno: u64,
     out: &Path,
     reader: &dyn RecordReader,
+    target: &dyn RestoreTarget,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Vec<RestoreSummary>> {
     if !is_empty_dir(out)? {
@@ -195,18 +231,19 @@ pub fn restore(
     // Read and check every store before writing anything.
     let rebuilt = kvs
         .iter()
-        .map(|kv| rebuild(root, *kv, seqno, reader, progress))
+        .map(|kv| rebuild(root, *kv, seqno, reader, target, progress))
         .collect::<Result<Vec<_>>>()?;
     std::fs::create_dir_all(out).map_err(|e| Error::io("create dir", out, e))?;
     let mut summaries = Vec::new();
     for store in rebuilt {
-        let dir = super::write::write_restored_store(out, store.kv, store.lowest, seqno, &store.newest)?;
-        let tombstones = store.newest.iter().filter(|r| r.value.is_none()).count();
+        let tombstones = store.newest.iter().filter(|r| r.is_delete()).count();
+        let keys = store.newest.len() - tombstones;
+        let dir = target.write_store(out, store.kv, store.lowest, seqno, &mut store.newest.into_iter())?;
         summaries.push(RestoreSummary {
             kv: store.kv,
             to_seqno: seqno,
             files_read: store.files_read,
-            keys: store.newest.len() - tombstones,
+            keys,
             tombstones,
             dir,
         });

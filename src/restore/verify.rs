@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::{history_conflict, BackupRoot, RecordReader};
+use super::{history_conflict, BackupRoot, DeclaredCoverage, RecordReader};
 use crate::engine::KvId;
 use crate::metadata::metadata_file_name;
 
@@ -30,11 +30,14 @@ impl fmt::Display for Problem {
     }
 }
 
-/// Reads every backed-up file (checksum, footer, records inside the range),
-/// checks that no two files of a store disagree on what a seqno wrote (one
-/// history per dir), and that metadata files are numbered 1..=max without a
-/// hole and are not empty. A file named like a metadata file that the
-/// component never writes (`metadata.0.dat`, `metadata.07.dat`) is one
+/// Reads every backed-up file through `reader` (the format's own
+/// checksums, every record inside the range its manifest declares), checks
+/// that one dir holds one history of its store (from the declared ranges;
+/// for a dir without manifests, that no two files disagree on what a seqno
+/// wrote), that each manifest reads back and each file it declares is
+/// there with its length, and that metadata files are numbered 1..=max
+/// without a hole and are not empty. A file named like a metadata file that
+/// the component never writes (`metadata.0.dat`, `metadata.07.dat`) is one
 /// problem of its own and has no part in the numbering. Returns every
 /// problem found; empty means clean.
 pub fn verify(root: &BackupRoot, reader: &dyn RecordReader) -> Vec<Problem> {
@@ -47,62 +50,89 @@ pub fn verify(root: &BackupRoot, reader: &dyn RecordReader) -> Vec<Problem> {
                 what,
             })
         };
-        let mut read = Vec::new();
-        let mut paths = Vec::new();
+        let (records, unreadable) = match store.round_records() {
+            Ok(read) => read,
+            Err(e) => {
+                problem(store.dir.clone(), e.to_string());
+                (Vec::new(), Vec::new())
+            }
+        };
+        for (path, why) in unreadable {
+            problem(path, why);
+        }
+        if let Some(format) = records
+            .iter()
+            .map(|r| &r.engine_format)
+            .find(|f| *f != reader.format())
+        {
+            problem(
+                store.dir.clone(),
+                format!(
+                    "its files are in the `{format}` format, not `{}`: verify with the reader of that format",
+                    reader.format()
+                ),
+            );
+            continue;
+        }
+        let declared = DeclaredCoverage::new(&records);
         let mut failed = std::collections::HashSet::new();
         for path in &store.files {
-            match reader.read(path) {
-                Ok(file) => {
-                    read.push(file);
-                    paths.push(path);
-                }
-                Err(e) => {
-                    problem(path.clone(), e.to_string());
-                    failed.insert(path.clone());
-                }
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let range = declared.declared(name).map(|f| (f.low_seqno, f.high_seqno));
+            if let Err(what) = check_file(reader, path, range) {
+                problem(path.clone(), what);
+                failed.insert(path.clone());
             }
         }
-        if let Some(c) = history_conflict(&read) {
+        if records.is_empty() {
+            let intact: Vec<PathBuf> = store
+                .files
+                .iter()
+                .filter(|p| !failed.contains(*p))
+                .cloned()
+                .collect();
+            match history_conflict(reader, &intact) {
+                Ok(Some(c)) => problem(
+                    c.second,
+                    format!(
+                        "seqno {} is written differently here and in {}: the dir holds more than one \
+                         history of the store",
+                        c.seqno,
+                        c.first.display()
+                    ),
+                ),
+                Ok(None) => {}
+                Err(e) => problem(store.dir.clone(), e.to_string()),
+            }
+        } else if let Some((a, b)) = declared.conflict() {
             problem(
-                paths[c.second].clone(),
+                store.dir.join(b),
                 format!(
-                    "seqno {} is written differently here and in {}: the dir holds more than one \
-                     history of the store",
-                    c.seqno,
-                    paths[c.first].display()
+                    "declares every version of seqnos {a} declares too: the dir holds more than one \
+                     history of the store"
                 ),
             );
         }
-        drop(read);
-        // Round manifests: each reads back, and each file it declares is
-        // in the dir with its declared length.
-        match store.round_records() {
-            Ok((records, unreadable)) => {
-                for (path, why) in unreadable {
-                    problem(path, why);
-                }
-                let mut checked = std::collections::HashSet::new();
-                for f in records.iter().flat_map(|r| &r.added) {
-                    let path = store.dir.join(&f.name);
-                    // A file reported unreadable above is one problem, not two.
-                    if !checked.insert(f.name.clone()) || failed.contains(&path) {
-                        continue;
-                    }
-                    match std::fs::symlink_metadata(&path) {
-                        Ok(md) if md.len() == f.len => {}
-                        Ok(md) => problem(
-                            path,
-                            format!(
-                                "a round manifest declares {} bytes, the file has {}",
-                                f.len,
-                                md.len()
-                            ),
-                        ),
-                        Err(_) => problem(path, "declared by a round manifest but not in the dir".into()),
-                    }
-                }
+        // Each file a manifest declares is in the dir with its length.
+        let mut checked = std::collections::HashSet::new();
+        for f in records.iter().flat_map(|r| &r.added) {
+            let path = store.dir.join(&f.name);
+            // A file reported unreadable above is one problem, not two.
+            if !checked.insert(f.name.clone()) || failed.contains(&path) {
+                continue;
             }
-            Err(e) => problem(store.dir.clone(), e.to_string()),
+            match std::fs::symlink_metadata(&path) {
+                Ok(md) if md.len() == f.len => {}
+                Ok(md) => problem(
+                    path,
+                    format!(
+                        "a round manifest declares {} bytes, the file has {}",
+                        f.len,
+                        md.len()
+                    ),
+                ),
+                Err(_) => problem(path, "declared by a round manifest but not in the dir".into()),
+            }
         }
         for path in &store.foreign_metadata {
             problem(path.clone(), FOREIGN_METADATA.into());
@@ -131,6 +161,28 @@ pub fn verify(root: &BackupRoot, reader: &dyn RecordReader) -> Vec<Problem> {
         }
     }
     problems
+}
+
+/// Streams one file through `reader`; with a declared `range`, every
+/// record must lie inside it.
+fn check_file(
+    reader: &dyn RecordReader,
+    path: &std::path::Path,
+    range: Option<(u64, u64)>,
+) -> Result<(), String> {
+    let records = reader.records(path).map_err(|e| e.to_string())?;
+    for record in records {
+        let record = record.map_err(|e| e.to_string())?;
+        if let Some((low, high)) = range {
+            if record.seqno < low || record.seqno > high {
+                return Err(format!(
+                    "holds seqno {} outside the range {low}..={high} its round manifest declares",
+                    record.seqno
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,44 +1,61 @@
-//! Writing a restored store as a fresh reference-engine store dir.
+//! The reference engine as a restore target: a fresh store dir holding one
+//! seqno-index file.
 
 use std::path::{Path, PathBuf};
 
+use super::RestoreTarget;
 use crate::engine::KvId;
 use crate::error::{Error, Result};
+use crate::record::Record;
 use crate::refengine::format::{self, RecordRef};
-use crate::refengine::Record;
 
-/// Writes `records` (newest versions, in seqno order) as the only file of
-/// store `kv` under the data dir `out`, covering `low..=high`, durably; the
-/// reference engine opens it as the store and continues at `high + 1`.
-/// Returns the store's dir.
-pub(super) fn write_restored_store(
-    out: &Path,
-    kv: KvId,
-    low: u64,
-    high: u64,
-    records: &[Record],
-) -> Result<PathBuf> {
-    let dir = out.join(format!("kv-{}", kv.0));
-    std::fs::create_dir(&dir).map_err(|e| Error::io("create store dir", &dir, e))?;
-    format::sync_dir(out)?;
-    if records.is_empty() {
-        return Ok(dir);
+/// Writes a restored store as the reference engine's `kv-<id>/` dir with
+/// one file covering the restore's seqnos; the engine opens it normally.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RefTarget;
+
+impl RestoreTarget for RefTarget {
+    fn format(&self) -> &'static str {
+        crate::refengine::FILE_FORMAT
     }
-    let refs: Vec<RecordRef<'_>> = records
-        .iter()
-        .map(|r| RecordRef {
-            seqno: r.seqno,
-            key: &r.key,
-            value: r.value.as_deref(),
-        })
-        .collect();
-    let name = format::file_name(1);
-    format::write_index_file(
-        &dir.join(format!(".restore-{name}")),
-        &dir.join(&name),
-        low,
-        high,
-        &refs,
-    )?;
-    Ok(dir)
+
+    fn check(&self, lowest: u64, _seqno: u64) -> std::result::Result<(), String> {
+        if lowest == 0 {
+            return Err(
+                "the backup holds seqno 0, and the reference engine's format numbers \
+                        seqnos from 1; restore it into its own engine's format"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The file is written whole (its footer's CRC covers every byte), so
+    /// the records are held in memory once, as the caller's map held them.
+    fn write_store(
+        &self,
+        out: &Path,
+        kv: KvId,
+        lowest: u64,
+        seqno: u64,
+        records: &mut dyn Iterator<Item = Record>,
+    ) -> Result<PathBuf> {
+        let records: Vec<Record> = records.collect();
+        let dir = out.join(format!("kv-{}", kv.0));
+        std::fs::create_dir(&dir).map_err(|e| Error::io("create store dir", &dir, e))?;
+        format::sync_dir(out)?;
+        if records.is_empty() {
+            return Ok(dir);
+        }
+        let refs: Vec<RecordRef<'_>> = records.iter().map(RecordRef::from).collect();
+        let name = format::file_name(1);
+        format::write_index_file(
+            &dir.join(format!(".restore-{name}")),
+            &dir.join(&name),
+            lowest,
+            seqno,
+            &refs,
+        )?;
+        Ok(dir)
+    }
 }
