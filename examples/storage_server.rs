@@ -1,4 +1,5 @@
-//! A small storage server on the reference engine, with continuous backup.
+//! A small storage server with continuous backup, on the reference engine
+//! or (`--engine lsm-tree`) on lsm-tree through the crate's adapter.
 //!
 //! vBuckets become active, a writer thread puts and deletes documents,
 //! flushes and compacts; backups run every `--interval-ms`; the callback
@@ -7,11 +8,12 @@
 //! table is printed from what is on disk in the backup dirs. Exits non-zero
 //! if any flushed seqno of the engine is missing from its backup.
 //!
-//! `cargo run --release --example storage_server -- [--dir DIR] [--seconds N] [--stores N]`
+//! `cargo run --release --example storage_server -- [--dir DIR] [--seconds N] [--stores N] [--engine ref|lsm-tree]`
 //!
 //! With `--dir`, engine data is kept in `DIR/data` and backups in
-//! `DIR/backup/<kv_id>/`; a second run on the same DIR reopens both and
-//! carries on (metadata numbering continues).
+//! `DIR/backup/<kv_id>/` (`DIR/lsm-data`, `DIR/lsm-backup` for lsm-tree); a
+//! second run on the same DIR reopens both and carries on (metadata
+//! numbering continues).
 
 #![expect(clippy::print_stdout, reason = "the example prints its report")]
 
@@ -21,15 +23,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use continuous_backup::refengine::{read_index_file, RefEngine};
+use continuous_backup::lsm::LsmEngine;
+use continuous_backup::refengine::RefEngine;
+use continuous_backup::restore::{detect_format, format_named, inspect, BackupRoot};
 use continuous_backup::{
-    callback, parse_metadata_file_name, BackupFile, CallbackFactory, Config, ContinuousBackup, KvId,
-    ReplicationConfig, VbucketState,
+    callback, BackupFile, CallbackFactory, Config, ContinuousBackup, Engine, KvId, ReplicationConfig,
+    VbucketState,
 };
 
 #[derive(Parser, Debug)]
-#[command(about = "Run a small storage server with continuous backup on the reference engine")]
+#[command(about = "Run a small storage server with continuous backup")]
 struct Args {
+    /// The storage engine: `ref` (the reference engine) or `lsm-tree`.
+    #[arg(long, default_value = "ref", value_parser = ["ref", "lsm-tree"])]
+    engine: String,
     /// Keep data and backups under DIR (reopened and continued if it holds a run).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -123,8 +130,64 @@ impl Journal {
     }
 }
 
+/// What the writer does to a store, on either engine.
+trait Store: Engine {
+    fn create(&self, kv: KvId) -> continuous_backup::Result<()>;
+    fn put(&self, kv: KvId, key: &[u8], value: &[u8]) -> continuous_backup::Result<u64>;
+    fn delete(&self, kv: KvId, key: &[u8]) -> continuous_backup::Result<u64>;
+    fn flush(&self, kv: KvId) -> continuous_backup::Result<()>;
+    /// A compaction; `major` compacts everything into the last level.
+    fn compact(&self, kv: KvId, major: bool) -> continuous_backup::Result<()>;
+    fn has_stores(&self) -> bool;
+}
+
+impl Store for RefEngine {
+    fn create(&self, kv: KvId) -> continuous_backup::Result<()> {
+        self.create_store(kv)
+    }
+    fn put(&self, kv: KvId, key: &[u8], value: &[u8]) -> continuous_backup::Result<u64> {
+        RefEngine::put(self, kv, key, value)
+    }
+    fn delete(&self, kv: KvId, key: &[u8]) -> continuous_backup::Result<u64> {
+        RefEngine::delete(self, kv, key)
+    }
+    fn flush(&self, kv: KvId) -> continuous_backup::Result<()> {
+        RefEngine::flush(self, kv).map(drop)
+    }
+    fn compact(&self, kv: KvId, _major: bool) -> continuous_backup::Result<()> {
+        RefEngine::compact(self, kv).map(drop)
+    }
+    fn has_stores(&self) -> bool {
+        !self.stores().is_empty()
+    }
+}
+
+impl Store for LsmEngine {
+    fn create(&self, kv: KvId) -> continuous_backup::Result<()> {
+        self.create_store(kv)
+    }
+    fn put(&self, kv: KvId, key: &[u8], value: &[u8]) -> continuous_backup::Result<u64> {
+        LsmEngine::put(self, kv, key, value)
+    }
+    fn delete(&self, kv: KvId, key: &[u8]) -> continuous_backup::Result<u64> {
+        LsmEngine::delete(self, kv, key)
+    }
+    fn flush(&self, kv: KvId) -> continuous_backup::Result<()> {
+        LsmEngine::flush(self, kv)
+    }
+    fn compact(&self, kv: KvId, major: bool) -> continuous_backup::Result<()> {
+        match major {
+            true => self.major_compact(kv),
+            false => LsmEngine::compact(self, kv),
+        }
+    }
+    fn has_stores(&self) -> bool {
+        !self.kv_ids().is_empty()
+    }
+}
+
 /// Puts, deletes, flushes and compacts until `stop` is set.
-fn write_load(engine: RefEngine, stores: u16, stop: Arc<AtomicBool>) -> continuous_backup::Result<u64> {
+fn write_load(engine: Arc<dyn Store>, stores: u16, stop: Arc<AtomicBool>) -> continuous_backup::Result<u64> {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut ops = 0u64;
     while !stop.load(Ordering::Relaxed) {
@@ -143,51 +206,13 @@ fn write_load(engine: RefEngine, stores: u16, stop: Arc<AtomicBool>) -> continuo
             engine.flush(kv)?;
         }
         if ops.is_multiple_of(3000) {
-            engine.compact(kv)?;
+            engine.compact(kv, ops.is_multiple_of(12_000))?;
         }
     }
     for kv in 0..stores {
         engine.flush(KvId(kv))?;
     }
     Ok(ops)
-}
-
-/// What is on disk in one store's backup dir.
-struct BackupSummary {
-    files: usize,
-    bytes: u64,
-    metadata_files: usize,
-    last_n: u64,
-    high_seqno: u64,
-    /// Round manifests.
-    rounds: usize,
-}
-
-fn summarize(dir: &Path) -> std::io::Result<BackupSummary> {
-    let mut s = BackupSummary {
-        files: 0,
-        bytes: 0,
-        metadata_files: 0,
-        last_n: 0,
-        high_seqno: 0,
-        rounds: 0,
-    };
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(n) = parse_metadata_file_name(&name) {
-            s.metadata_files += 1;
-            s.last_n = s.last_n.max(n);
-        } else if continuous_backup::manifest::parse_round_file_name(&name).is_some() {
-            s.rounds += 1;
-        } else {
-            let (footer, _) = read_index_file(&entry.path()).map_err(std::io::Error::other)?;
-            s.files += 1;
-            s.bytes += entry.metadata()?.len();
-            s.high_seqno = s.high_seqno.max(footer.high_seqno);
-        }
-    }
-    Ok(s)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -209,7 +234,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::absolute(root)?;
     // The data dir's lock is the first thing taken: a second server on the
     // same --dir stops here, having touched nothing.
-    let engine = match RefEngine::open(root.join("data")) {
+    let (data, backup_root) = match args.engine.as_str() {
+        "lsm-tree" => (root.join("lsm-data"), root.join("lsm-backup")),
+        _ => (root.join("data"), root.join("backup")),
+    };
+    let opened: continuous_backup::Result<Arc<dyn Store>> = match args.engine.as_str() {
+        "lsm-tree" => LsmEngine::open(&data).map(|e| Arc::new(e) as Arc<dyn Store>),
+        _ => RefEngine::open(&data).map(|e| Arc::new(e) as Arc<dyn Store>),
+    };
+    let engine = match opened {
         Ok(engine) => engine,
         Err(e @ continuous_backup::Error::DirLocked { .. }) => {
             eprintln!("storage_server: {e}");
@@ -221,8 +254,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Err(e) => return Err(e.into()),
     };
-    let resumed = !engine.stores().is_empty();
-    let backup_root = root.join("backup");
+    let resumed = engine.has_stores();
     let stores = args.stores;
 
     let journal = match &args.journal {
@@ -256,9 +288,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     let ops = actix::System::new().block_on(async {
-        let backup = ContinuousBackup::start(Arc::new(engine.clone()), config, Some(factory))?;
+        let backup = ContinuousBackup::start(engine.clone() as Arc<dyn Engine>, config, Some(factory))?;
         for kv in 0..stores {
-            engine.create_store(KvId(kv))?;
+            engine.create(KvId(kv))?;
             backup.set_vbucket_state(KvId(kv), VbucketState::Active).await?;
         }
         let stop = Arc::new(AtomicBool::new(false));
@@ -315,6 +347,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     })?;
     let _ = ops;
 
+    // What is on disk, read back as `cbk inspect` reads it.
+    let root_of_backups = BackupRoot::open(&backup_root)?;
+    let format = format_named(&detect_format(&root_of_backups)?)?;
+    let reports = inspect(&root_of_backups, format.reader.as_ref())?;
     println!(
         "{:>4} {:>6} {:>10} {:>9} {:>7} {:>7} {:>12} {:>12}",
         "kv", "files", "bytes", "metadata", "last n", "rounds", "backed-up hi", "engine hi"
@@ -322,29 +358,48 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut missing = Vec::new();
     for kv in 0..stores {
         let kv = KvId(kv);
-        let s = summarize(&backup_root.join(kv.to_string()))?;
+        let report = reports
+            .iter()
+            .find(|r| r.kv == kv)
+            .ok_or("a store has no backup dir")?;
+        let rounds = root_of_backups.store(kv)?.rounds.len();
         let engine_high = engine
-            .files(kv)?
+            .snapshot(kv)?
+            .files()
             .iter()
             .map(|f| f.high_seqno())
             .max()
             .unwrap_or(0);
+        let (m, high) = (&report.metadata, report.highest_seqno.unwrap_or(0));
         println!(
             "{:>4} {:>6} {:>10} {:>9} {:>7} {:>7} {:>12} {:>12}",
-            kv.0, s.files, s.bytes, s.metadata_files, s.last_n, s.rounds, s.high_seqno, engine_high
+            kv.0,
+            report.files,
+            report.bytes,
+            m.count,
+            m.last_n.unwrap_or(0),
+            rounds,
+            high,
+            engine_high
         );
-        if s.high_seqno < engine_high || s.metadata_files as u64 != s.last_n {
+        let exact_to_high = report.restorable.last().is_some_and(|r| r.1 >= engine_high);
+        if high < engine_high
+            || m.count as u64 != m.last_n.unwrap_or(0)
+            || (engine_high > 0 && !exact_to_high)
+        {
             missing.push(kv);
         }
     }
     println!(
-        "data: {}  backups: {}",
-        root.join("data").display(),
+        "{} data: {}  backups: {}",
+        format.reader.format(),
+        data.display(),
         backup_root.display()
     );
     if !missing.is_empty() {
         return Err(format!(
-            "backups of {missing:?} are behind the engine or have holes in their metadata numbers"
+            "backups of {missing:?} are behind the engine, do not restore its latest state exactly, or \
+             have holes in their metadata numbers"
         )
         .into());
     }
