@@ -86,6 +86,7 @@ pub struct LsmEngine {
     _lock: DirLock,
     cache: Arc<lsm_tree::Cache>,
     stores: RwLock<BTreeMap<KvId, Arc<Store>>>,
+    opening: parking_lot::Mutex<()>,
     generations: AtomicU64,
 }
 
@@ -111,6 +112,7 @@ impl LsmEngine {
             _lock: lock,
             cache: Arc::new(lsm_tree::Cache::with_capacity_bytes(CACHE_BYTES)),
             stores: RwLock::new(BTreeMap::new()),
+            opening: parking_lot::Mutex::new(()),
             generations: AtomicU64::new(1),
             dir,
         };
@@ -130,18 +132,22 @@ impl LsmEngine {
     /// Opens store `kv`, creating it (its history starting at seqno 0) if
     /// the data dir has none.
     pub fn create_store(&self, kv: KvId) -> Result<()> {
-        let mut stores = self.stores.write();
-        if let std::collections::btree_map::Entry::Vacant(slot) = stores.entry(kv) {
-            let dir = self.dir.join(store_dir_name(kv));
-            let store = Store::open(
-                kv,
-                &dir,
-                self.cache.clone(),
-                &self.generations,
-                self.options.retain_for_backup,
-            )?;
-            slot.insert(Arc::new(store));
+        // Opened outside the map's lock (`generation` reads the map on an
+        // actor thread and must not wait for this IO), one at a time: a
+        // tree is never opened twice.
+        let _opening = self.opening.lock();
+        if self.stores.read().contains_key(&kv) {
+            return Ok(());
         }
+        let dir = self.dir.join(store_dir_name(kv));
+        let store = Store::open(
+            kv,
+            &dir,
+            self.cache.clone(),
+            &self.generations,
+            self.options.retain_for_backup,
+        )?;
+        self.stores.write().entry(kv).or_insert_with(|| Arc::new(store));
         Ok(())
     }
 
