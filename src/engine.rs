@@ -24,6 +24,10 @@ pub(crate) const METADATA_PREFIX: &str = "metadata.";
 /// Seqno-index files may not use it.
 pub(crate) const ROUND_PREFIX: &str = "round.";
 
+/// Prefix of the prune records in a backup dir (`prune.<p>.json`).
+/// Seqno-index files may not use it.
+pub(crate) const PRUNE_PREFIX: &str = "prune.";
+
 /// What a seqno-index file declares it holds, as facts a restore checks
 /// offline (they are recorded in the backup dir's round manifests). The
 /// range is the file's [`low_seqno`](IndexFile::low_seqno)`..=`
@@ -228,6 +232,11 @@ fn check_file_name(path: &Path) -> Result<()> {
             "the file name starts with `round.`, which the component reserves for round manifests",
         ));
     }
+    if name.starts_with(PRUNE_PREFIX) {
+        return Err(invalid(
+            "the file name starts with `prune.`, which the component reserves for prune records",
+        ));
+    }
     if name.contains('~') {
         return Err(invalid(
             "the file name contains `~`, which the component uses for renamed duplicates",
@@ -364,6 +373,7 @@ mod tests {
             "/d/.hidden",
             "/d/metadata.1.dat",
             "/d/round.1.json",
+            "/d/prune.1.json",
             "/d/a~1",
         ] {
             assert!(

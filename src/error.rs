@@ -234,6 +234,13 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// A retention policy that cannot be used; nothing was deleted.
+    #[error("retention: {reason}")]
+    InvalidRetention {
+        /// What is wrong.
+        reason: String,
+    },
+
     /// Backed-up files in a format this build cannot read (or a backup
     /// root whose stores are in several).
     #[error("{what}; formats this build reads: {known}")]

@@ -189,6 +189,10 @@ pub const CRASH_POINTS: &[&str] = &[
     "metadata.renamed_before_dir_sync",
 ];
 
+#[cfg(feature = "failpoints")]
+/// The crash points of a prune, in order.
+pub const PRUNE_CRASH_POINTS: &[&str] = &["prune.recorded", "prune.unlinked_one"];
+
 /// Without `failpoints`: nothing is ever injected.
 #[cfg(not(feature = "failpoints"))]
 #[inline(always)]

@@ -65,6 +65,7 @@ mod record;
 pub mod refengine;
 pub mod replication;
 pub mod restore;
+pub mod retention;
 mod status;
 mod supervisor;
 

@@ -27,6 +27,13 @@ use crate::fs::BackupDir;
 /// The manifest format this crate writes.
 pub const MANIFEST_FORMAT: u32 = 1;
 
+/// The wall clock in milliseconds since the Unix epoch (0 before it).
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// The file name of round `r`'s manifest.
 pub fn round_file_name(r: u64) -> String {
     format!("{ROUND_PREFIX}{r}.json")
@@ -149,9 +156,7 @@ impl RoundLog {
     /// fsync returns) and returns its name and length. A failure consumes
     /// the number only if the name may have become visible.
     pub fn write(&mut self, dir: &BackupDir, facts: RoundFacts) -> Result<(String, u64)> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let now = now_ms();
         let round = self.next;
         let record = RoundRecord {
             format: MANIFEST_FORMAT,

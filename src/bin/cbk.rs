@@ -7,8 +7,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use continuous_backup::restore::{
-    detect_format, format_named, inspect, mirror, restore, verify, BackupRoot, Format, StoreReport,
+    detect_format, format_named, inspect, mirror, prune, restore, verify, BackupRoot, Format, StoreReport,
 };
+use continuous_backup::retention::{parse_duration, Retention};
 use continuous_backup::{KvId, RemoteUrl};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -69,6 +70,24 @@ enum Command {
     Verify {
         /// The backup root: a dir, or an object-store URL.
         root: String,
+    },
+    /// Delete from each store's backup dir the files no restore point of the
+    /// retention window needs (never a manifest or metadata file, never a
+    /// file the newest round lists). The dirs must not be in use by a
+    /// running component. Prints what each store freed.
+    Prune {
+        /// The backup root (a local dir).
+        root: PathBuf,
+        /// Keep every restore point of the last DURATION before the newest
+        /// round (`24h`, `90m`, `7d`).
+        #[arg(long, value_name = "DURATION", required_unless_present = "keep_rounds")]
+        keep: Option<String>,
+        /// Keep every restore point of the newest K rounds.
+        #[arg(long, value_name = "K")]
+        keep_rounds: Option<u64>,
+        /// Report what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Rebuild stores as they were at a seqno (for each key the newest
     /// version at or below it, deletes honoured) into a fresh data dir that
@@ -249,6 +268,49 @@ fn run(cli: Cli) -> Result<ExitCode, continuous_backup::Error> {
                 println!("{} problems in {} stores", problems.len(), backup.stores().len());
                 Ok(ExitCode::from(1))
             }
+        }
+        Command::Prune {
+            ref root,
+            ref keep,
+            keep_rounds,
+            dry_run,
+        } => {
+            let keep_for = match keep {
+                Some(text) => Some(
+                    parse_duration(text)
+                        .map_err(|e| continuous_backup::Error::InvalidRetention { reason: e.0 })?,
+                ),
+                None => None,
+            };
+            let policy = Retention {
+                keep_for,
+                keep_rounds,
+            };
+            let reports = prune(&BackupRoot::open(root)?, &policy, dry_run)?;
+            let verb = if dry_run { "would delete" } else { "deleted" };
+            let (mut files, mut freed) = (0, 0);
+            for r in &reports {
+                match (&r.skipped, r.window_round, r.window_seqno) {
+                    (Some(why), ..) => println!("kv {}: kept whole: {why}", r.kv),
+                    (None, Some(round), Some(seqno)) => println!(
+                        "kv {}: window from round {round} (seqno {seqno} on): {verb} {} files, {} bytes \
+                         freed ({} bytes still shared with the live engine), {} files kept",
+                        r.kv,
+                        r.deleted.len(),
+                        r.bytes_freed,
+                        r.bytes_shared,
+                        r.kept
+                    ),
+                    _ => {}
+                }
+                files += r.deleted.len();
+                freed += r.bytes_freed;
+            }
+            println!(
+                "{verb} {files} files, {freed} bytes freed, in {} stores",
+                reports.len()
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Restore(ref args) => {
             let opened = open(&args.root)?;

@@ -199,13 +199,19 @@ impl Store {
         } else {
             Holds::Partial
         };
-        let low = state.facts.next_low;
+        // Durable before anything declares it: if the write fails, the
+        // tables stay undeclared (partial, from their records, at the next
+        // open) and no snapshot has claimed every version of their seqnos.
+        let mut facts = state.facts.clone();
+        let low = facts.next_low;
         for id in new {
-            state.facts.tables.insert(id, Fact { low, high, holds });
+            facts.tables.insert(id, Fact { low, high, holds });
         }
-        state.facts.next_low = high + 1;
-        state.facts.write(&self.dir)?;
+        facts.next_low = high + 1;
+        facts.write(&self.dir)?;
+        state.facts = facts;
         drop(state);
+        self.forget_old_versions();
         self.bump(generations);
         Ok(())
     }
@@ -224,7 +230,8 @@ impl Store {
             self.tree
                 .compact(Arc::new(lsm_tree::compaction::Leveled::default()), threshold)
         };
-        done.map_err(|e| engine_error(self.kv, e))?;
+        // lsm-tree may fail after it committed the new tables (its manifest
+        // upkeep): what changed is recorded either way.
         let after = tables(&self.tree);
         let removed: Vec<(u64, Table)> = before
             .into_iter()
@@ -236,9 +243,15 @@ impl Store {
             .copied()
             .collect();
         if removed.is_empty() && added.is_empty() {
-            return Ok(());
+            return done.map_err(|e| engine_error(self.kv, e));
         }
-        let inputs: Vec<Fact> = removed.iter().map(|(id, _)| state.facts.tables[id]).collect();
+        let inputs: Vec<Fact> = removed
+            .iter()
+            .map(|(id, table)| match state.facts.tables.get(id) {
+                Some(f) => Ok(*f),
+                None => scanned_fact(self.kv, table),
+            })
+            .collect::<Result<_>>()?;
         let low = inputs.iter().map(|f| f.low).min();
         let high = inputs.iter().map(|f| f.high).max();
         for id in added {
@@ -260,10 +273,28 @@ impl Store {
                 state.linked.remove(&id);
             }
         }
-        state.facts.write(&self.dir)?;
+        let written = state.facts.write(&self.dir);
         drop(state);
+        self.forget_old_versions();
         self.bump(generations);
-        Ok(())
+        done.map_err(|e| engine_error(self.kv, e))?;
+        written
+    }
+
+    /// Drops the tree's history of old versions (and their `v<id>` files):
+    /// lsm-tree keeps them for readers of old seqnos, which the adapter
+    /// never has, until a maintenance pass with a watermark above 0, which a
+    /// flush with eviction seqno 0 (every version kept) never runs. Without
+    /// this, every flushed memtable stayed in memory.
+    fn forget_old_versions(&self) {
+        let path = self.tree.tree_config().path.clone();
+        if let Err(e) = self
+            .tree
+            .get_version_history_lock()
+            .maintenance(&path, self.seqno.get())
+        {
+            tracing::warn!(kv_store = %self.kv, error = ?e, "lsm-tree version upkeep failed");
+        }
     }
 
     /// A snapshot: the live tables and the retained inputs, held open.
@@ -272,7 +303,16 @@ impl Store {
         state.backing_up = true;
         let generation = self.generation.load(Ordering::Acquire);
         let mut held: Vec<Table> = tables(&self.tree).into_values().collect();
-        let complete = state.retained.is_empty();
+        let listed_high = held
+            .iter()
+            .filter_map(|t| state.facts.tables.get(&t.id()))
+            .map(|f| f.high)
+            .max();
+        // Complete only if nothing is retained and the tables reach the last
+        // flush: a compaction into the last level may leave no table holding
+        // the newest seqnos (all deleted), and the highest seqno listed would
+        // then understate the state they hold.
+        let complete = is_complete(state.retained.is_empty(), listed_high, state.facts.next_low);
         held.extend(state.retained.values().cloned());
         let mut files = Vec::with_capacity(held.len());
         for table in &held {
@@ -341,6 +381,12 @@ impl Store {
     }
 }
 
+/// Whether a snapshot is complete: nothing retained, and its tables'
+/// highest declared seqno is the last flush's (`next_low - 1`).
+fn is_complete(nothing_retained: bool, listed_high: Option<u64>, next_low: u64) -> bool {
+    nothing_retained && listed_high.is_some() && listed_high == next_low.checked_sub(1)
+}
+
 /// A snapshot of one store on lsm-tree: holds every listed table open, so
 /// lsm-tree keeps its file until the snapshot goes.
 pub struct LsmSnapshot {
@@ -371,5 +417,25 @@ impl Snapshot for LsmSnapshot {
     /// delete marker was in a table already linked and compacted away.
     fn is_complete(&self) -> bool {
         self.complete
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_complete;
+
+    // Regression (review): a compaction into the last level that wrote no
+    // table (every key in it deleted) left a table of older seqnos as the
+    // highest listed; the snapshot called complete put a base at its high
+    // seqno, below deletes it did not hold.
+    #[test]
+    fn a_snapshot_whose_tables_stop_below_the_last_flush_is_not_complete() {
+        assert!(is_complete(true, Some(9), 10));
+        assert!(
+            !is_complete(true, Some(2), 10),
+            "the tables stop below the last flush"
+        );
+        assert!(!is_complete(false, Some(9), 10), "a retained input");
+        assert!(!is_complete(true, None, 10), "no table");
     }
 }

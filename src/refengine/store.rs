@@ -552,7 +552,7 @@ impl Store {
             (mem, number)
         };
         let (low, high) = mem.range();
-        let written = self.write_file(number, low, high, &mem.sorted_records());
+        let written = self.write_file(number, low, high, &mem.sorted_records(), Holds::EveryVersion);
         let mut st = self.state.lock();
         st.flushing = None;
         match written {
@@ -663,11 +663,21 @@ impl Store {
             })
             .collect();
         records.sort_unstable_by_key(|r| r.seqno);
-        self.write_file(number, low, high, &records)
+        self.write_file(number, low, high, &records, Holds::NewestPerKey)
     }
 
-    /// Durably writes `records` as file `number` covering `low..=high`.
-    fn write_file(&self, number: u64, low: u64, high: u64, records: &[RecordRef<'_>]) -> Result<LiveFile> {
+    /// Durably writes `records` as file `number` covering `low..=high`,
+    /// declared as holding `holds` (a flush every version; a compaction
+    /// output the newest per key, even where no key repeated, so that it
+    /// never declares every version of seqnos its inputs declared too).
+    fn write_file(
+        &self,
+        number: u64,
+        low: u64,
+        high: u64,
+        records: &[RecordRef<'_>],
+        holds: Holds,
+    ) -> Result<LiveFile> {
         let dir = self.dir.path();
         let dest = dir.join(format::file_name(number));
         let tmp = dir.join(format::temp_file_name(number));
@@ -686,7 +696,7 @@ impl Store {
         let ino = fs::metadata(&dest).map_err(|e| Error::io("stat", &dest, e))?;
         let desc = IndexFile::new(dest, written.len, low, high)?
             .with_file_id(std::os::unix::fs::MetadataExt::ino(&ino))
-            .with_holds(declared_holds(records.len(), low, high));
+            .with_holds(holds);
         Ok(LiveFile::new(desc, index, Arc::clone(&self.dir)))
     }
 
@@ -736,10 +746,13 @@ impl Store {
     }
 }
 
-/// What a file of this engine holds. Its seqnos are dense (one per put or
-/// delete of the store), so a file with one record per seqno of its range
-/// is a flush output, which keeps every version; any other is a compaction
-/// output (or a restored store's file), which keeps each key's newest
+/// What a file found on disk holds (a file this process writes is declared
+/// by what wrote it). Its seqnos are dense (one per put or delete of the
+/// store), so a file with one record per seqno of its range holds every
+/// version (a flush output, or a compaction output where no key repeated:
+/// then, if its inputs were backed up too, restore refuses the dir as
+/// holding overlapping histories rather than guess); any other is a
+/// compaction output (or a restored store's file), which keeps each key's newest
 /// version, delete markers included, over every key of its range.
 fn declared_holds(records: usize, low: u64, high: u64) -> Holds {
     if records as u64 == high - low + 1 {

@@ -78,6 +78,13 @@ pub struct DeclaredCoverage {
     bases: Vec<(Base, Pos)>,
     #[serde(skip)]
     last_seen: BTreeMap<String, u64>,
+    /// Per round: its number and the highest seqno its snapshot's files
+    /// declare (the newest state backed up by then).
+    #[serde(skip)]
+    round_highs: Vec<(u64, Option<u64>)>,
+    /// The newest round's snapshot, by name.
+    #[serde(skip)]
+    latest: BTreeSet<String>,
     /// Two files that both declare every version of some seqno: the dir
     /// holds more than one history of the store, and nothing is provable.
     #[serde(skip)]
@@ -105,6 +112,8 @@ impl DeclaredCoverage {
     pub fn of_present(rounds: &[RoundRecord], present: &dyn Fn(&str) -> bool) -> DeclaredCoverage {
         let mut files: BTreeMap<String, DeclaredFile> = BTreeMap::new();
         let mut last_seen: BTreeMap<String, u64> = BTreeMap::new();
+        let mut round_highs = Vec::with_capacity(rounds.len());
+        let mut first_seen: BTreeMap<String, u64> = BTreeMap::new();
         let mut bases: Vec<Base> = Vec::new();
         let mut snapshot: BTreeSet<String> = BTreeSet::new();
         // The snapshot is known only from a full round on, through rounds
@@ -123,6 +132,7 @@ impl DeclaredCoverage {
             }
             for f in &round.added {
                 files.entry(f.name.clone()).or_insert_with(|| f.clone());
+                first_seen.entry(f.name.clone()).or_insert(round.round);
                 snapshot.insert(f.name.clone());
             }
             for name in &round.removed {
@@ -131,6 +141,12 @@ impl DeclaredCoverage {
             for name in &snapshot {
                 last_seen.insert(name.clone(), round.round);
             }
+            let high = snapshot
+                .iter()
+                .filter_map(|n| files.get(n))
+                .map(|f| f.high_seqno)
+                .max();
+            round_highs.push((round.round, high));
             if let Some(first) = round.first_seqno {
                 bases.push(Base {
                     at: first as Pos - 1,
@@ -155,38 +171,50 @@ impl DeclaredCoverage {
         }
         files.retain(|name, _| present(name));
         let every = every_version(&files, &last_seen);
-        let conflict = overlapping(&every);
+        let conflict = overlapping(&every).or_else(|| restarted(&files, &every, &first_seen));
         if conflict.is_some() {
             bases.clear();
         }
-        let newest: Vec<&DeclaredFile> = files
+        let newest: Vec<(&DeclaredFile, u64)> = files
             .values()
             .filter(|f| f.holds == Some(Holds::NewestPerKey))
+            .map(|f| (f, last_seen.get(&f.name).copied().unwrap_or(0)))
             .collect();
         // Close over compactions: each may turn a known point into a base.
+        // Every base a round gives is kept (one per seqno and file set: a
+        // plan prefers the one with fewer files); of the bases compactions
+        // derive, one per seqno. Of equal ones the earliest known is kept
+        // (its chain may take the most files): popped first.
         let mut reached: Vec<(Base, Pos)> = Vec::new();
-        // Of the bases at one seqno the earliest known is kept (its chain
-        // may take the most files): popped first.
-        let mut pending = bases;
-        pending.sort_by_key(|b| std::cmp::Reverse(b.round));
-        while let Some(base) = pending.pop() {
-            if reached.iter().any(|(b, _)| b.at == base.at) {
+        let mut seen_roots: std::collections::HashSet<(Pos, BTreeSet<String>)> = Default::default();
+        let mut seen_derived: std::collections::HashSet<Pos> = Default::default();
+        let mut pending: Vec<(Base, bool)> = bases.into_iter().map(|b| (b, false)).collect();
+        pending.sort_by_key(|(b, _)| std::cmp::Reverse(b.round));
+        while let Some((base, derived)) = pending.pop() {
+            let new = match derived {
+                false => seen_roots.insert((base.at, base.files.clone())),
+                true => seen_derived.insert(base.at),
+            };
+            if !new {
                 continue;
             }
             let (end, _) = chain(&every, &base, Pos::MAX);
-            for c in &newest {
+            for (c, seen) in &newest {
                 let (lo, hi) = (c.low_seqno as Pos, c.high_seqno as Pos);
                 let from = base.at.max(lo - 1);
-                if from <= end.min(hi) && hi > base.at {
+                // A compaction that extends a state known at round r was
+                // written after it, so a round at or after r lists it.
+                if from <= end.min(hi) && hi > base.at && *seen >= base.round {
                     let (_, via) = chain(&every, &base, from);
                     let mut files: BTreeSet<String> = base.files.clone();
                     files.extend(via.into_iter().map(|f| f.name.clone()));
                     files.insert(c.name.clone());
-                    pending.push(Base {
+                    let next = Base {
                         at: hi,
                         round: base.round,
                         files,
-                    });
+                    };
+                    pending.push((next, true));
                 }
             }
             reached.push((base, end));
@@ -202,8 +230,77 @@ impl DeclaredCoverage {
             files,
             bases: reached,
             last_seen,
+            round_highs,
+            latest: snapshot,
             conflict,
         }
+    }
+
+    /// The highest seqno declared by the snapshot of the round before
+    /// round `r`: the newest state a restore point of a window starting at
+    /// `r` may have to reproduce. `None` when no earlier round declares one.
+    pub fn high_before_round(&self, r: u64) -> Option<u64> {
+        self.round_highs
+            .iter()
+            .take_while(|(round, _)| *round < r)
+            .filter_map(|(_, high)| *high)
+            .max()
+    }
+
+    /// The newest round's snapshot: the files the live engine still lists.
+    pub fn latest_snapshot(&self) -> &BTreeSet<String> {
+        &self.latest
+    }
+
+    /// Every file a restore to any seqno at or above `from` reads: for each
+    /// base that is the best (the newest, as [`plan`](Self::plan) picks)
+    /// for some such seqno, its files and the chain that carries it to its
+    /// end. Deleting every other file leaves each such seqno the same best
+    /// base and chain, so the same plan.
+    pub fn needed_from(&self, from: u64) -> BTreeSet<String> {
+        let from = from as Pos;
+        let every = every_version(&self.files, &self.last_seen);
+        let mut reaching: Vec<&(Base, Pos)> = self
+            .bases
+            .iter()
+            .filter(|(b, end)| *end >= from && *end >= first_point(b))
+            .collect();
+        reaching.sort_by_key(|(b, _)| std::cmp::Reverse(preference(b)));
+        // The seqnos newer bases already win, as sorted disjoint ranges.
+        let mut won: Vec<(Pos, Pos)> = Vec::new();
+        let mut needed = BTreeSet::new();
+        for (base, end) in reaching {
+            let (lo, hi) = (first_point(base).max(from), *end);
+            if !covers(&won, lo, hi) {
+                needed.extend(base.files.iter().cloned());
+                let (_, via) = chain(&every, base, *end);
+                needed.extend(via.into_iter().map(|f| f.name.clone()));
+            }
+            won.push((first_point(base), *end));
+            won.sort_unstable();
+        }
+        needed
+    }
+
+    /// The seqnos at or above `from` where a plan can change (every
+    /// declared range end and base, one past each): comparing the plans
+    /// there compares them everywhere, as a plan is constant between two.
+    pub fn plan_boundaries(&self, from: u64) -> BTreeSet<u64> {
+        let mut at: BTreeSet<u64> = BTreeSet::from([from]);
+        for f in self.files.values() {
+            at.extend([f.low_seqno, f.high_seqno, f.high_seqno.saturating_add(1)]);
+        }
+        for (base, end) in &self.bases {
+            for p in [first_point(base), *end, end.saturating_add(1)] {
+                if p >= 0 {
+                    at.insert(p as u64);
+                }
+            }
+        }
+        for (lo, hi) in &self.restorable {
+            at.extend([*lo, *hi, hi.saturating_add(1)]);
+        }
+        at.split_off(&from)
     }
 
     /// The backup-dir names of the files a restore to `seqno` reads (the
@@ -216,7 +313,7 @@ impl DeclaredCoverage {
             .bases
             .iter()
             .filter(|(b, end)| first_point(b) <= s && s <= *end)
-            .max_by_key(|(b, _)| b.at);
+            .max_by_key(|(b, _)| preference(b));
         let Some((base, _)) = best else {
             return Err(NotProvable {
                 reason: self.why_not(seqno),
@@ -273,6 +370,30 @@ impl DeclaredCoverage {
     }
 }
 
+/// Which of the bases covering a seqno its plan reads: the newest (the
+/// fewest files to read), then the one with fewer files, then the one
+/// known earliest.
+fn preference(b: &Base) -> (Pos, std::cmp::Reverse<usize>, std::cmp::Reverse<u64>) {
+    (b.at, std::cmp::Reverse(b.files.len()), std::cmp::Reverse(b.round))
+}
+
+/// Whether the ranges `won` (sorted by start) cover all of `lo..=hi`.
+fn covers(won: &[(Pos, Pos)], lo: Pos, hi: Pos) -> bool {
+    let mut next = lo;
+    for &(a, b) in won {
+        if a > next {
+            break;
+        }
+        if b >= next {
+            next = b + 1;
+        }
+        if next > hi {
+            return true;
+        }
+    }
+    next > hi
+}
+
 /// The first seqno a base restores: its own, except the empty start of a
 /// history (no files), whose first point is the store's first seqno.
 fn first_point(base: &Base) -> Pos {
@@ -310,6 +431,49 @@ fn overlapping(every: &[Every<'_>]) -> Option<(String, String)> {
         }
         if reach.is_none_or(|r| f.high_seqno > r.high_seqno) {
             reach = Some(f);
+        }
+    }
+    None
+}
+
+/// A file that declares every version of a seqno at or below the highest
+/// seqno of a file listed in an earlier round, with that file, if any. In
+/// one history a file holds only what was flushed before the round that
+/// first lists it, and a flush after that round starts above all of it;
+/// such a file is of a later history of the store (deleted and created
+/// again into the dir, seqnos started over).
+fn restarted(
+    files: &BTreeMap<String, DeclaredFile>,
+    every: &[Every<'_>],
+    first_seen: &BTreeMap<String, u64>,
+) -> Option<(String, String)> {
+    // Per round of first listing, the highest seqno of the files listed
+    // by then, and one such file.
+    let mut listed: Vec<(u64, u64, &str)> = files
+        .values()
+        .filter_map(|f| {
+            first_seen
+                .get(&f.name)
+                .map(|r| (*r, f.high_seqno, f.name.as_str()))
+        })
+        .collect();
+    listed.sort_unstable();
+    let mut highest: Vec<(u64, u64, &str)> = Vec::with_capacity(listed.len());
+    for (round, high, name) in listed {
+        match highest.last() {
+            Some(&(_, top, top_name)) if top >= high => highest.push((round, top, top_name)),
+            _ => highest.push((round, high, name)),
+        }
+    }
+    for (f, _) in every {
+        let Some(&first) = first_seen.get(&f.name) else {
+            continue;
+        };
+        let i = highest.partition_point(|(round, ..)| *round < first);
+        if let Some(&(_, high, name)) = i.checked_sub(1).map(|i| &highest[i]) {
+            if f.low_seqno <= high {
+                return Some((name.to_owned(), f.name.clone()));
+            }
         }
     }
     None
@@ -602,6 +766,65 @@ mod tests {
         assert_eq!(c.conflict(), Some(("a~1", "a")));
         let why = c.plan(3).unwrap_err().reason;
         assert!(why.contains("more than one history"), "{why}");
+    }
+
+    // Regression (review): a second history's flush, listed after a
+    // compaction of the first (complete or not), chained onto the first's
+    // state: restore to 120 mixed the two.
+    #[test]
+    fn a_flush_from_below_what_an_earlier_round_listed_is_a_second_history() {
+        for complete in [true, false] {
+            let rounds = numbered(vec![
+                round(
+                    true,
+                    complete,
+                    Some(1),
+                    vec![file("c", 1, 100, Holds::NewestPerKey)],
+                    &[],
+                ),
+                round(
+                    true,
+                    complete,
+                    Some(1),
+                    vec![file("n", 1, 150, Holds::EveryVersion)],
+                    &["c"],
+                ),
+            ]);
+            let c = DeclaredCoverage::new(&rounds);
+            assert_eq!(c.conflict(), Some(("c", "n")), "complete: {complete}");
+            assert!(c.restorable.is_empty());
+            assert!(c.plan(120).unwrap_err().reason.contains("more than one history"));
+        }
+    }
+
+    #[test]
+    fn flushes_after_a_compaction_start_above_it_and_are_no_conflict() {
+        let rounds = numbered(vec![
+            round(
+                true,
+                true,
+                Some(1),
+                vec![file("a", 1, 10, Holds::EveryVersion)],
+                &[],
+            ),
+            round(
+                false,
+                true,
+                None,
+                vec![file("c", 1, 10, Holds::NewestPerKey)],
+                &["a"],
+            ),
+            round(
+                false,
+                true,
+                None,
+                vec![file("b", 11, 20, Holds::EveryVersion)],
+                &[],
+            ),
+        ]);
+        let c = DeclaredCoverage::new(&rounds);
+        assert_eq!(c.conflict(), None);
+        assert_eq!(c.restorable, vec![(1, 20)]);
     }
 
     #[test]

@@ -101,7 +101,7 @@ fn report(store: &StoreBackup, reader: &dyn RecordReader) -> Result<StoreReport>
     if let Some(declared) = declared {
         // What the files declare decides, not what their records carry
         // (for the reference engine, its footer rule may add points).
-        coverage.restorable = if super::pit::legacy_applies(&rounds) {
+        coverage.restorable = if super::pit::legacy_applies(store, &rounds) {
             super::coverage::union(
                 declared
                     .restorable

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::engine::{KvId, METADATA_PREFIX, ROUND_PREFIX};
+use crate::engine::{KvId, METADATA_PREFIX, PRUNE_PREFIX, ROUND_PREFIX};
 use crate::error::{Error, Result};
 use crate::manifest::{parse_round_file_name, RoundRecord};
 use crate::metadata::{metadata_file_name, parse_metadata_file_name};
@@ -37,6 +37,9 @@ pub struct StoreBackup {
     /// Round manifests as `(r, path)`, sorted by `r` (none in a dir written
     /// before manifests existed).
     pub rounds: Vec<(u64, PathBuf)>,
+    /// Prune records as `(p, path)`, sorted by `p`: the dir was pruned, so
+    /// files older than its retention window are gone on purpose.
+    pub prunes: Vec<(u64, PathBuf)>,
 }
 
 /// A file that does not read back as what its name says, and why.
@@ -56,6 +59,21 @@ impl StoreBackup {
             }
         }
         Ok((records, unreadable))
+    }
+
+    /// The names of the files the dir's prune records say were deleted.
+    pub fn pruned_names(&self) -> Result<std::collections::BTreeSet<String>> {
+        let mut names = std::collections::BTreeSet::new();
+        for (_, path) in &self.prunes {
+            let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
+            let record: crate::restore::prune::PruneRecord =
+                serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+                    path: path.clone(),
+                    reason: format!("not a prune record: {e}"),
+                })?;
+            names.extend(record.deleted);
+        }
+        Ok(names)
     }
 
     /// Whether the dir holds the seqno-index file `name` (`files` is
@@ -132,10 +150,18 @@ impl BackupRoot {
                 foreign_metadata: Vec::new(),
                 temp_files: Vec::new(),
                 rounds: Vec::new(),
+                prunes: Vec::new(),
             };
             for (name, path, kind) in read_dir(&dir)? {
                 if name.starts_with('.') {
                     store.temp_files.push(path);
+                    continue;
+                }
+                if name.starts_with(PRUNE_PREFIX) {
+                    match crate::restore::prune::parse_prune_file_name(&name) {
+                        Some(p) => store.prunes.push((p, path)),
+                        None => store.foreign_metadata.push(path),
+                    }
                     continue;
                 }
                 if name.starts_with(ROUND_PREFIX) {
@@ -154,6 +180,7 @@ impl BackupRoot {
             }
             store.metadata.sort_by_key(|(n, _)| *n);
             store.rounds.sort_by_key(|(r, _)| *r);
+            store.prunes.sort_by_key(|(p, _)| *p);
             stores.push(store);
         }
         stores.sort_by_key(|s| s.kv);

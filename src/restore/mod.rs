@@ -12,6 +12,7 @@ mod declared;
 mod inspect;
 mod layout;
 mod pit;
+pub(crate) mod prune;
 mod remote;
 mod verify;
 mod write;
@@ -21,6 +22,7 @@ pub use declared::{DeclaredCoverage, NotProvable};
 pub use inspect::{inspect, MetadataSummary, StoreReport};
 pub use layout::{BackupRoot, StoreBackup};
 pub use pit::{restore, RestoreSummary};
+pub use prune::{prune, PruneRecord, PruneReport};
 pub use remote::{mirror, Mirrored};
 pub use verify::{verify, Problem};
 

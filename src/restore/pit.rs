@@ -77,7 +77,7 @@ fn rebuild(
                     .unwrap_or(seqno);
                 Some((names, lowest))
             }
-            Err(_) if legacy_applies(&rounds) => None,
+            Err(_) if legacy_applies(store, &rounds) => None,
             Err(e) => return Err(not_restorable(e.reason)),
         }
     };
@@ -165,12 +165,15 @@ fn legacy_plan(
     Ok((store.files.clone(), coverage.lowest.unwrap_or(seqno)))
 }
 
-/// Whether the footer rule of dirs without manifests may be used on a dir
-/// whose manifests are `rounds`: only for the reference engine's files.
-pub(super) fn legacy_applies(rounds: &[crate::manifest::RoundRecord]) -> bool {
-    rounds
-        .iter()
-        .all(|r| r.engine_format == crate::refengine::FILE_FORMAT)
+/// Whether the footer rule of dirs without manifests may be used on
+/// `store`, whose manifests are `rounds`: only for the reference engine's
+/// files, and never once the dir was pruned (the rule takes the state below
+/// the lowest seqno present as empty, which pruned files made untrue).
+pub(super) fn legacy_applies(store: &StoreBackup, rounds: &[crate::manifest::RoundRecord]) -> bool {
+    store.prunes.is_empty()
+        && rounds
+            .iter()
+            .all(|r| r.engine_format == crate::refengine::FILE_FORMAT)
 }
 
 /// Why a restore is refused, in words, with the seqnos that would work.

@@ -113,7 +113,15 @@ pub fn verify(root: &BackupRoot, reader: &dyn RecordReader) -> Vec<Problem> {
                 ),
             );
         }
-        // Each file a manifest declares is in the dir with its length.
+        // Each file a manifest declares is in the dir with its length,
+        // unless a prune record says it was deleted on purpose.
+        let pruned = match store.pruned_names() {
+            Ok(names) => names,
+            Err(e) => {
+                problem(store.dir.clone(), e.to_string());
+                Default::default()
+            }
+        };
         let mut checked = std::collections::HashSet::new();
         for f in records.iter().flat_map(|r| &r.added) {
             let path = store.dir.join(&f.name);
@@ -131,6 +139,7 @@ pub fn verify(root: &BackupRoot, reader: &dyn RecordReader) -> Vec<Problem> {
                         md.len()
                     ),
                 ),
+                Err(_) if pruned.contains(&f.name) => {}
                 Err(_) => problem(path, "declared by a round manifest but not in the dir".into()),
             }
         }

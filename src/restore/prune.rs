@@ -1,0 +1,261 @@
+//! `prune`: deleting what no kept restore point needs.
+//!
+//! The rule (proof in ARCHITECTURE.md, "Retention"): the window starts at
+//! the policy's first round `r_w`, and its oldest restore point is `S_w`,
+//! the newest state backed up before it (the highest seqno the snapshot of
+//! round `r_w - 1` declares). A restore to S reads the plan of the best
+//! base at or below S and the chain from it. Prune keeps every base whose
+//! restore points reach `S_w`, with its chain (`DeclaredCoverage::needed_from`),
+//! the newest round's snapshot, every undeclared file and every manifest
+//! and metadata file; it deletes the other declared files. Before deleting,
+//! it recomputes the plans without them at every seqno where a plan can
+//! change and refuses, deleting nothing, unless every one is the same.
+//!
+//! On disk, in order: the store's dir is locked (a running component or
+//! another prune holds it: refused); the prune record `prune.<p>.json`
+//! (what goes, and why) is written durably (temp, fsync,
+//! `RENAME_NOREPLACE`, dir fsync); the files are unlinked; the dir is
+//! fsynced. A crash anywhere leaves the needed files untouched: the ones
+//! listed and still there are deleted by the next prune.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{BackupRoot, DeclaredCoverage, StoreBackup};
+use crate::dir_lock::DirLock;
+use crate::engine::{KvId, PRUNE_PREFIX};
+use crate::error::{Error, Result};
+use crate::retention::Retention;
+
+/// The prune record format this crate writes.
+const PRUNE_FORMAT: u32 = 1;
+
+/// What one prune deleted (`prune.<p>.json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneRecord {
+    /// The record format, 1.
+    pub format: u32,
+    /// Wall-clock time of the prune, milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// The first round of the retention window.
+    pub window_round: u64,
+    /// The oldest seqno the window keeps.
+    pub window_seqno: u64,
+    /// The backup-dir names it deletes.
+    pub deleted: Vec<String>,
+}
+
+/// What a prune did (or, dry, would do) to one store's backup dir.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PruneReport {
+    /// The store.
+    pub kv: KvId,
+    /// The first round of the window (`None`: nothing to prune, e.g. a dir
+    /// without round manifests, which is never pruned).
+    pub window_round: Option<u64>,
+    /// The oldest seqno kept restorable.
+    pub window_seqno: Option<u64>,
+    /// Files deleted (or to delete).
+    pub deleted: Vec<String>,
+    /// Bytes whose last link went (the backup's own copies).
+    pub bytes_freed: u64,
+    /// Bytes of deleted links the live engine still shares (not freed).
+    pub bytes_shared: u64,
+    /// Files kept.
+    pub kept: usize,
+    /// Why nothing was pruned, if so.
+    pub skipped: Option<String>,
+}
+
+/// The file name of prune record `p`.
+pub fn prune_file_name(p: u64) -> String {
+    format!("{PRUNE_PREFIX}{p}.json")
+}
+
+/// The `p` of a prune record name (decimal from 1, no leading zeros).
+pub fn parse_prune_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix(PRUNE_PREFIX)?.strip_suffix(".json")?;
+    if digits.is_empty() || digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+fn name_of(path: &Path) -> &str {
+    path.file_name().and_then(|n| n.to_str()).unwrap_or_default()
+}
+
+/// What to delete from `store`, and the window, or why nothing.
+struct Plan {
+    window_round: u64,
+    window_seqno: u64,
+    delete: Vec<PathBuf>,
+    kept: usize,
+}
+
+fn plan(store: &StoreBackup, policy: &Retention) -> Result<std::result::Result<Plan, String>> {
+    let (rounds, unreadable) = store.round_records()?;
+    if let Some((path, _)) = unreadable.first() {
+        return Ok(Err(format!(
+            "{} does not read back; run verify (nothing is pruned while a manifest is unreadable)",
+            path.display()
+        )));
+    }
+    let Some(window_round) = policy.window_start(&rounds) else {
+        return Ok(Err(
+            "no round manifests: a dir written before them is never pruned".into(),
+        ));
+    };
+    let present = |n: &str| store.holds_file(n);
+    let before = DeclaredCoverage::of_present(&rounds, &present);
+    // Reference-engine files no manifest declares are history from before
+    // manifests, which only the footer rule reads, and a pruned dir no
+    // longer may: such a dir is kept whole. With every file declared, the
+    // footer rule proves nothing the declared one does not.
+    if super::pit::legacy_applies(store, &rounds) {
+        if let Some(p) = store.files.iter().find(|p| before.declared(name_of(p)).is_none()) {
+            return Ok(Err(format!(
+                "{} is declared by no round manifest (history from before manifests): the dir is \
+                 kept whole",
+                p.display()
+            )));
+        }
+    }
+    let window_seqno = before.high_before_round(window_round).unwrap_or(0);
+    let mut keep: BTreeSet<String> = before.needed_from(window_seqno);
+    keep.extend(before.latest_snapshot().iter().cloned());
+    let delete: Vec<PathBuf> = store
+        .files
+        .iter()
+        .filter(|p| before.declared(name_of(p)).is_some() && !keep.contains(name_of(p)))
+        .cloned()
+        .collect();
+    let gone: BTreeSet<&str> = delete.iter().map(|p| name_of(p)).collect();
+    let after = DeclaredCoverage::of_present(&rounds, &|n| present(n) && !gone.contains(n));
+    for s in before.plan_boundaries(window_seqno) {
+        let (b, a) = (before.plan(s).ok(), after.plan(s).ok());
+        if b != a {
+            return Ok(Err(format!(
+                "deleting {} files would change the restore to seqno {s} ({}); nothing pruned \
+                 (please report this)",
+                delete.len(),
+                if a.is_none() {
+                    "refused after"
+                } else {
+                    "other files after"
+                }
+            )));
+        }
+    }
+    Ok(Ok(Plan {
+        window_round,
+        window_seqno,
+        kept: store.files.len() - delete.len(),
+        delete,
+    }))
+}
+
+/// Writes `record` as the next prune record of the locked dir `dir`.
+fn write_record(dir: &Path, p: u64, record: &PruneRecord) -> Result<()> {
+    let name = prune_file_name(p);
+    let tmp = dir.join(format!(".cbk-tmp.{}.prune.{name}", std::process::id()));
+    let bytes = serde_json::to_vec_pretty(record).map_err(|e| Error::Corrupt {
+        path: dir.join(&name),
+        reason: format!("cannot encode: {e}"),
+    })?;
+    let mut file = std::fs::File::create_new(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+    file.write_all(&bytes).map_err(|e| Error::io("write", &tmp, e))?;
+    file.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
+    drop(file);
+    let dest = dir.join(&name);
+    rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        &tmp,
+        rustix::fs::CWD,
+        &dest,
+        rustix::fs::RenameFlags::NOREPLACE,
+    )
+    .map_err(|e| Error::io("rename", &dest, e.into()))?;
+    crate::fs::sync_dir(dir)
+}
+
+/// Prunes every store of `root` by `policy`: deletes the declared files no
+/// restore point of the window needs (see the module docs), or with
+/// `dry_run` only reports them. Each store's dir is locked first: a dir a
+/// running component owns is refused with [`Error::DirLocked`], and nothing
+/// of any store is deleted. A store whose restore points the deletion would
+/// change is left whole and reported as skipped.
+pub fn prune(root: &BackupRoot, policy: &Retention, dry_run: bool) -> Result<Vec<PruneReport>> {
+    policy
+        .validate()
+        .map_err(|e| Error::InvalidRetention { reason: e.0 })?;
+    if policy.is_off() {
+        return Err(Error::InvalidRetention {
+            reason: "no retention given: say how much to keep (a duration or a number of rounds)".into(),
+        });
+    }
+    // Every dir locked before anything is decided.
+    let locks = root
+        .stores()
+        .iter()
+        .map(|s| DirLock::acquire_path(&s.dir))
+        .collect::<Result<Vec<_>>>()?;
+    // Listed again under the locks: what the dirs hold now.
+    let root = BackupRoot::open(root.path())?;
+    let mut reports = Vec::new();
+    for store in root.stores() {
+        let mut report = PruneReport {
+            kv: store.kv,
+            window_round: None,
+            window_seqno: None,
+            deleted: Vec::new(),
+            bytes_freed: 0,
+            bytes_shared: 0,
+            kept: store.files.len(),
+            skipped: None,
+        };
+        let plan = match plan(store, policy)? {
+            Ok(plan) => plan,
+            Err(why) => {
+                report.skipped = Some(why);
+                reports.push(report);
+                continue;
+            }
+        };
+        report.window_round = Some(plan.window_round);
+        report.window_seqno = Some(plan.window_seqno);
+        report.kept = plan.kept;
+        for path in &plan.delete {
+            let md = std::fs::symlink_metadata(path).map_err(|e| Error::io("stat", path, e))?;
+            match md.nlink() {
+                1 => report.bytes_freed += md.len(),
+                _ => report.bytes_shared += md.len(),
+            }
+            report.deleted.push(name_of(path).to_owned());
+        }
+        if !dry_run && !plan.delete.is_empty() {
+            let p = store.prunes.last().map_or(1, |(p, _)| p + 1);
+            let record = PruneRecord {
+                format: PRUNE_FORMAT,
+                time_ms: crate::manifest::now_ms(),
+                window_round: plan.window_round,
+                window_seqno: plan.window_seqno,
+                deleted: report.deleted.clone(),
+            };
+            write_record(&store.dir, p, &record)?;
+            crate::faults::crash_point("prune.recorded");
+            for path in &plan.delete {
+                std::fs::remove_file(path).map_err(|e| Error::io("unlink", path, e))?;
+                crate::faults::crash_point("prune.unlinked_one");
+            }
+            crate::fs::sync_dir(&store.dir)?;
+        }
+        reports.push(report);
+    }
+    drop(locks);
+    Ok(reports)
+}

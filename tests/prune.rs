@@ -1,0 +1,409 @@
+//! Retention against an oracle: random histories on the reference engine
+//! and on lsm-tree, backed up every few ms, then pruned by random policies.
+//! Every restore point of the window restores after the prune exactly as
+//! the history says (as it did before); outside the window a restore is
+//! refused or, where the kept files still prove it, exact; never wrong.
+//! Space is really freed. Bad input deletes nothing.
+#![expect(clippy::print_stdout, reason = "the suite prints its counts")]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use continuous_backup::restore::{inspect, prune, restore, verify, BackupRoot, Format};
+use continuous_backup::retention::Retention;
+use continuous_backup::{Config, ContinuousBackup, Engine, Error, KvId};
+
+/// Every mutation of one store, in seqno order.
+type History = Vec<(u64, Vec<u8>, Option<Vec<u8>>)>;
+
+fn state_at(history: &History, seqno: u64) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut state = BTreeMap::new();
+    for (_, key, value) in history.iter().take_while(|(s, ..)| *s <= seqno) {
+        match value {
+            Some(v) => state.insert(key.clone(), v.clone()),
+            None => state.remove(key),
+        };
+    }
+    state
+}
+
+/// The writes a workload makes, on either engine.
+trait Store: Engine {
+    fn put(&self, key: &[u8], value: &[u8]) -> u64;
+    fn delete(&self, key: &[u8]) -> u64;
+    fn flush(&self);
+    fn compact(&self);
+    /// Reads every key of the store restored into `out` at `seqno`.
+    fn read_restored(&self, out: &Path, seqno: u64) -> BTreeMap<Vec<u8>, Vec<u8>>;
+    fn format(&self) -> Format;
+}
+
+const KV: KvId = KvId(0);
+const KEYS: u64 = 30;
+
+fn key(i: u64) -> Vec<u8> {
+    format!("key-{i:02}").into_bytes()
+}
+
+impl Store for continuous_backup::refengine::RefEngine {
+    fn put(&self, key: &[u8], value: &[u8]) -> u64 {
+        continuous_backup::refengine::RefEngine::put(self, KV, key, value).unwrap()
+    }
+    fn delete(&self, key: &[u8]) -> u64 {
+        continuous_backup::refengine::RefEngine::delete(self, KV, key).unwrap()
+    }
+    fn flush(&self) {
+        continuous_backup::refengine::RefEngine::flush(self, KV).unwrap();
+    }
+    fn compact(&self) {
+        continuous_backup::refengine::RefEngine::compact(self, KV).unwrap();
+    }
+    fn read_restored(&self, out: &Path, _seqno: u64) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        let engine = continuous_backup::refengine::RefEngine::open(out).unwrap();
+        (0..KEYS)
+            .filter_map(|i| engine.get(KV, &key(i)).unwrap().map(|v| (key(i), v)))
+            .collect()
+    }
+    fn format(&self) -> Format {
+        continuous_backup::restore::format_named("ref").unwrap()
+    }
+}
+
+#[cfg(feature = "lsm-tree")]
+impl Store for continuous_backup::lsm::LsmEngine {
+    fn put(&self, key: &[u8], value: &[u8]) -> u64 {
+        continuous_backup::lsm::LsmEngine::put(self, KV, key, value).unwrap()
+    }
+    fn delete(&self, key: &[u8]) -> u64 {
+        continuous_backup::lsm::LsmEngine::delete(self, KV, key).unwrap()
+    }
+    fn flush(&self) {
+        continuous_backup::lsm::LsmEngine::flush(self, KV).unwrap();
+    }
+    fn compact(&self) {
+        self.major_compact(KV).unwrap();
+    }
+    fn read_restored(&self, out: &Path, _seqno: u64) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        let engine = continuous_backup::lsm::LsmEngine::open(out).unwrap();
+        (0..KEYS)
+            .filter_map(|i| engine.get(KV, &key(i)).unwrap().map(|v| (key(i), v)))
+            .collect()
+    }
+    fn format(&self) -> Format {
+        continuous_backup::restore::format_named("lsm-tree").unwrap()
+    }
+}
+
+/// Runs a workload with backups every 3 ms into `backup_root/0`; the
+/// store's backup stops once in the middle (a vBucket gone replica), so
+/// some history reaches the backup only as compaction outputs.
+async fn drive(engine: Arc<dyn Store>, backup_root: &Path, ops: usize, seed: u64) -> History {
+    let backup = ContinuousBackup::start(engine.clone() as Arc<dyn Engine>, Config::default(), None).unwrap();
+    let (cb, mut rx) = recorder();
+    let dir = backup_root.join(KV.to_string());
+    backup
+        .start_backup(KV, dir.clone(), cb.clone(), Some(ms(3)))
+        .await
+        .unwrap();
+    next_round(&mut rx, Duration::from_secs(10)).await;
+    let mut history = History::new();
+    let mut rng = Rng(seed);
+    for op in 0..ops {
+        if op == ops / 2 {
+            backup.stop_backup(KV, true).await.unwrap();
+        }
+        if op == ops / 2 + ops / 10 {
+            backup
+                .start_backup(KV, dir.clone(), cb.clone(), Some(ms(3)))
+                .await
+                .unwrap();
+        }
+        let k = key(rng.below(KEYS));
+        match rng.below(100) {
+            0..=64 => {
+                let v = format!("v{op}").into_bytes();
+                let s = engine.put(&k, &v);
+                history.push((s, k, Some(v)));
+            }
+            65..=79 => {
+                let s = engine.delete(&k);
+                history.push((s, k, None));
+            }
+            80..=94 => engine.flush(),
+            _ => {
+                engine.flush();
+                engine.compact();
+            }
+        }
+        if op % 25 == 0 {
+            actix_rt::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    engine.flush();
+    backup.stop_backup(KV, true).await.unwrap();
+    backup.shutdown().await.unwrap();
+    history
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), dest).unwrap();
+        }
+    }
+}
+
+/// The bytes of the seqno-index files in a backup root.
+fn files_bytes(root: &Path, reader: &dyn continuous_backup::restore::RecordReader) -> u64 {
+    inspect(&BackupRoot::open(root).unwrap(), reader).unwrap()[0].bytes
+}
+
+#[derive(Default)]
+struct Tally {
+    policies: u64,
+    in_window: u64,
+    outside_refused: u64,
+    outside_exact: u64,
+    wrong: Vec<String>,
+    freed: u64,
+}
+
+/// Prunes copies of `root` by `policies` and checks every restore point
+/// chosen against the history.
+fn check_policies(
+    engine: &dyn Store,
+    root: &Path,
+    work: &Path,
+    history: &History,
+    policies: &[Retention],
+    seed: u64,
+) -> Tally {
+    let format = engine.format();
+    let (reader, target) = (format.reader.as_ref(), format.target.as_ref());
+    let high = history.last().unwrap().0;
+    let before = inspect(&BackupRoot::open(root).unwrap(), reader)
+        .unwrap()
+        .remove(0);
+    let exact_before = |s: u64| before.restorable.iter().any(|&(a, b)| a <= s && s <= b);
+    let mut rng = Rng(seed);
+    let mut tally = Tally::default();
+    for (i, policy) in policies.iter().enumerate() {
+        let copy = work.join(format!("policy-{i}"));
+        copy_dir(root, &copy);
+        let bytes_before = files_bytes(&copy, reader);
+        let report = prune(&BackupRoot::open(&copy).unwrap(), policy, false)
+            .unwrap()
+            .remove(0);
+        assert_eq!(report.skipped, None, "{policy:?}");
+        let window = report.window_seqno.unwrap();
+        let freed = bytes_before - files_bytes(&copy, reader);
+        assert_eq!(freed, report.bytes_freed + report.bytes_shared, "{policy:?}");
+        tally.freed += freed;
+        tally.policies += 1;
+        let pruned = BackupRoot::open(&copy).unwrap();
+        assert!(
+            verify(&pruned, reader).is_empty(),
+            "{:?}",
+            verify(&pruned, reader)
+        );
+        let mut points: Vec<u64> = (0..40).map(|_| rng.below(high + 1)).collect();
+        points.extend((0..20).map(|_| window + rng.below(high.saturating_sub(window) + 1)));
+        points.extend(before.restorable.iter().flat_map(|r| [r.0, r.1]));
+        points.push(window);
+        for (p, s) in points.into_iter().enumerate() {
+            let out = work.join(format!("out-{i}-{p}"));
+            let done = restore(&pruned, &[KV], s, &out, reader, target, &mut |_| {});
+            let in_window = s >= window && exact_before(s);
+            match done {
+                Ok(_) => {
+                    if engine.read_restored(&out, s) != state_at(history, s) {
+                        tally
+                            .wrong
+                            .push(format!("{policy:?}: seqno {s} (window from {window})"));
+                    }
+                    if in_window {
+                        tally.in_window += 1;
+                    } else {
+                        tally.outside_exact += 1;
+                    }
+                    std::fs::remove_dir_all(&out).unwrap();
+                }
+                Err(Error::NotRestorable { reason, .. }) => {
+                    assert!(!out.exists());
+                    if in_window {
+                        tally
+                            .wrong
+                            .push(format!("{policy:?}: seqno {s} in the window refused: {reason}"));
+                    } else {
+                        tally.outside_refused += 1;
+                    }
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    tally
+}
+
+fn policies(rounds: u64, span_ms: u64, seed: u64) -> Vec<Retention> {
+    let mut rng = Rng(seed);
+    let mut out = vec![Retention {
+        keep_for: None,
+        keep_rounds: Some(3),
+    }];
+    for _ in 0..5 {
+        out.push(Retention {
+            keep_for: None,
+            keep_rounds: Some(1 + rng.below(rounds.max(1))),
+        });
+        out.push(Retention {
+            keep_for: Some(Duration::from_millis(1 + rng.below(span_ms.max(1)))),
+            keep_rounds: None,
+        });
+    }
+    out.push(Retention {
+        keep_for: Some(Duration::from_millis(1 + rng.below(span_ms.max(1)))),
+        keep_rounds: Some(1 + rng.below(rounds.max(1))),
+    });
+    out
+}
+
+async fn oracle(engine: Arc<dyn Store>, tmp: &Path, seed: u64) -> Tally {
+    let root = tmp.join("backup");
+    let history = drive(engine.clone(), &root, 1500, seed).await;
+    let store = BackupRoot::open(&root).unwrap();
+    let (rounds, _) = store.stores()[0].round_records().unwrap();
+    let span = rounds.last().unwrap().time_ms - rounds[0].time_ms;
+    let policies = policies(rounds.len() as u64, span, seed);
+    check_policies(
+        engine.as_ref(),
+        &root,
+        &tmp.join("work"),
+        &history,
+        &policies,
+        seed,
+    )
+}
+
+fn report(engine: &str, t: &Tally) {
+    println!(
+        "prune oracle ({engine}): {} policies; {} restore points in the window identical after prune, \
+         {} outside refused, {} outside still exact; {} wrong; {} bytes freed",
+        t.policies,
+        t.in_window,
+        t.outside_refused,
+        t.outside_exact,
+        t.wrong.len(),
+        t.freed
+    );
+}
+
+#[actix_rt::test]
+async fn prune_keeps_every_restore_point_of_the_window_on_the_reference_engine() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = continuous_backup::refengine::RefEngine::open(tmp.path().join("data")).unwrap();
+    engine.create_store(KV).unwrap();
+    let tally = oracle(Arc::new(engine), tmp.path(), 0x0bad_cafe).await;
+    report("reference engine", &tally);
+    assert!(tally.wrong.is_empty(), "{:#?}", tally.wrong);
+    assert!(tally.in_window >= 100, "{} points in windows", tally.in_window);
+    assert!(tally.freed > 0, "nothing was freed");
+}
+
+#[cfg(feature = "lsm-tree")]
+#[actix_rt::test]
+async fn prune_keeps_every_restore_point_of_the_window_on_lsm_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = continuous_backup::lsm::LsmEngine::open(tmp.path().join("data")).unwrap();
+    engine.create_store(KV).unwrap();
+    let tally = oracle(Arc::new(engine), tmp.path(), 0x15e7_0001).await;
+    report("lsm-tree", &tally);
+    assert!(tally.wrong.is_empty(), "{:#?}", tally.wrong);
+    assert!(tally.in_window >= 100, "{} points in windows", tally.in_window);
+    assert!(tally.freed > 0, "nothing was freed");
+}
+
+fn cbk(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cbk"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn listing(dir: &Path) -> Vec<PathBuf> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    names
+}
+
+#[actix_rt::test]
+async fn bad_prune_input_gets_a_clear_error_and_deletes_nothing() {
+    let fx = Fixture::new();
+    let backup = fx.start(Config::default());
+    for _ in 0..3 {
+        fx.flush_some(KV, 3);
+        fx.engine.compact(KV).unwrap();
+        fx.back_up_once(&backup, KV).await;
+    }
+    let root = fx.backup_root();
+    let dir = fx.backup_dir(KV);
+    let before = listing(&dir);
+    let root_arg = root.to_str().unwrap();
+    for (args, says) in [
+        (vec!["--keep", "0s"], "keep no restore point"),
+        (vec!["--keep-rounds", "0"], "keep no restore point"),
+        (vec!["--keep=-5m"], "is not a duration"),
+        (vec!["--keep", "abc"], "is not a duration"),
+        (vec!["--keep", "10"], "it has no unit"),
+    ] {
+        let mut all = vec!["prune", root_arg];
+        all.extend(args.iter().copied());
+        let o = cbk(&all);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {text}");
+        assert!(text.contains(says), "{args:?}: {text}");
+        assert_eq!(listing(&dir), before, "{args:?} deleted something");
+    }
+    // A root a running component owns: its dirs are locked.
+    let (cb, mut rx) = recorder();
+    backup
+        .start_backup(KV, dir.clone(), cb, Some(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    next_round(&mut rx, Duration::from_secs(5)).await;
+    let before = listing(&dir);
+    let o = cbk(&["prune", root_arg, "--keep-rounds", "1"]);
+    let text = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(2), "{text}");
+    assert!(text.contains("in use"), "{text}");
+    assert_eq!(listing(&dir), before);
+    // Not a backup root.
+    let file = fx.tmp.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let o = cbk(&["prune", file.to_str().unwrap(), "--keep-rounds", "1"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a directory"));
+    // Once the backup stopped, the same prune runs.
+    backup.stop_backup(KV, false).await.unwrap();
+    let o = cbk(&["prune", root_arg, "--keep-rounds", "1"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(listing(&dir).len() < before.len(), "nothing pruned");
+}
