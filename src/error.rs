@@ -227,6 +227,24 @@ pub enum Error {
         reason: String,
     },
 
+    /// A time that cannot be read; nothing was written.
+    #[error("{reason}")]
+    InvalidTime {
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A restore to a time that the backup cannot give; nothing was written.
+    #[error("cannot restore KV store {kv} as of {time}: {reason}")]
+    NotRestorableAt {
+        /// The store.
+        kv: KvId,
+        /// The time asked for (RFC 3339).
+        time: String,
+        /// Why, with the times the backup covers.
+        reason: String,
+    },
+
     /// A restore target that already holds something.
     #[error("restore target {path} is not empty; give a new or empty dir")]
     RestoreTargetNotEmpty {

@@ -77,31 +77,35 @@ impl Retention {
     }
 }
 
-/// Parses a duration such as `24h`, `90m`, `30s`, `7d` or `500ms` (a
-/// number and a unit; no sign, no fraction).
+/// Parses a duration such as `24h`, `90m`, `7d` or `1h 30m` (humantime's
+/// syntax: numbers with units; no sign).
 pub fn parse_duration(text: &str) -> Result<Duration, BadRetention> {
-    let bad = |why: &str| {
+    humantime::parse_duration(text).map_err(|e| {
         BadRetention(format!(
-            "{text:?} is not a duration ({why}); write e.g. 24h, 90m, 7d"
+            "{text:?} is not a duration ({e}); write e.g. 24h, 90m, 7d"
         ))
-    };
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    if digits.is_empty() {
-        return Err(bad("it does not start with a number"));
-    }
-    let n: u64 = digits.parse().map_err(|_| bad("the number is too large"))?;
-    let ms_per: u64 = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        "" => return Err(bad("it has no unit")),
-        _ => return Err(bad("the unit is not one of ms, s, m, h, d")),
-    };
-    let ms = n.checked_mul(ms_per).ok_or_else(|| bad("it is too long"))?;
-    Ok(Duration::from_millis(ms))
+    })
+}
+
+/// Parses an RFC 3339 time (`2026-12-01T22:35:00Z`, with or without
+/// fractions, in UTC) into milliseconds since the Unix epoch.
+pub fn parse_time_ms(text: &str) -> Result<u64, BadRetention> {
+    let t = humantime::parse_rfc3339_weak(text).map_err(|e| {
+        BadRetention(format!(
+            "{text:?} is not an RFC 3339 time ({e}); write e.g. 2026-12-01T22:35:00Z"
+        ))
+    })?;
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| BadRetention(format!("{text:?} is before 1970")))?
+        .as_millis();
+    Ok(u64::try_from(ms).unwrap_or(u64::MAX))
+}
+
+/// Formats milliseconds since the Unix epoch as RFC 3339 (UTC, to the
+/// millisecond).
+pub fn format_time_ms(ms: u64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
 mod optional_duration {
@@ -152,10 +156,20 @@ mod tests {
         assert_eq!(parse_duration("90m"), Ok(Duration::from_secs(5_400)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
-        for bad in ["", "h", "-5m", "1.5h", "10", "10w", "99999999999999999999d"] {
+        for bad in ["", "h", "-5m", "10", "10x", "99999999999999999999d"] {
             let err = parse_duration(bad).unwrap_err();
             assert!(err.0.contains("is not a duration"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn times_parse_as_rfc3339_and_round_trip() {
+        let ms = parse_time_ms("2026-12-01T22:35:00Z").unwrap();
+        assert_eq!(format_time_ms(ms), "2026-12-01T22:35:00.000Z");
+        assert!(parse_time_ms("yesterday")
+            .unwrap_err()
+            .0
+            .contains("not an RFC 3339 time"));
     }
 
     #[test]

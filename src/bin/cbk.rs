@@ -7,9 +7,10 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use continuous_backup::restore::{
-    detect_format, format_named, inspect, mirror, prune, restore, verify, BackupRoot, Format, StoreReport,
+    detect_format, format_named, inspect, mirror, prune, restore_points, seqno_at, verify, BackupRoot,
+    Format, StoreReport,
 };
-use continuous_backup::retention::{parse_duration, Retention};
+use continuous_backup::retention::{format_time_ms, parse_duration, parse_time_ms, Retention};
 use continuous_backup::{KvId, RemoteUrl};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -109,8 +110,18 @@ struct RestoreArgs {
     /// The seqno to restore to; refused, naming the seqnos that work, if the
     /// backup cannot give it exactly (outside its range, past a gap, or
     /// inside a compaction output whose inputs' versions it lacks).
-    #[arg(long = "to-seqno", value_name = "S")]
-    to_seqno: u64,
+    #[arg(
+        long = "to-seqno",
+        value_name = "S",
+        required_unless_present = "at",
+        conflicts_with = "at"
+    )]
+    to_seqno: Option<u64>,
+    /// Restore each store as its newest round at or before this RFC 3339
+    /// time held it (`2026-12-01T22:35:00Z`); refused outside the times
+    /// `inspect` lists (not backed up yet, or pruned).
+    #[arg(long, value_name = "TIME")]
+    at: Option<String>,
     /// The new data dir; must be missing or empty.
     #[arg(long, value_name = "DATA_DIR")]
     out: PathBuf,
@@ -145,6 +156,13 @@ fn print_table(reports: &[StoreReport]) {
         );
         for (from, to) in &r.gaps {
             println!("      gap: seqnos {from}..={to} are in no file");
+        }
+        if let Some((from, to)) = r.restorable_times {
+            println!(
+                "      restorable times (restore --at): {} ..= {}",
+                format_time_ms(from),
+                format_time_ms(to)
+            );
         }
         if m.foreign > 0 {
             println!(
@@ -338,10 +356,20 @@ fn run(cli: Cli) -> Result<ExitCode, continuous_backup::Error> {
                 bar.set_draw_target(ProgressDrawTarget::hidden());
             }
             let Format { reader, target } = format(backup)?;
-            let summaries = restore(
+            let points: Vec<(KvId, u64)> = match (args.to_seqno, &args.at) {
+                (Some(seqno), _) => kvs.iter().map(|kv| (*kv, seqno)).collect(),
+                (None, Some(at)) => {
+                    let ms = parse_time_ms(at)
+                        .map_err(|e| continuous_backup::Error::InvalidTime { reason: e.0 })?;
+                    kvs.iter()
+                        .map(|kv| seqno_at(backup, *kv, ms).map(|s| (*kv, s)))
+                        .collect::<Result<_, _>>()?
+                }
+                (None, None) => unreachable!("clap requires --to-seqno or --at"),
+            };
+            let summaries = restore_points(
                 backup,
-                &kvs,
-                args.to_seqno,
+                &points,
                 &args.out,
                 reader.as_ref(),
                 target.as_ref(),

@@ -51,6 +51,10 @@ pub struct StoreReport {
     /// Inclusive seqno ranges a restore gives exactly (see
     /// [`Coverage`](super::Coverage)).
     pub restorable: Vec<(u64, u64)>,
+    /// The times (milliseconds since the Unix epoch) of the oldest and the
+    /// newest round whose state restores: `restore --at` takes a time
+    /// between them (the state of the newest round at or before it).
+    pub restorable_times: Option<(u64, u64)>,
     /// Files that do not hold (or declare) every version of their range
     /// (compaction outputs).
     pub lossy_files: usize,
@@ -98,6 +102,13 @@ fn report(store: &StoreBackup, reader: &dyn RecordReader) -> Result<StoreReport>
     }
     let lossy_files = store.files.len() - files.iter().filter(|f| f.holds_every_version).count();
     let mut coverage = Coverage::new(files);
+    let round_states: Vec<(u64, Option<u64>)> = match &declared {
+        Some(d) => rounds
+            .iter()
+            .map(|r| (r.time_ms, d.high_before_round(r.round + 1)))
+            .collect(),
+        None => Vec::new(),
+    };
     if let Some(declared) = declared {
         // What the files declare decides, not what their records carry
         // (for the reference engine, its footer rule may add points).
@@ -112,6 +123,14 @@ fn report(store: &StoreBackup, reader: &dyn RecordReader) -> Result<StoreReport>
             declared.restorable
         };
     }
+    // The rounds whose state restores: `restore --at` their times.
+    let exact = |s: u64| coverage.restorable.iter().any(|&(a, b)| a <= s && s <= b);
+    let restorable_times = round_states
+        .iter()
+        .filter(|(_, high)| high.is_some_and(exact))
+        .map(|(t, _)| *t);
+    let (first, last) = (restorable_times.clone().min(), restorable_times.max());
+    let restorable_times = first.zip(last);
     let format = rounds
         .last()
         .map_or_else(|| reader.format().to_owned(), |r| r.engine_format.clone());
@@ -130,6 +149,7 @@ fn report(store: &StoreBackup, reader: &dyn RecordReader) -> Result<StoreReport>
         highest_seqno: coverage.highest,
         gaps: coverage.gaps,
         restorable: coverage.restorable,
+        restorable_times,
         lossy_files,
         metadata: MetadataSummary {
             count: store.metadata.len(),

@@ -21,7 +21,7 @@ pub use coverage::{coverage_gaps, Coverage, FileCoverage, Unrestorable};
 pub use declared::{DeclaredCoverage, NotProvable};
 pub use inspect::{inspect, MetadataSummary, StoreReport};
 pub use layout::{BackupRoot, StoreBackup};
-pub use pit::{restore, RestoreSummary};
+pub use pit::{restore, restore_points, seqno_at, RestoreSummary};
 pub use prune::{prune, PruneRecord, PruneReport};
 pub use remote::{mirror, Mirrored};
 pub use verify::{verify, Problem};

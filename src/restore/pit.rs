@@ -226,19 +226,33 @@ pub fn restore(
     target: &dyn RestoreTarget,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Vec<RestoreSummary>> {
+    let points: Vec<(KvId, u64)> = kvs.iter().map(|kv| (*kv, seqno)).collect();
+    restore_points(root, &points, out, reader, target, progress)
+}
+
+/// [`restore`] with a seqno of its own for each store (as [`seqno_at`]
+/// gives them for a time).
+pub fn restore_points(
+    root: &BackupRoot,
+    points: &[(KvId, u64)],
+    out: &Path,
+    reader: &dyn RecordReader,
+    target: &dyn RestoreTarget,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Vec<RestoreSummary>> {
     if !is_empty_dir(out)? {
         return Err(Error::RestoreTargetNotEmpty {
             path: out.to_path_buf(),
         });
     }
     // Read and check every store before writing anything.
-    let rebuilt = kvs
+    let rebuilt = points
         .iter()
-        .map(|kv| rebuild(root, *kv, seqno, reader, target, progress))
+        .map(|(kv, seqno)| rebuild(root, *kv, *seqno, reader, target, progress).map(|r| (r, *seqno)))
         .collect::<Result<Vec<_>>>()?;
     std::fs::create_dir_all(out).map_err(|e| Error::io("create dir", out, e))?;
     let mut summaries = Vec::new();
-    for store in rebuilt {
+    for (store, seqno) in rebuilt {
         let tombstones = store.newest.iter().filter(|r| r.is_delete()).count();
         let keys = store.newest.len() - tombstones;
         let dir = target.write_store(out, store.kv, store.lowest, seqno, &mut store.newest.into_iter())?;
@@ -252,4 +266,67 @@ pub fn restore(
         });
     }
     Ok(summaries)
+}
+
+/// The seqno whose state store `kv` held at `time_ms` (milliseconds since
+/// the Unix epoch) by its backup: the state of the newest round at or
+/// before it. Refused, with the reason, when that time is before the first
+/// round or after the newest (not backed up yet), or when that state is not
+/// restorable (pruned, or never provable).
+pub fn seqno_at(root: &BackupRoot, kv: KvId, time_ms: u64) -> Result<u64> {
+    let store = root.store(kv)?;
+    let at = crate::retention::format_time_ms(time_ms);
+    let refused = |reason: String| Error::NotRestorableAt {
+        kv,
+        time: at.clone(),
+        reason,
+    };
+    let (rounds, _) = store.round_records()?;
+    let (Some(first), Some(newest)) = (rounds.first(), rounds.last()) else {
+        return Err(refused(
+            "the dir has no round manifests (it was written before them); restore to a seqno".into(),
+        ));
+    };
+    let when = crate::retention::format_time_ms;
+    if time_ms < first.time_ms {
+        return Err(refused(format!(
+            "not backed up yet: the backup's first round is at {}",
+            when(first.time_ms)
+        )));
+    }
+    if time_ms > newest.time_ms {
+        return Err(refused(format!(
+            "not backed up yet: the newest round is at {}; what the store held after it is not in the backup",
+            when(newest.time_ms)
+        )));
+    }
+    let round = rounds
+        .iter()
+        .rev()
+        .find(|r| r.time_ms <= time_ms)
+        .unwrap_or(first);
+    let declared = DeclaredCoverage::of_present(&rounds, &|n| store.holds_file(n));
+    let Some(seqno) = declared.high_before_round(round.round + 1) else {
+        return Err(refused(format!(
+            "round {} (at {}) lists no file: nothing of the store was flushed by then",
+            round.round,
+            when(round.time_ms)
+        )));
+    };
+    if let Err(e) = declared.plan(seqno) {
+        let pruned = store.prunes.last().map(|(_, path)| path.clone());
+        return Err(refused(match pruned {
+            Some(path) => format!(
+                "its state (seqno {seqno}, round {}) was pruned or is not provable (last prune: {}): {}",
+                round.round,
+                path.display(),
+                e.reason
+            ),
+            None => format!(
+                "its state (seqno {seqno}, round {}) is not provable: {}",
+                round.round, e.reason
+            ),
+        }));
+    }
+    Ok(seqno)
 }
