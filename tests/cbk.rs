@@ -142,7 +142,18 @@ async fn inspect_shows_every_store_as_a_table_and_as_json() {
             "still linked with the live data dir"
         );
         assert!(store["metadata"]["count"].as_u64().unwrap() >= 2);
+        assert_eq!(store["own_bytes"], 0, "every file is still the live engine's");
+        assert_eq!(store["shared_bytes"], store["bytes"]);
     }
+    // Compaction drops the live links: the backup alone holds the inputs.
+    let (kv, _) = highs[0];
+    fx.engine.compact(kv).unwrap();
+    let o = cbk(&["inspect", "--json", &root(&fx)]);
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let store = &json[0];
+    assert_eq!(store["own_bytes"], store["bytes"], "{store}");
+    assert_eq!(store["shared_bytes"], 0);
+    assert!(text(&cbk(&["inspect", &root(&fx)])).contains("bytes only the backup holds"));
 }
 
 fn corrupt_one_byte(path: &Path) {

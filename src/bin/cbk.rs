@@ -157,6 +157,10 @@ fn print_table(reports: &[StoreReport]) {
         for (from, to) in &r.gaps {
             println!("      gap: seqnos {from}..={to} are in no file");
         }
+        println!(
+            "      space: {} bytes only the backup holds, {} bytes shared with the live engine",
+            r.own_bytes, r.shared_bytes
+        );
         if let Some((from, to)) = r.restorable_times {
             println!(
                 "      restorable times (restore --at): {} ..= {}",

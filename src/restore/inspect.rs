@@ -63,6 +63,12 @@ pub struct StoreReport {
     /// Files that are hard links still shared with another dir (link count
     /// above 1: typically the live data dir).
     pub shared_with_live: usize,
+    /// Bytes of files only the backup holds (link count 1: the live engine
+    /// dropped them, or they are copies): what pruning them frees.
+    pub own_bytes: u64,
+    /// Bytes of files still shared with another dir (the live engine's):
+    /// deleting them from the backup frees nothing while the engine keeps them.
+    pub shared_bytes: u64,
     /// Temp files of an interrupted write.
     pub temp_files: usize,
 }
@@ -80,11 +86,14 @@ fn report(store: &StoreBackup, reader: &dyn RecordReader) -> Result<StoreReport>
     let declared =
         (!rounds.is_empty()).then(|| DeclaredCoverage::of_present(&rounds, &|n| store.holds_file(n)));
     let mut files = Vec::new();
-    let (mut bytes, mut shared) = (0, 0);
+    let (mut bytes, mut shared, mut own_bytes) = (0, 0, 0);
     for path in &store.files {
         let md = std::fs::symlink_metadata(path).map_err(|e| Error::io("stat", path, e))?;
         bytes += md.len();
         shared += usize::from(md.nlink() > 1);
+        if md.nlink() == 1 {
+            own_bytes += md.len();
+        }
         // What a file declares in a manifest first; else its own footer.
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         let said = declared
@@ -159,6 +168,8 @@ fn report(store: &StoreBackup, reader: &dyn RecordReader) -> Result<StoreReport>
             foreign: store.foreign_metadata.len(),
         },
         shared_with_live: shared,
+        own_bytes,
+        shared_bytes: bytes - own_bytes,
         temp_files: store.temp_files.len(),
     })
 }
