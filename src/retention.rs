@@ -62,7 +62,7 @@ impl Retention {
         let newest = rounds.last()?;
         let mut start: Option<u64> = None;
         let mut widen = |r: u64| start = Some(start.map_or(r, |s| s.min(r)));
-        if let Some(k) = self.keep_rounds {
+        if let Some(k) = self.keep_rounds.filter(|k| *k > 0) {
             let i = rounds.len().saturating_sub(k.min(rounds.len() as u64) as usize);
             widen(rounds[i].round);
         }

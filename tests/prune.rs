@@ -567,3 +567,110 @@ async fn restore_at_a_time_gives_the_newest_round_at_or_before_it_and_refuses_ou
         "the newest round holds the last flush"
     );
 }
+
+fn prune_rounds(root: &Path, k: u64) -> continuous_backup::restore::PruneReport {
+    let policy = Retention {
+        keep_for: None,
+        keep_rounds: Some(k),
+    };
+    prune(&BackupRoot::open(root).unwrap(), &policy, false)
+        .unwrap()
+        .remove(0)
+}
+
+/// Puts `n` new keys (no key repeats: compaction outputs are dense) and
+/// flushes them as one file.
+fn put_new(fx: &Fixture, next: &mut u32, n: u32) {
+    for _ in 0..n {
+        fx.engine.put(KV, format!("k{next}").as_bytes(), b"v").unwrap();
+        *next += 1;
+    }
+    fx.engine.flush(KV).unwrap();
+}
+
+// Regression (review): a dense compaction output restores every seqno of
+// its range by the reference engine's footer rule, though it is declared
+// newest-per-key; the first prune record turns that rule off, so a prune
+// refused restores that had worked. Such a dir is kept whole.
+#[actix_rt::test]
+async fn a_window_seqno_only_the_footer_rule_proves_keeps_the_dir_whole() {
+    let fx = Fixture::new();
+    let backup = fx.start(Config::default());
+    let mut next = 0;
+    put_new(&fx, &mut next, 10); // 1..=10
+    fx.back_up_once(&backup, KV).await;
+    put_new(&fx, &mut next, 10);
+    fx.engine.compact(KV).unwrap(); // 1..=20, its input never linked
+    fx.back_up_once(&backup, KV).await;
+    put_new(&fx, &mut next, 10); // 21..=30
+    fx.back_up_once(&backup, KV).await;
+    for _ in 0..3 {
+        put_new(&fx, &mut next, 10); // 31..=60, never linked
+    }
+    fx.engine.compact(KV).unwrap(); // 1..=60, dense
+    fx.back_up_once(&backup, KV).await;
+    put_new(&fx, &mut next, 10); // 61..=70
+    fx.back_up_once(&backup, KV).await;
+    let format = Store::format(&fx.engine);
+    let root = fx.backup_root();
+    let out = fx.tmp.path().join("before");
+    let opened = BackupRoot::open(&root).unwrap();
+    restore(
+        &opened,
+        &[KV],
+        45,
+        &out,
+        format.reader.as_ref(),
+        format.target.as_ref(),
+        &mut |_| {},
+    )
+    .expect("45 restores by the footer rule");
+    let report = prune_rounds(&root, 2);
+    let why = report.skipped.expect("kept whole");
+    assert!(why.contains("footer rule"), "{why}");
+    assert!(report.deleted.is_empty());
+    let out = fx.tmp.path().join("after");
+    let opened = BackupRoot::open(&root).unwrap();
+    restore(
+        &opened,
+        &[KV],
+        45,
+        &out,
+        format.reader.as_ref(),
+        format.target.as_ref(),
+        &mut |_| {},
+    )
+    .expect("still restores");
+}
+
+// Regression (review): a dir holding two histories of its store (dropped
+// and created again into it) was pruned down to the newer one, and a time
+// in the newer history restored the older one's state.
+#[actix_rt::test]
+async fn a_dir_with_two_histories_is_never_pruned_nor_restored_by_time() {
+    let fx = Fixture::new();
+    let backup = fx.start(Config::default());
+    let mut next = 0;
+    for _ in 0..3 {
+        put_new(&fx, &mut next, 10);
+        fx.back_up_once(&backup, KV).await;
+    }
+    fx.engine.drop_store(KV).unwrap();
+    fx.engine.create_store(KV).unwrap();
+    let mut again = 1000;
+    put_new(&fx, &mut again, 5); // seqnos 1..=5 again
+    fx.engine.compact(KV).unwrap();
+    let round = fx.back_up_once(&backup, KV).await;
+    assert!(!round.files.is_empty());
+    let root = fx.backup_root();
+    let before = listing(&fx.backup_dir(KV));
+    let report = prune_rounds(&root, 1);
+    let why = report.skipped.expect("kept whole");
+    assert!(why.contains("two histories"), "{why}");
+    assert_eq!(listing(&fx.backup_dir(KV)), before, "nothing deleted");
+    let opened = BackupRoot::open(&root).unwrap();
+    let (rounds, _) = opened.stores()[0].round_records().unwrap();
+    let newest = rounds.last().unwrap().time_ms;
+    let err = continuous_backup::restore::seqno_at(&opened, KV, newest).unwrap_err();
+    assert!(matches!(err, Error::NotRestorableAt { .. }), "{err}");
+}

@@ -247,6 +247,15 @@ impl DeclaredCoverage {
             .max()
     }
 
+    /// The highest seqno round `r`'s own snapshot declares, if it lists a
+    /// file with a declaration.
+    pub fn round_high(&self, r: u64) -> Option<u64> {
+        self.round_highs
+            .iter()
+            .find(|(round, _)| *round == r)
+            .and_then(|(_, h)| *h)
+    }
+
     /// The newest round's snapshot: the files the live engine still lists.
     pub fn latest_snapshot(&self) -> &BTreeSet<String> {
         &self.latest
@@ -373,8 +382,21 @@ impl DeclaredCoverage {
 /// Which of the bases covering a seqno its plan reads: the newest (the
 /// fewest files to read), then the one with fewer files, then the one
 /// known earliest.
-fn preference(b: &Base) -> (Pos, std::cmp::Reverse<usize>, std::cmp::Reverse<u64>) {
-    (b.at, std::cmp::Reverse(b.files.len()), std::cmp::Reverse(b.round))
+/// The file set breaks the last ties, so `plan` and `needed_from` agree.
+fn preference(
+    b: &Base,
+) -> (
+    Pos,
+    std::cmp::Reverse<usize>,
+    std::cmp::Reverse<u64>,
+    &BTreeSet<String>,
+) {
+    (
+        b.at,
+        std::cmp::Reverse(b.files.len()),
+        std::cmp::Reverse(b.round),
+        &b.files,
+    )
 }
 
 /// Whether the ranges `won` (sorted by start) cover all of `lo..=hi`.
@@ -1028,6 +1050,32 @@ mod tests {
                         records.extend(sim.contents[name].iter().copied());
                     }
                     prop_assert_eq!(newest(&records, at), newest(&sim.history, at), "at seqno {}", at);
+                }
+            }
+
+            /// The prune rule: keeping `needed_from(from)` and the newest
+            /// snapshot leaves every plan at or above `from` the same.
+            #[test]
+            fn keeping_what_needed_from_names_leaves_every_plan_above_it_the_same(
+                steps in prop::collection::vec(step(), 1..80),
+                cut in 0u64..100,
+            ) {
+                let mut sim = Sim {
+                    history: vec![], memtable: vec![], next_seqno: 0, flushed_to: -1,
+                    live: vec![], contents: BTreeMap::new(), linked: BTreeSet::new(),
+                    rounds: vec![], files_made: 0,
+                };
+                for s in &steps {
+                    sim.run(s);
+                }
+                let before = DeclaredCoverage::new(&sim.rounds);
+                let top = sim.history.last().map_or(0, |r| r.1) + 2;
+                let from = cut * top / 100;
+                let mut keep = before.needed_from(from);
+                keep.extend(before.latest_snapshot().iter().cloned());
+                let after = DeclaredCoverage::of_present(&sim.rounds, &|n| keep.contains(n));
+                for at in from..=top {
+                    prop_assert_eq!(before.plan(at).ok(), after.plan(at).ok(), "at seqno {} (from {})", at, from);
                 }
             }
         }

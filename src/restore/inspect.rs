@@ -114,7 +114,7 @@ fn report(store: &StoreBackup, reader: &dyn RecordReader) -> Result<StoreReport>
     let round_states: Vec<(u64, Option<u64>)> = match &declared {
         Some(d) => rounds
             .iter()
-            .map(|r| (r.time_ms, d.high_before_round(r.round + 1)))
+            .map(|r| (r.time_ms, d.round_high(r.round)))
             .collect(),
         None => Vec::new(),
     };

@@ -127,6 +127,52 @@ fn read_dir(path: &Path) -> Result<Vec<(String, PathBuf, std::fs::FileType)>> {
     Ok(out)
 }
 
+impl StoreBackup {
+    /// Lists store `kv`'s backup dir `dir`.
+    pub fn list(kv: KvId, dir: &Path) -> Result<StoreBackup> {
+        let mut store = StoreBackup {
+            kv,
+            dir: dir.to_path_buf(),
+            files: Vec::new(),
+            metadata: Vec::new(),
+            foreign_metadata: Vec::new(),
+            temp_files: Vec::new(),
+            rounds: Vec::new(),
+            prunes: Vec::new(),
+        };
+        for (name, path, kind) in read_dir(dir)? {
+            if name.starts_with('.') {
+                store.temp_files.push(path);
+                continue;
+            }
+            if name.starts_with(PRUNE_PREFIX) {
+                match crate::restore::prune::parse_prune_file_name(&name) {
+                    Some(p) => store.prunes.push((p, path)),
+                    None => store.foreign_metadata.push(path),
+                }
+                continue;
+            }
+            if name.starts_with(ROUND_PREFIX) {
+                match parse_round_file_name(&name) {
+                    Some(r) => store.rounds.push((r, path)),
+                    None => store.foreign_metadata.push(path),
+                }
+                continue;
+            }
+            match metadata_name(&name) {
+                MetadataName::Canonical(n) => store.metadata.push((n, path)),
+                MetadataName::Foreign => store.foreign_metadata.push(path),
+                MetadataName::Other if kind.is_file() => store.files.push(path),
+                MetadataName::Other => {}
+            }
+        }
+        store.metadata.sort_by_key(|(n, _)| *n);
+        store.rounds.sort_by_key(|(r, _)| *r);
+        store.prunes.sort_by_key(|(p, _)| *p);
+        Ok(store)
+    }
+}
+
 impl BackupRoot {
     /// Lists the backup root at `path`: every subdir named by a 16-bit
     /// number is a store's backup dir.
@@ -142,46 +188,7 @@ impl BackupRoot {
             let Some(kv) = store_dir_id(&name).filter(|_| kind.is_dir()) else {
                 continue;
             };
-            let mut store = StoreBackup {
-                kv,
-                dir: dir.clone(),
-                files: Vec::new(),
-                metadata: Vec::new(),
-                foreign_metadata: Vec::new(),
-                temp_files: Vec::new(),
-                rounds: Vec::new(),
-                prunes: Vec::new(),
-            };
-            for (name, path, kind) in read_dir(&dir)? {
-                if name.starts_with('.') {
-                    store.temp_files.push(path);
-                    continue;
-                }
-                if name.starts_with(PRUNE_PREFIX) {
-                    match crate::restore::prune::parse_prune_file_name(&name) {
-                        Some(p) => store.prunes.push((p, path)),
-                        None => store.foreign_metadata.push(path),
-                    }
-                    continue;
-                }
-                if name.starts_with(ROUND_PREFIX) {
-                    match parse_round_file_name(&name) {
-                        Some(r) => store.rounds.push((r, path)),
-                        None => store.foreign_metadata.push(path),
-                    }
-                    continue;
-                }
-                match metadata_name(&name) {
-                    MetadataName::Canonical(n) => store.metadata.push((n, path)),
-                    MetadataName::Foreign => store.foreign_metadata.push(path),
-                    MetadataName::Other if kind.is_file() => store.files.push(path),
-                    MetadataName::Other => {}
-                }
-            }
-            store.metadata.sort_by_key(|(n, _)| *n);
-            store.rounds.sort_by_key(|(r, _)| *r);
-            store.prunes.sort_by_key(|(p, _)| *p);
-            stores.push(store);
+            stores.push(StoreBackup::list(kv, &dir)?);
         }
         stores.sort_by_key(|s| s.kv);
         Ok(BackupRoot {

@@ -281,7 +281,14 @@ pub fn seqno_at(root: &BackupRoot, kv: KvId, time_ms: u64) -> Result<u64> {
         time: at.clone(),
         reason,
     };
-    let (rounds, _) = store.round_records()?;
+    let (rounds, unreadable) = store.round_records()?;
+    if let Some((path, _)) = unreadable.first() {
+        // The round it held may be the one a time falls in.
+        return Err(refused(format!(
+            "{} does not read back (run verify): which round held the store at that time is unknown",
+            path.display()
+        )));
+    }
     let (Some(first), Some(newest)) = (rounds.first(), rounds.last()) else {
         return Err(refused(
             "the dir has no round manifests (it was written before them); restore to a seqno".into(),
@@ -306,13 +313,26 @@ pub fn seqno_at(root: &BackupRoot, kv: KvId, time_ms: u64) -> Result<u64> {
         .find(|r| r.time_ms <= time_ms)
         .unwrap_or(first);
     let declared = DeclaredCoverage::of_present(&rounds, &|n| store.holds_file(n));
-    let Some(seqno) = declared.high_before_round(round.round + 1) else {
+    // The round's own snapshot: in one history it never declares less than
+    // an earlier round's; if it does, the store started over.
+    let Some(seqno) = declared.round_high(round.round) else {
         return Err(refused(format!(
             "round {} (at {}) lists no file: nothing of the store was flushed by then",
             round.round,
             when(round.time_ms)
         )));
     };
+    if declared
+        .high_before_round(round.round)
+        .is_some_and(|earlier| earlier > seqno)
+    {
+        return Err(refused(format!(
+            "round {} (at {}) declares less than an earlier round: the store was created again into \
+             the dir, and its two histories cannot be told apart by time",
+            round.round,
+            when(round.time_ms)
+        )));
+    }
     if let Err(e) = declared.plan(seqno) {
         let pruned = store.prunes.last().map(|(_, path)| path.clone());
         return Err(refused(match pruned {

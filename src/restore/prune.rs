@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{BackupRoot, DeclaredCoverage, StoreBackup};
+use super::{BackupRoot, DeclaredCoverage, RecordReader, StoreBackup};
 use crate::dir_lock::DirLock;
 use crate::engine::{KvId, PRUNE_PREFIX};
 use crate::error::{Error, Result};
@@ -112,20 +112,55 @@ fn plan(store: &StoreBackup, policy: &Retention) -> Result<std::result::Result<P
     };
     let present = |n: &str| store.holds_file(n);
     let before = DeclaredCoverage::of_present(&rounds, &present);
-    // Reference-engine files no manifest declares are history from before
-    // manifests, which only the footer rule reads, and a pruned dir no
-    // longer may: such a dir is kept whole. With every file declared, the
-    // footer rule proves nothing the declared one does not.
-    if super::pit::legacy_applies(store, &rounds) {
-        if let Some(p) = store.files.iter().find(|p| before.declared(name_of(p)).is_none()) {
-            return Ok(Err(format!(
-                "{} is declared by no round manifest (history from before manifests): the dir is \
-                 kept whole",
-                p.display()
-            )));
-        }
+    if let Some((a, b)) = before.conflict() {
+        return Ok(Err(format!(
+            "{a} and {b} are of two histories of the store (it was created again into the dir): \
+             the dir is kept whole; verify names the problem"
+        )));
     }
     let window_seqno = before.high_before_round(window_round).unwrap_or(0);
+    // A pruned dir no longer uses the footer rule (reference engine): where
+    // it proves a seqno of the window that the declarations do not (history
+    // from before manifests, a dense compaction output), the dir is kept
+    // whole.
+    if super::pit::legacy_applies(store, &rounds) {
+        let mut footers = Vec::with_capacity(store.files.len());
+        for path in &store.files {
+            match super::RefFormat.footer_coverage(path) {
+                Ok(Some(c)) => footers.push(c),
+                _ => {
+                    return Ok(Err(format!(
+                        "{} has no readable footer; run verify",
+                        path.display()
+                    )))
+                }
+            }
+        }
+        let by_footer = super::Coverage::new(footers).restorable;
+        let declared = |s: u64| before.restorable.iter().any(|&(a, b)| a <= s && s <= b);
+        for &(a, b) in &by_footer {
+            let a = a.max(window_seqno);
+            if a > b {
+                continue;
+            }
+            // Ranges are few; walk the footer range through the declared ones.
+            let mut s = a;
+            while s <= b {
+                if !declared(s) {
+                    return Ok(Err(format!(
+                        "seqno {s} of the window restores only by the reference engine's footer rule, \
+                         which a pruned dir no longer uses: the dir is kept whole"
+                    )));
+                }
+                s = before
+                    .restorable
+                    .iter()
+                    .find(|&&(x, y)| x <= s && s <= y)
+                    .map_or(b, |&(_, y)| y)
+                    .saturating_add(1);
+            }
+        }
+    }
     let mut keep: BTreeSet<String> = before.needed_from(window_seqno);
     keep.extend(before.latest_snapshot().iter().cloned());
     let delete: Vec<PathBuf> = store
@@ -198,16 +233,17 @@ pub fn prune(root: &BackupRoot, policy: &Retention, dry_run: bool) -> Result<Vec
             reason: "no retention given: say how much to keep (a duration or a number of rounds)".into(),
         });
     }
-    // Every dir locked before anything is decided.
-    let locks = root
-        .stores()
-        .iter()
-        .map(|s| DirLock::acquire_path(&s.dir))
-        .collect::<Result<Vec<_>>>()?;
-    // Listed again under the locks: what the dirs hold now.
-    let root = BackupRoot::open(root.path())?;
-    let mut reports = Vec::new();
+    // Every dir probed first: one a running component owns refuses the
+    // whole prune before anything is deleted. Then one dir at a time
+    // (one descriptor at a time, for roots of 1024 stores): locked, listed
+    // again under the lock, pruned, unlocked.
     for store in root.stores() {
+        drop(DirLock::acquire_path(&store.dir)?);
+    }
+    let mut reports = Vec::new();
+    for listed in root.stores() {
+        let _lock = DirLock::acquire_path(&listed.dir)?;
+        let store = &StoreBackup::list(listed.kv, &listed.dir)?;
         let mut report = PruneReport {
             kv: store.kv,
             window_round: None,
@@ -256,6 +292,5 @@ pub fn prune(root: &BackupRoot, policy: &Retention, dry_run: bool) -> Result<Vec
         }
         reports.push(report);
     }
-    drop(locks);
     Ok(reports)
 }
