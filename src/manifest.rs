@@ -42,7 +42,13 @@ pub fn round_file_name(r: u64) -> String {
 /// The `r` of a round manifest name the component writes (decimal, from 1,
 /// no leading zeros), if `name` is one.
 pub fn parse_round_file_name(name: &str) -> Option<u64> {
-    let digits = name.strip_prefix(ROUND_PREFIX)?.strip_suffix(".json")?;
+    parse_numbered(name, ROUND_PREFIX, ".json")
+}
+
+/// The number of a name `<prefix><n><suffix>` the component writes
+/// (decimal from 1, no leading zeros, below 2^64).
+pub(crate) fn parse_numbered(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
+    let digits = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
     if digits.is_empty() || digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }

@@ -22,21 +22,6 @@ use continuous_backup::lsm::{LsmEngine, LsmFormat, LsmOptions, LsmTarget};
 use continuous_backup::restore::{inspect, restore, verify, BackupRoot, RefTarget};
 use continuous_backup::{Config, ContinuousBackup, Engine, Error, KvId};
 
-/// Every mutation of one store, in seqno order: (seqno, key, value or delete).
-type History = Vec<(u64, Vec<u8>, Option<Vec<u8>>)>;
-
-/// The oracle: each key's newest version at `seqno`.
-fn state_at(history: &History, seqno: u64) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    let mut state = BTreeMap::new();
-    for (_, key, value) in history.iter().take_while(|(s, ..)| *s <= seqno) {
-        match value {
-            Some(v) => state.insert(key.clone(), v.clone()),
-            None => state.remove(key),
-        };
-    }
-    state
-}
-
 const KEYS: u64 = 60;
 const STORES: u16 = 2;
 

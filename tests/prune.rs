@@ -19,20 +19,6 @@ use continuous_backup::restore::{inspect, prune, restore, verify, BackupRoot, Fo
 use continuous_backup::retention::Retention;
 use continuous_backup::{Config, ContinuousBackup, Engine, Error, KvId};
 
-/// Every mutation of one store, in seqno order.
-type History = Vec<(u64, Vec<u8>, Option<Vec<u8>>)>;
-
-fn state_at(history: &History, seqno: u64) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    let mut state = BTreeMap::new();
-    for (_, key, value) in history.iter().take_while(|(s, ..)| *s <= seqno) {
-        match value {
-            Some(v) => state.insert(key.clone(), v.clone()),
-            None => state.remove(key),
-        };
-    }
-    state
-}
-
 /// The writes a workload makes, on either engine.
 trait Store: Engine {
     fn put(&self, key: &[u8], value: &[u8]) -> u64;

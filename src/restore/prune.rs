@@ -8,8 +8,8 @@
 //! restore points reach `S_w`, with its chain (`DeclaredCoverage::needed_from`),
 //! the newest round's snapshot, every undeclared file and every manifest
 //! and metadata file; it deletes the other declared files. Before deleting,
-//! it recomputes the plans without them at every seqno where a plan can
-//! change and refuses, deleting nothing, unless every one is the same.
+//! it recomputes which seqnos from `S_w` on restore without them and
+//! refuses, deleting nothing, unless they are the same.
 //!
 //! On disk, in order: the store's dir is locked (a running component or
 //! another prune holds it: refused); the prune record `prune.<p>.json`
@@ -78,11 +78,7 @@ pub fn prune_file_name(p: u64) -> String {
 
 /// The `p` of a prune record name (decimal from 1, no leading zeros).
 pub fn parse_prune_file_name(name: &str) -> Option<u64> {
-    let digits = name.strip_prefix(PRUNE_PREFIX)?.strip_suffix(".json")?;
-    if digits.is_empty() || digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
+    crate::manifest::parse_numbered(name, PRUNE_PREFIX, ".json")
 }
 
 fn name_of(path: &Path) -> &str {
@@ -171,20 +167,22 @@ fn plan(store: &StoreBackup, policy: &Retention) -> Result<std::result::Result<P
         .collect();
     let gone: BTreeSet<&str> = delete.iter().map(|p| name_of(p)).collect();
     let after = DeclaredCoverage::of_present(&rounds, &|n| present(n) && !gone.contains(n));
-    for s in before.plan_boundaries(window_seqno) {
-        let (b, a) = (before.plan(s).ok(), after.plan(s).ok());
-        if b != a {
-            return Ok(Err(format!(
-                "deleting {} files would change the restore to seqno {s} ({}); nothing pruned \
-                 (please report this)",
-                delete.len(),
-                if a.is_none() {
-                    "refused after"
-                } else {
-                    "other files after"
-                }
-            )));
-        }
+    // Every seqno of the window that restored still does (what restores
+    // is exact, whatever files its plan reads: the rule is sound for any
+    // set of files present).
+    let clip = |ranges: &[(u64, u64)]| -> Vec<(u64, u64)> {
+        ranges
+            .iter()
+            .filter(|(_, hi)| *hi >= window_seqno)
+            .map(|&(lo, hi)| (lo.max(window_seqno), hi))
+            .collect()
+    };
+    if clip(&before.restorable) != clip(&after.restorable) {
+        return Ok(Err(format!(
+            "deleting {} files would change which seqnos from {window_seqno} on restore; nothing \
+             pruned (please report this)",
+            delete.len()
+        )));
     }
     Ok(Ok(Plan {
         window_round,

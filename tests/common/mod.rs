@@ -14,6 +14,22 @@ use continuous_backup::{
 };
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
+/// Every mutation of one store, in seqno order: (seqno, key, value or
+/// delete), as a test's writer recorded it.
+pub type History = Vec<(u64, Vec<u8>, Option<Vec<u8>>)>;
+
+/// The oracle: the store's keys and values at `seqno` (deleted keys absent).
+pub fn state_at(history: &History, seqno: u64) -> std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut state = std::collections::BTreeMap::new();
+    for (_, key, value) in history.iter().take_while(|(s, ..)| *s <= seqno) {
+        match value {
+            Some(v) => state.insert(key.clone(), v.clone()),
+            None => state.remove(key),
+        };
+    }
+    state
+}
+
 /// One callback call, as the recorder saw it.
 #[derive(Clone, Debug)]
 pub struct Round {
