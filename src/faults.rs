@@ -225,6 +225,11 @@ pub enum FsyncSite {
     NewDir,
     /// The backup dir after stale temp files were removed.
     StaleTemps,
+    /// A prune record's temp file, before its rename.
+    PruneRecord,
+    /// The backup dir after a prune's record was renamed into place, and
+    /// again after its unlinks.
+    Pruned,
 }
 
 /// Whether the fsync at `site` of `path` is to be left out (a test build

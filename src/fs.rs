@@ -337,6 +337,20 @@ impl BackupDir {
         Ok(removed)
     }
 
+    /// Removes the file `name`, which a prune found no kept restore point
+    /// reads (gone already counts as done: a prune cut off before). Durable
+    /// once the caller fsyncs the dir.
+    pub fn remove_pruned(&self, name: &str) -> Result<()> {
+        match rustix::fs::unlinkat(self.fd(), name, AtFlags::empty()) {
+            Ok(()) => {
+                power::unlinked(&self.path, name);
+                Ok(())
+            }
+            Err(Errno::NOENT) => Ok(()),
+            Err(e) => Err(Error::io("unlink", self.at(name), errno_io(e))),
+        }
+    }
+
     fn remove_temp(&self, name: &str) -> Result<()> {
         debug_assert!(name.starts_with(TEMP_PREFIX));
         match rustix::fs::unlinkat(self.fd(), name, AtFlags::empty()) {

@@ -19,16 +19,16 @@
 //! listed and still there are deleted by the next prune.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::{BackupRoot, DeclaredCoverage, RecordReader, StoreBackup};
-use crate::dir_lock::DirLock;
 use crate::engine::{KvId, PRUNE_PREFIX};
 use crate::error::{Error, Result};
+use crate::faults::FsyncSite;
+use crate::fs::{BackupDir, Modes};
 use crate::retention::Retention;
 
 /// The prune record format this crate writes.
@@ -192,28 +192,10 @@ fn plan(store: &StoreBackup, policy: &Retention) -> Result<std::result::Result<P
     }))
 }
 
-/// Writes `record` as the next prune record of the locked dir `dir`.
-fn write_record(dir: &Path, p: u64, record: &PruneRecord) -> Result<()> {
-    let name = prune_file_name(p);
-    let tmp = dir.join(format!(".cbk-tmp.{}.prune.{name}", std::process::id()));
-    let bytes = serde_json::to_vec_pretty(record).map_err(|e| Error::Corrupt {
-        path: dir.join(&name),
-        reason: format!("cannot encode: {e}"),
-    })?;
-    let mut file = std::fs::File::create_new(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-    file.write_all(&bytes).map_err(|e| Error::io("write", &tmp, e))?;
-    file.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
-    drop(file);
-    let dest = dir.join(&name);
-    rustix::fs::renameat_with(
-        rustix::fs::CWD,
-        &tmp,
-        rustix::fs::CWD,
-        &dest,
-        rustix::fs::RenameFlags::NOREPLACE,
-    )
-    .map_err(|e| Error::io("rename", &dest, e.into()))?;
-    crate::fs::sync_dir(dir)
+/// Opens and locks store `dir` as its owner would: [`Error::DirLocked`]
+/// while a running component (or another prune) holds it.
+fn lock(dir: &Path) -> Result<BackupDir> {
+    BackupDir::open_with(dir, Modes::default(), None)?.lock()
 }
 
 /// Prunes every store of `root` by `policy`: deletes the declared files no
@@ -236,11 +218,11 @@ pub fn prune(root: &BackupRoot, policy: &Retention, dry_run: bool) -> Result<Vec
     // (one descriptor at a time, for roots of 1024 stores): locked, listed
     // again under the lock, pruned, unlocked.
     for store in root.stores() {
-        drop(DirLock::acquire_path(&store.dir)?);
+        drop(lock(&store.dir)?);
     }
     let mut reports = Vec::new();
     for listed in root.stores() {
-        let _lock = DirLock::acquire_path(&listed.dir)?;
+        let dir = lock(&listed.dir)?;
         let store = &StoreBackup::list(listed.kv, &listed.dir)?;
         let mut report = PruneReport {
             kv: store.kv,
@@ -280,13 +262,19 @@ pub fn prune(root: &BackupRoot, policy: &Retention, dry_run: bool) -> Result<Vec
                 window_seqno: plan.window_seqno,
                 deleted: report.deleted.clone(),
             };
-            write_record(&store.dir, p, &record)?;
+            let bytes = serde_json::to_vec_pretty(&record).map_err(|e| Error::Corrupt {
+                path: store.dir.join(prune_file_name(p)),
+                reason: format!("cannot encode: {e}"),
+            })?;
+            // Temp, fsync, rename never over a file, dir fsync.
+            dir.publish_new_file(&prune_file_name(p), &bytes, FsyncSite::PruneRecord)?;
+            dir.sync(FsyncSite::Pruned)?;
             crate::faults::crash_point("prune.recorded");
             for path in &plan.delete {
-                std::fs::remove_file(path).map_err(|e| Error::io("unlink", path, e))?;
+                dir.remove_pruned(name_of(path))?;
                 crate::faults::crash_point("prune.unlinked_one");
             }
-            crate::fs::sync_dir(&store.dir)?;
+            dir.sync(FsyncSite::Pruned)?;
         }
         reports.push(report);
     }
