@@ -222,13 +222,10 @@ async fn without_retention_lsm_tree_restore_refuses_rather_than_answers_wrong() 
     assert!(found.wrong.is_empty(), "{:#?}", found.wrong);
 }
 
-// Regression: lsm-tree's first seqno is 0. The reference format cannot
-// hold it, and a restore into it left a half-written `kv-0/` behind.
-#[actix_rt::test]
-async fn seqno_zero_restores_into_lsm_tree_and_is_refused_by_the_reference_format_writing_nothing() {
-    let fx = Fixture::new();
+/// A fresh lsm-tree store `kv` in `fx` that wrote `a` = `1` (seqno 0, the
+/// tree's first), flushed, and was backed up for one round.
+async fn a_written_and_backed_up_once(fx: &Fixture, kv: KvId) -> Arc<LsmEngine> {
     let engine = Arc::new(LsmEngine::open(fx.tmp.path().join("lsm-data")).unwrap());
-    let kv = KvId(0);
     engine.create_store(kv).unwrap();
     assert_eq!(engine.put(kv, b"a", b"1").unwrap(), 0);
     engine.flush(kv).unwrap();
@@ -240,6 +237,16 @@ async fn seqno_zero_restores_into_lsm_tree_and_is_refused_by_the_reference_forma
         .unwrap();
     next_round(&mut rx, Duration::from_secs(10)).await;
     backup.stop_backup(kv, false).await.unwrap();
+    engine
+}
+
+// Regression: lsm-tree's first seqno is 0. The reference format cannot
+// hold it, and a restore into it left a half-written `kv-0/` behind.
+#[actix_rt::test]
+async fn seqno_zero_restores_into_lsm_tree_and_is_refused_by_the_reference_format_writing_nothing() {
+    let fx = Fixture::new();
+    let kv = KvId(0);
+    let _engine = a_written_and_backed_up_once(&fx, kv).await;
 
     let root = BackupRoot::open(&fx.backup_root()).unwrap();
     let out = fx.tmp.path().join("as-ref");
@@ -280,19 +287,8 @@ async fn seqno_zero_restores_into_lsm_tree_and_is_refused_by_the_reference_forma
 #[actix_rt::test]
 async fn the_reference_reader_refuses_lsm_tree_files_by_their_recorded_format() {
     let fx = Fixture::new();
-    let engine = Arc::new(LsmEngine::open(fx.tmp.path().join("lsm-data")).unwrap());
     let kv = KvId(3);
-    engine.create_store(kv).unwrap();
-    engine.put(kv, b"a", b"1").unwrap();
-    engine.flush(kv).unwrap();
-    let backup = ContinuousBackup::start(engine.clone() as Arc<dyn Engine>, Config::default(), None).unwrap();
-    let (cb, mut rx) = recorder();
-    backup
-        .start_backup(kv, fx.backup_dir(kv), cb, None)
-        .await
-        .unwrap();
-    next_round(&mut rx, Duration::from_secs(10)).await;
-    backup.stop_backup(kv, false).await.unwrap();
+    let _engine = a_written_and_backed_up_once(&fx, kv).await;
     let root = BackupRoot::open(&fx.backup_root()).unwrap();
     let ref_format = continuous_backup::restore::RefFormat;
     let out = fx.tmp.path().join("out");

@@ -287,12 +287,7 @@ impl Store {
     /// flush with eviction seqno 0 (every version kept) never runs. Without
     /// this, every flushed memtable stayed in memory.
     fn forget_old_versions(&self) {
-        let path = self.tree.tree_config().path.clone();
-        if let Err(e) = self
-            .tree
-            .get_version_history_lock()
-            .maintenance(&path, self.seqno.get())
-        {
+        if let Err(e) = forget_old_versions(&self.tree, self.seqno.get()) {
             tracing::warn!(kv_store = %self.kv, error = ?e, "lsm-tree version upkeep failed");
         }
     }
@@ -379,6 +374,13 @@ impl Store {
             self.bump(generations);
         }
     }
+}
+
+/// Drops `tree`'s versions older than `watermark` (see
+/// [`Store::forget_old_versions`]); also for a tree being restored.
+pub(super) fn forget_old_versions(tree: &AnyTree, watermark: u64) -> lsm_tree::Result<()> {
+    let path = tree.tree_config().path.clone();
+    tree.get_version_history_lock().maintenance(&path, watermark)
 }
 
 /// Whether a snapshot is complete: nothing retained, and its tables'

@@ -54,10 +54,7 @@ impl RestoreTarget for LsmTarget {
             if pending >= FLUSH_BYTES {
                 tree.flush_active_memtable(0).map_err(engine)?;
                 // Old versions would keep every flushed memtable in memory.
-                let path = tree.tree_config().path.clone();
-                tree.get_version_history_lock()
-                    .maintenance(&path, seqno + 1)
-                    .map_err(engine)?;
+                super::store::forget_old_versions(&tree, seqno + 1).map_err(engine)?;
                 pending = 0;
             }
         }
