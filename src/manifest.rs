@@ -14,12 +14,15 @@
 //!
 //! A dir written before manifests existed has none; restore then reads it
 //! as it always did.
+//!
+//! Prune records (`prune.<p>.json`, [`PruneRecord`]) live beside them: what
+//! a prune deleted from the dir, and for which retention window.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Holds, ROUND_PREFIX};
+use crate::engine::{Holds, PRUNE_PREFIX, ROUND_PREFIX};
 use crate::error::{Error, Result};
 use crate::faults::FsyncSite;
 use crate::fs::BackupDir;
@@ -189,6 +192,34 @@ impl RoundLog {
         written?;
         Ok((name, bytes.len() as u64))
     }
+}
+
+/// The prune record format this crate writes.
+pub(crate) const PRUNE_FORMAT: u32 = 1;
+
+/// What one prune deleted (`prune.<p>.json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneRecord {
+    /// The record format, 1.
+    pub format: u32,
+    /// Wall-clock time of the prune, milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// The first round of the retention window.
+    pub window_round: u64,
+    /// The oldest seqno the window keeps.
+    pub window_seqno: u64,
+    /// The backup-dir names it deletes.
+    pub deleted: Vec<String>,
+}
+
+/// The file name of prune record `p`.
+pub fn prune_file_name(p: u64) -> String {
+    format!("{PRUNE_PREFIX}{p}.json")
+}
+
+/// The `p` of a prune record name (decimal from 1, no leading zeros).
+pub fn parse_prune_file_name(name: &str) -> Option<u64> {
+    parse_numbered(name, PRUNE_PREFIX, ".json")
 }
 
 #[cfg(test)]

@@ -66,7 +66,7 @@ impl StoreBackup {
         let mut names = std::collections::BTreeSet::new();
         for (_, path) in &self.prunes {
             let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
-            let record: crate::restore::prune::PruneRecord =
+            let record: crate::manifest::PruneRecord =
                 serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
                     path: path.clone(),
                     reason: format!("not a prune record: {e}"),
@@ -146,7 +146,7 @@ impl StoreBackup {
                 continue;
             }
             if name.starts_with(PRUNE_PREFIX) {
-                match crate::restore::prune::parse_prune_file_name(&name) {
+                match crate::manifest::parse_prune_file_name(&name) {
                     Some(p) => store.prunes.push((p, path)),
                     None => store.foreign_metadata.push(path),
                 }

@@ -12,17 +12,18 @@ mod declared;
 mod inspect;
 mod layout;
 mod pit;
-pub(crate) mod prune;
+mod prune;
 mod remote;
 mod verify;
 mod write;
 
+pub use crate::manifest::PruneRecord;
 pub use coverage::{coverage_gaps, Coverage, FileCoverage, Unrestorable};
 pub use declared::{DeclaredCoverage, NotProvable};
 pub use inspect::{inspect, MetadataSummary, StoreReport};
 pub use layout::{BackupRoot, StoreBackup};
 pub use pit::{restore, restore_points, seqno_at, RestoreSummary};
-pub use prune::{prune, PruneRecord, PruneReport};
+pub use prune::{prune, PruneReport};
 pub use remote::{mirror, Mirrored};
 pub use verify::{verify, Problem};
 

@@ -22,32 +22,15 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::{BackupRoot, DeclaredCoverage, RecordReader, StoreBackup};
-use crate::engine::{KvId, PRUNE_PREFIX};
+use crate::engine::KvId;
 use crate::error::{Error, Result};
 use crate::faults::FsyncSite;
 use crate::fs::{BackupDir, Modes};
+use crate::manifest::{prune_file_name, PruneRecord, PRUNE_FORMAT};
 use crate::retention::Retention;
-
-/// The prune record format this crate writes.
-const PRUNE_FORMAT: u32 = 1;
-
-/// What one prune deleted (`prune.<p>.json`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PruneRecord {
-    /// The record format, 1.
-    pub format: u32,
-    /// Wall-clock time of the prune, milliseconds since the Unix epoch.
-    pub time_ms: u64,
-    /// The first round of the retention window.
-    pub window_round: u64,
-    /// The oldest seqno the window keeps.
-    pub window_seqno: u64,
-    /// The backup-dir names it deletes.
-    pub deleted: Vec<String>,
-}
 
 /// What a prune did (or, dry, would do) to one store's backup dir.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -69,16 +52,6 @@ pub struct PruneReport {
     pub kept: usize,
     /// Why nothing was pruned, if so.
     pub skipped: Option<String>,
-}
-
-/// The file name of prune record `p`.
-pub fn prune_file_name(p: u64) -> String {
-    format!("{PRUNE_PREFIX}{p}.json")
-}
-
-/// The `p` of a prune record name (decimal from 1, no leading zeros).
-pub fn parse_prune_file_name(name: &str) -> Option<u64> {
-    crate::manifest::parse_numbered(name, PRUNE_PREFIX, ".json")
 }
 
 fn name_of(path: &Path) -> &str {
