@@ -24,6 +24,7 @@ use crate::engine::IndexFile;
 use crate::error::{Error, Result};
 use crate::faults::power::{self, SyncTarget};
 use crate::faults::{self, FsOp, FsyncSite};
+use crate::pin::PrunePin;
 
 /// Prefix of every temp file the component creates in a backup dir. A temp
 /// name is `.cbk-tmp.<pid>.<k>.<name>`, unique to its writer (the process,
@@ -335,6 +336,12 @@ impl BackupDir {
             self.sync(FsyncSite::StaleTemps)?;
         }
         Ok(removed)
+    }
+
+    /// Pins the dir for a prune ([`PrunePin`]): `None` while a restore,
+    /// verify or inspect reads it.
+    pub fn pin_for_prune(&self) -> Result<Option<PrunePin>> {
+        PrunePin::try_take(self.fd(), &self.path)
     }
 
     /// Removes the file `name`, which a prune found no kept restore point

@@ -61,6 +61,7 @@ pub mod lsm;
 pub mod manifest;
 pub mod messages;
 mod metadata;
+mod pin;
 mod record;
 pub mod refengine;
 pub mod replication;

@@ -327,10 +327,13 @@ fn cbk(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// What `dir` holds, but the pin file readers and prunes lock (made once,
+/// empty, never part of a backup).
 fn listing(dir: &Path) -> Vec<PathBuf> {
     let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| !p.ends_with(".cbk-pin"))
         .collect();
     names.sort();
     names
@@ -659,4 +662,50 @@ async fn a_dir_with_two_histories_is_never_pruned_nor_restored_by_time() {
     let newest = rounds.last().unwrap().time_ms;
     let err = continuous_backup::restore::seqno_at(&opened, KV, newest).unwrap_err();
     assert!(matches!(err, Error::NotRestorableAt { .. }), "{err}");
+}
+
+// A restore pins what it reads: a prune that comes while a restore reads a
+// store (here from the restore's own progress callback, between two of its
+// files) passes over that store, and the restore reads every file it
+// planned. Once the restore is done, the same prune deletes.
+#[actix_rt::test]
+async fn a_restore_in_flight_keeps_a_prune_off_the_files_it_reads() {
+    let fx = Fixture::new();
+    let backup = fx.start(Config::default());
+    let mut next = 0;
+    for round in 0..6 {
+        put_new(&fx, &mut next, 10);
+        if round == 3 {
+            fx.engine.compact(KV).unwrap(); // a newer base: the first rounds' files can go
+        }
+        fx.back_up_once(&backup, KV).await;
+    }
+    backup.shutdown().await.unwrap();
+    let format = Store::format(&fx.engine);
+    let root = fx.backup_root();
+    let opened = BackupRoot::open(&root).unwrap();
+    let out = fx.tmp.path().join("restored");
+    let mut during = None;
+    let summary = restore(
+        &opened,
+        &[KV],
+        60,
+        &out,
+        format.reader.as_ref(),
+        format.target.as_ref(),
+        &mut |_| {
+            if during.is_none() {
+                during = Some(prune_rounds(&root, 1));
+            }
+        },
+    )
+    .expect("the restore reads every file it planned");
+    assert_eq!(summary[0].keys, 60);
+    let during = during.unwrap();
+    let why = during.skipped.expect("passed over while the restore reads");
+    assert!(why.contains("restore, verify or inspect is reading"), "{why}");
+    assert!(during.deleted.is_empty());
+    let after = prune_rounds(&root, 1);
+    assert_eq!(after.skipped, None);
+    assert!(!after.deleted.is_empty(), "pruned once the restore is done");
 }

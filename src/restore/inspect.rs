@@ -179,7 +179,13 @@ fn report(store: &StoreBackup, reader: &dyn RecordReader) -> Result<StoreReport>
 /// footer cannot be read fails the report (run `verify` to list every
 /// problem).
 pub fn inspect(root: &BackupRoot, reader: &dyn RecordReader) -> Result<Vec<StoreReport>> {
-    root.stores().iter().map(|s| report(s, reader)).collect()
+    root.stores()
+        .iter()
+        .map(|listed| {
+            let (_pin, store) = listed.pinned()?;
+            report(&store, reader)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use crate::engine::{KvId, METADATA_PREFIX, PRUNE_PREFIX, ROUND_PREFIX};
 use crate::error::{Error, Result};
 use crate::manifest::{parse_round_file_name, RoundRecord};
 use crate::metadata::{metadata_file_name, parse_metadata_file_name};
+use crate::pin::ReadPin;
 
 /// A backup root: one dir per KV store, named by its id.
 #[derive(Clone, Debug)]
@@ -76,6 +77,14 @@ impl StoreBackup {
         Ok(names)
     }
 
+    /// The store listed again under a [`ReadPin`]: no prune deletes what the
+    /// listing holds while the pin is alive (a prune under way is waited
+    /// for). Taken by restore, verify and inspect before they read.
+    pub fn pinned(&self) -> Result<(ReadPin, StoreBackup)> {
+        let pin = ReadPin::take(&self.dir)?;
+        Ok((pin, StoreBackup::list(self.kv, &self.dir)?))
+    }
+
     /// Whether the dir holds the seqno-index file `name` (`files` is
     /// sorted by name: a binary search).
     pub fn holds_file(&self, name: &str) -> bool {
@@ -141,6 +150,9 @@ impl StoreBackup {
             prunes: Vec::new(),
         };
         for (name, path, kind) in read_dir(dir)? {
+            if name == crate::pin::PIN_NAME {
+                continue;
+            }
             if name.starts_with('.') {
                 store.temp_files.push(path);
                 continue;

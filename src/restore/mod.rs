@@ -18,6 +18,7 @@ mod verify;
 mod write;
 
 pub use crate::manifest::PruneRecord;
+pub use crate::pin::ReadPin;
 pub use coverage::{coverage_gaps, Coverage, FileCoverage, Unrestorable};
 pub use declared::{DeclaredCoverage, NotProvable};
 pub use inspect::{inspect, MetadataSummary, StoreReport};

@@ -45,7 +45,10 @@ fn rebuild(
     target: &dyn RestoreTarget,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Rebuilt> {
-    let store = root.store(kv)?;
+    // Pinned from before the listing until every planned file is read: a
+    // prune waits, or has ended and its deletions are in the listing.
+    let (_pin, store) = root.store(kv)?.pinned()?;
+    let store = &store;
     let not_restorable = |reason: String| Error::NotRestorable { kv, seqno, reason };
     let (rounds, _) = store.round_records()?;
     // With manifests, exactly the files of a proof from what they declare.

@@ -66,7 +66,11 @@ struct Plan {
     kept: usize,
 }
 
-fn plan(store: &StoreBackup, policy: &Retention) -> Result<std::result::Result<Plan, String>> {
+fn plan(
+    store: &StoreBackup,
+    policy: &Retention,
+    also_keep: &dyn Fn(&str) -> bool,
+) -> Result<std::result::Result<Plan, String>> {
     let (rounds, unreadable) = store.round_records()?;
     if let Some((path, _)) = unreadable.first() {
         return Ok(Err(format!(
@@ -135,7 +139,10 @@ fn plan(store: &StoreBackup, policy: &Retention) -> Result<std::result::Result<P
     let delete: Vec<PathBuf> = store
         .files
         .iter()
-        .filter(|p| before.declared(name_of(p)).is_some() && !keep.contains(name_of(p)))
+        .filter(|p| {
+            let name = name_of(p);
+            before.declared(name).is_some() && !keep.contains(name) && !also_keep(name)
+        })
         .cloned()
         .collect();
     let gone: BTreeSet<&str> = delete.iter().map(|p| name_of(p)).collect();
@@ -176,16 +183,10 @@ fn lock(dir: &Path) -> Result<BackupDir> {
 /// `dry_run` only reports them. Each store's dir is locked first: a dir a
 /// running component owns is refused with [`Error::DirLocked`], and nothing
 /// of any store is deleted. A store whose restore points the deletion would
-/// change is left whole and reported as skipped.
+/// change, or that a restore, verify or inspect is reading, is left whole
+/// and reported as skipped.
 pub fn prune(root: &BackupRoot, policy: &Retention, dry_run: bool) -> Result<Vec<PruneReport>> {
-    policy
-        .validate()
-        .map_err(|e| Error::InvalidRetention { reason: e.0 })?;
-    if policy.is_off() {
-        return Err(Error::InvalidRetention {
-            reason: "no retention given: say how much to keep (a duration or a number of rounds)".into(),
-        });
-    }
+    check_policy(policy)?;
     // Every dir probed first: one a running component owns refuses the
     // whole prune before anything is deleted. Then one dir at a time
     // (one descriptor at a time, for roots of 1024 stores): locked, listed
@@ -196,60 +197,107 @@ pub fn prune(root: &BackupRoot, policy: &Retention, dry_run: bool) -> Result<Vec
     let mut reports = Vec::new();
     for listed in root.stores() {
         let dir = lock(&listed.dir)?;
-        let store = &StoreBackup::list(listed.kv, &listed.dir)?;
-        let mut report = PruneReport {
-            kv: store.kv,
-            window_round: None,
-            window_seqno: None,
-            deleted: Vec::new(),
-            bytes_freed: 0,
-            bytes_shared: 0,
-            kept: store.files.len(),
-            skipped: None,
-        };
-        let plan = match plan(store, policy)? {
-            Ok(plan) => plan,
-            Err(why) => {
-                report.skipped = Some(why);
-                reports.push(report);
-                continue;
-            }
-        };
-        report.window_round = Some(plan.window_round);
-        report.window_seqno = Some(plan.window_seqno);
-        report.kept = plan.kept;
-        for path in &plan.delete {
-            let md = std::fs::symlink_metadata(path).map_err(|e| Error::io("stat", path, e))?;
-            match md.nlink() {
-                1 => report.bytes_freed += md.len(),
-                _ => report.bytes_shared += md.len(),
-            }
-            report.deleted.push(name_of(path).to_owned());
-        }
-        if !dry_run && !plan.delete.is_empty() {
-            let p = store.prunes.last().map_or(1, |(p, _)| p + 1);
-            let record = PruneRecord {
-                format: PRUNE_FORMAT,
-                time_ms: crate::manifest::now_ms(),
-                window_round: plan.window_round,
-                window_seqno: plan.window_seqno,
-                deleted: report.deleted.clone(),
-            };
-            let bytes = serde_json::to_vec_pretty(&record).map_err(|e| Error::Corrupt {
-                path: store.dir.join(prune_file_name(p)),
-                reason: format!("cannot encode: {e}"),
-            })?;
-            // Temp, fsync, rename never over a file, dir fsync.
-            dir.publish_new_file(&prune_file_name(p), &bytes, FsyncSite::PruneRecord)?;
-            dir.sync(FsyncSite::Pruned)?;
-            crate::faults::crash_point("prune.recorded");
-            for path in &plan.delete {
-                dir.remove_pruned(name_of(path))?;
-                crate::faults::crash_point("prune.unlinked_one");
-            }
-            dir.sync(FsyncSite::Pruned)?;
-        }
-        reports.push(report);
+        reports.push(prune_dir(&dir, listed.kv, policy, dry_run, &|_| false, &|| {
+            false
+        })?);
     }
     Ok(reports)
+}
+
+/// Refuses a policy that is invalid or off.
+pub(crate) fn check_policy(policy: &Retention) -> Result<()> {
+    policy
+        .validate()
+        .map_err(|e| Error::InvalidRetention { reason: e.0 })?;
+    if policy.is_off() {
+        return Err(Error::InvalidRetention {
+            reason: "no retention given: say how much to keep (a duration or a number of rounds)".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Prunes the backup dir of store `kv`, which the caller owns (`dir` holds
+/// its lock), by `policy`. Keeps, beside what the rule keeps, every file
+/// `also_keep` names (the component's files not yet reported or uploaded).
+/// Passes over the store, reporting why, while a reader pins it. Between
+/// unlinks, `cancelled` may end the prune early: what its record lists
+/// and is still there goes with the next prune.
+pub(crate) fn prune_dir(
+    dir: &BackupDir,
+    kv: KvId,
+    policy: &Retention,
+    dry_run: bool,
+    also_keep: &dyn Fn(&str) -> bool,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<PruneReport> {
+    let path = dir.path();
+    // Held from before the listing to the last unlink. A dry run writes
+    // nothing (not even the pin file) and pins nothing.
+    let pin = if dry_run { None } else { dir.pin_for_prune()? };
+    let store = &StoreBackup::list(kv, path)?;
+    let mut report = PruneReport {
+        kv,
+        window_round: None,
+        window_seqno: None,
+        deleted: Vec::new(),
+        bytes_freed: 0,
+        bytes_shared: 0,
+        kept: store.files.len(),
+        skipped: None,
+    };
+    if !dry_run && pin.is_none() {
+        report.skipped = Some("a restore, verify or inspect is reading it: pruned next time".into());
+        return Ok(report);
+    }
+    let plan = match plan(store, policy, also_keep)? {
+        Ok(plan) => plan,
+        Err(why) => {
+            report.skipped = Some(why);
+            return Ok(report);
+        }
+    };
+    report.window_round = Some(plan.window_round);
+    report.window_seqno = Some(plan.window_seqno);
+    report.kept = plan.kept;
+    for path in &plan.delete {
+        let md = std::fs::symlink_metadata(path).map_err(|e| Error::io("stat", path, e))?;
+        match md.nlink() {
+            1 => report.bytes_freed += md.len(),
+            _ => report.bytes_shared += md.len(),
+        }
+        report.deleted.push(name_of(path).to_owned());
+    }
+    if dry_run || plan.delete.is_empty() {
+        return Ok(report);
+    }
+    let p = store.prunes.last().map_or(1, |(p, _)| p + 1);
+    let record = PruneRecord {
+        format: PRUNE_FORMAT,
+        time_ms: crate::manifest::now_ms(),
+        window_round: plan.window_round,
+        window_seqno: plan.window_seqno,
+        deleted: report.deleted.clone(),
+    };
+    let bytes = serde_json::to_vec_pretty(&record).map_err(|e| Error::Corrupt {
+        path: path.join(prune_file_name(p)),
+        reason: format!("cannot encode: {e}"),
+    })?;
+    // Temp, fsync, rename never over a file, dir fsync.
+    dir.publish_new_file(&prune_file_name(p), &bytes, FsyncSite::PruneRecord)?;
+    dir.sync(FsyncSite::Pruned)?;
+    crate::faults::crash_point("prune.recorded");
+    for (done, path) in plan.delete.iter().enumerate() {
+        if cancelled() {
+            report.skipped = Some(format!(
+                "stopped after {done} of {} unlinks (the store stopped): the rest go with the next prune",
+                plan.delete.len()
+            ));
+            break;
+        }
+        dir.remove_pruned(name_of(path))?;
+        crate::faults::crash_point("prune.unlinked_one");
+    }
+    dir.sync(FsyncSite::Pruned)?;
+    Ok(report)
 }

@@ -42,7 +42,21 @@ impl fmt::Display for Problem {
 /// problem found; empty means clean.
 pub fn verify(root: &BackupRoot, reader: &dyn RecordReader) -> Vec<Problem> {
     let mut problems = Vec::new();
-    for store in root.stores() {
+    for listed in root.stores() {
+        // Pinned while its files are read: a prune cannot delete one
+        // between the listing and its read (that would be a false alarm).
+        let (_pin, store) = match listed.pinned() {
+            Ok(pinned) => pinned,
+            Err(e) => {
+                problems.push(Problem {
+                    kv: listed.kv,
+                    path: listed.dir.clone(),
+                    what: e.to_string(),
+                });
+                continue;
+            }
+        };
+        let store = &store;
         let mut problem = |path: PathBuf, what: String| {
             problems.push(Problem {
                 kv: store.kv,
