@@ -4,7 +4,8 @@
 //!
 //! A round: tick → `LinkRound` to the linker pool (snapshot, link, fsync dir)
 //! → callback on the store's callback thread (snapshot held until it returns)
-//! → acknowledge on success → re-arm the tick with `run_later`. `phase` says
+//! → acknowledge on success → with `Config::retention` on and a prune due,
+//! `PruneStore` to the pruner thread → re-arm the tick with `run_later`. `phase` says
 //! where a round is; a tick cannot come during a round because the next one
 //! is armed only when the round ends, and explicit rounds (a final round)
 //! wait for the one in flight.
@@ -29,7 +30,9 @@ use crate::linker::LinkerActor;
 use crate::manifest::RoundLog;
 use crate::messages::{BackupEnded, CloseSession, LinkRound, OpenDir, RoundLinked, SessionId, StopStore};
 use crate::metadata::{MetadataActor, MetadataWriter};
+use crate::pruner::{PruneSchedule, PruneStore};
 use crate::replication::queue::Replica;
+use crate::restore::PruneReport;
 use crate::status::StoreCounters;
 use state::{LinkSet, Unacked};
 
@@ -59,6 +62,8 @@ pub(crate) struct BackupSpec {
     pub report_empty_rounds: bool,
     /// The store's upload queue, when its backup dir is replicated.
     pub replica: Option<Arc<Replica>>,
+    /// The component's retention, if on.
+    pub prune: Option<PruneSchedule>,
 }
 
 /// Where the current round is.
@@ -69,6 +74,8 @@ enum Phase {
     Linking,
     /// In the callback.
     Calling,
+    /// At the pruner thread, after a successful callback (`Config::retention`).
+    Pruning,
 }
 
 struct Stopping {
@@ -105,6 +112,8 @@ pub(crate) struct BackupActor {
     closed: bool,
     /// Set once the metadata thread has closed the session.
     session_closed: bool,
+    /// When the store may be pruned again (with retention on).
+    next_prune: Instant,
 }
 
 impl BackupActor {
@@ -127,6 +136,7 @@ impl BackupActor {
             stopping: None,
             closed: false,
             session_closed: false,
+            next_prune: Instant::now(),
         }
     }
 
@@ -266,6 +276,87 @@ impl BackupActor {
         };
         if result.is_ok() {
             self.spec.unacked.acknowledge(&reported);
+            if self.start_prune(started, ctx) {
+                return;
+            }
+        }
+        self.finish_round(result, started, ctx);
+    }
+
+    /// Sends the store's dir to the pruner thread, if retention is on and
+    /// a prune is due; the round then ends when it is done. Keeps every
+    /// file not yet reported or uploaded. Returns whether it was sent.
+    fn start_prune(&mut self, started: Instant, ctx: &mut Context<Self>) -> bool {
+        let (Some(schedule), Some((dir, _))) = (&self.spec.prune, &self.opened) else {
+            return false;
+        };
+        // A stopping store ends without one (its stop is not held up).
+        if self.closed || self.stopping.is_some() || Instant::now() < self.next_prune {
+            return false;
+        }
+        let mut keep: std::collections::HashSet<String> =
+            self.spec.unacked.report().into_iter().map(|f| f.name).collect();
+        if let Some(replica) = &self.spec.replica {
+            match replica.pending_names() {
+                Some(pending) => keep.extend(pending),
+                None => {
+                    // Tried again after the next round.
+                    self.spec.counters.last.lock().prune = Some(
+                        "waiting for the remote copy's rescan: which files are still to upload is not known"
+                            .into(),
+                    );
+                    return false;
+                }
+            }
+        }
+        self.next_prune = Instant::now() + schedule.every;
+        self.phase = Phase::Pruning;
+        let span = tracing::info_span!(parent: &self.span, "prune", round = self.rounds_started);
+        let msg = PruneStore {
+            kv: self.spec.kv,
+            dir: Arc::clone(dir),
+            policy: schedule.policy,
+            keep,
+            cancel: Arc::clone(&self.cancel),
+            span: span.clone(),
+        };
+        schedule
+            .pruner
+            .send(msg)
+            .instrument(span)
+            .into_actor(self)
+            .map(move |res, act, ctx| act.on_pruned(res, started, ctx))
+            .spawn(ctx);
+        true
+    }
+
+    /// A prune came back: counted; the round ends (a dir whose fsync
+    /// failed fails the round, which restarts the store as a link's would).
+    fn on_pruned(
+        &mut self,
+        res: Result<Result<PruneReport>, MailboxError>,
+        started: Instant,
+        ctx: &mut Context<Self>,
+    ) {
+        let c = &self.spec.counters;
+        let mut result = Ok(());
+        match res.unwrap_or(Err(Error::ComponentStopped)) {
+            Ok(report) => {
+                StoreCounters::add(&c.prunes, 1);
+                StoreCounters::add(&c.files_pruned, report.deleted.len() as u64);
+                StoreCounters::add(&c.bytes_pruned, report.bytes_freed);
+                c.last.lock().prune = report.skipped;
+            }
+            Err(e) => {
+                StoreCounters::add(&c.failed_prunes, 1);
+                c.last.lock().prune = Some(e.to_string());
+                if matches!(e, Error::BackupDirPoisoned { .. }) {
+                    result = Err(e);
+                }
+            }
+        }
+        if self.closed {
+            return self.linked_after_close(ctx);
         }
         self.finish_round(result, started, ctx);
     }
@@ -398,16 +489,17 @@ impl BackupActor {
             .into_actor(self)
             .map(|_, act, ctx| {
                 act.session_closed = true;
-                // A job at the linker pool finishes first (it is cancelled,
-                // so it links at most one more file): on_linked stops then.
-                if act.phase != Phase::Linking {
+                // A job at the linker pool or the pruner finishes first (it
+                // is cancelled, so it links or unlinks at most one more
+                // file): on_linked or on_pruned stops then.
+                if !matches!(act.phase, Phase::Linking | Phase::Pruning) {
                     ctx.stop();
                 }
             })
             .spawn(ctx);
     }
 
-    /// A round's linker job came back after `close`: stop once the session
+    /// A round's linker or prune job came back after `close`: stop once the session
     /// is closed too (else the close's reply stops the actor).
     fn linked_after_close(&mut self, ctx: &mut Context<Self>) {
         self.phase = Phase::Idle;

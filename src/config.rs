@@ -9,6 +9,7 @@ use crate::backup::schedule::MAX_STEP;
 use crate::error::{Error, Result};
 use crate::fs::Modes;
 use crate::replication::ReplicationConfig;
+use crate::retention::Retention;
 
 /// How the component runs. Every field has a default (see [`Config::default`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +51,16 @@ pub struct Config {
     /// Replication of backup dirs to object storage. Off by default (no
     /// URL): the component then uses no network.
     pub replication: ReplicationConfig,
+    /// Retention applied by the component to the backup dirs of the stores
+    /// it runs: every restore point of the last `keep_for` and/or the last
+    /// `keep_rounds` rounds is kept, the rest deleted (the rule of
+    /// `cbk prune`). Default: off (neither set): nothing is ever deleted.
+    /// A zero is refused (it would keep no restore point).
+    pub retention: Retention,
+    /// Least time between two prunes of one store, when `retention` is on:
+    /// a store is pruned after a successful round once this much passed
+    /// since its last prune (and after its first round). Default: 10 min.
+    pub prune_every: Duration,
 }
 
 impl Default for Config {
@@ -64,6 +75,8 @@ impl Default for Config {
             file_mode: 0o600,
             report_empty_rounds: true,
             replication: ReplicationConfig::default(),
+            retention: Retention::default(),
+            prune_every: Duration::from_secs(600),
         }
     }
 }
@@ -103,6 +116,15 @@ impl Config {
             });
         }
         self.replication.validate()?;
+        if let Err(e) = self.retention.validate() {
+            return Err(Error::InvalidRetention { reason: e.0 });
+        }
+        if self.prune_every.is_zero() || self.prune_every > MAX_STEP {
+            return Err(Error::Config {
+                field: "prune_every",
+                reason: "must be above zero and at most 7 days",
+            });
+        }
         if let Some(root) = &self.backup_root {
             if !root.is_absolute() {
                 return Err(Error::Config {

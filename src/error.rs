@@ -287,7 +287,7 @@ pub enum Error {
         /// The store.
         kv: KvId,
         /// What panicked: `callback`, `callback factory`, `linker`,
-        /// `metadata writer`, `uploader` or `mirror`.
+        /// `metadata writer`, `uploader`, `mirror` or `prune`.
         what: &'static str,
         /// The panic message.
         message: String,

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::linker::LinkerActor;
 use crate::messages::{GetStatus, SetVbucketState, Shutdown, StartBackup, StopBackup, VbucketState};
 use crate::metadata::{MetadataActor, ParentSyncs};
+use crate::pruner::PruneSchedule;
 use crate::replication::uploader::Uploader;
 use crate::status::Status;
 use crate::supervisor::Supervisor;
@@ -27,8 +28,9 @@ pub struct ContinuousBackup {
 
 impl ContinuousBackup {
     /// Starts the actors: the supervisor, the linker pool
-    /// (`config.linker_threads` threads) and the metadata threads
-    /// (`config.metadata_threads`). Must be called from within a running
+    /// (`config.linker_threads` threads), the metadata threads
+    /// (`config.metadata_threads`) and, with `config.retention` on, the
+    /// pruner thread. Must be called from within a running
     /// actix `System`. `factory` makes the callback of vBucket-driven
     /// backups; without it, `Active` is refused.
     pub fn start(engine: Arc<dyn Engine>, config: Config, factory: Option<CallbackFactory>) -> Result<Self> {
@@ -46,7 +48,8 @@ impl ContinuousBackup {
             })
             .collect();
         let uploader = Uploader::new(config.replication.clone());
-        let addr = Supervisor::new(engine, config, factory, linker, metadata, uploader).start();
+        let prune = PruneSchedule::start(&config);
+        let addr = Supervisor::new(engine, config, factory, linker, metadata, uploader, prune).start();
         Ok(ContinuousBackup { addr })
     }
 

@@ -62,6 +62,7 @@ pub mod manifest;
 pub mod messages;
 mod metadata;
 mod pin;
+mod pruner;
 mod record;
 pub mod refengine;
 pub mod replication;

@@ -30,6 +30,10 @@ pub(crate) struct StoreCounters {
     pub callbacks: AtomicU64,
     pub callback_nanos: AtomicU64,
     pub restarts: AtomicU64,
+    pub prunes: AtomicU64,
+    pub failed_prunes: AtomicU64,
+    pub files_pruned: AtomicU64,
+    pub bytes_pruned: AtomicU64,
     pub cross_device: AtomicBool,
     pub last: Mutex<LastRound>,
 }
@@ -41,6 +45,8 @@ pub(crate) struct LastRound {
     pub duration: Option<Duration>,
     pub error: Option<String>,
     pub dir: Option<PathBuf>,
+    /// Why the last prune deleted nothing or failed, if it did.
+    pub prune: Option<String>,
 }
 
 impl StoreCounters {
@@ -68,6 +74,11 @@ impl StoreCounters {
             callbacks: self.callbacks.load(Relaxed),
             callback_time: Duration::from_nanos(self.callback_nanos.load(Relaxed)),
             restarts: self.restarts.load(Relaxed),
+            prunes: self.prunes.load(Relaxed),
+            failed_prunes: self.failed_prunes.load(Relaxed),
+            files_pruned: self.files_pruned.load(Relaxed),
+            bytes_pruned: self.bytes_pruned.load(Relaxed),
+            last_prune: last.prune,
             last_round_finished: last.finished,
             last_round_duration: last.duration,
             last_error: last.error,
@@ -117,6 +128,19 @@ pub struct StoreStatus {
     pub callback_time: Duration,
     /// Times the supervisor restarted the store's actor after it failed.
     pub restarts: u64,
+    /// Prunes by [`Config::retention`](crate::Config::retention) that ran
+    /// to the end (deleting something or not).
+    pub prunes: u64,
+    /// Prunes that failed (an I/O error; the next one retries).
+    pub failed_prunes: u64,
+    /// Files those prunes deleted from the backup dir.
+    pub files_pruned: u64,
+    /// Bytes whose last link those prunes removed (space freed).
+    pub bytes_pruned: u64,
+    /// Why the last prune deleted nothing (a reader pinned the dir, the
+    /// dir is kept whole, an upload backlog unknown) or failed; `None`
+    /// after one that deleted what the policy allows.
+    pub last_prune: Option<String>,
     /// When the last round finished (wall clock, for display only).
     pub last_round_finished: Option<SystemTime>,
     /// How long the last round took, from listing to callback return.

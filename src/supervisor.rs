@@ -33,6 +33,7 @@ use crate::messages::{
     VbucketState,
 };
 use crate::metadata::MetadataActor;
+use crate::pruner::PruneSchedule;
 use crate::replication::queue::Replica;
 use crate::replication::uploader::Uploader;
 use crate::replication::RemoteUrl;
@@ -111,6 +112,8 @@ pub struct Supervisor {
     next_generation: u64,
     shutting_down: bool,
     uploader: Uploader,
+    /// The component's retention (`Config::retention`), if on.
+    prune: Option<PruneSchedule>,
     /// Upload queues of replicated stores, kept while their uploads drain
     /// (also after a stop).
     replicas: HashMap<KvId, Arc<Replica>>,
@@ -144,8 +147,10 @@ impl Supervisor {
         linker: Addr<LinkerActor>,
         metadata: Vec<Addr<MetadataActor>>,
         uploader: Uploader,
+        prune: Option<PruneSchedule>,
     ) -> Self {
         Supervisor {
+            prune,
             engine,
             config,
             factory,
@@ -290,6 +295,7 @@ impl Supervisor {
             engine: Arc::clone(&self.engine),
             report_empty_rounds: self.config.report_empty_rounds,
             replica,
+            prune: self.prune.clone(),
         };
         let addr = BackupActor::new(spec, on_started).start();
         self.stores.insert(

@@ -709,3 +709,179 @@ async fn a_restore_in_flight_keeps_a_prune_off_the_files_it_reads() {
     assert_eq!(after.skipped, None);
     assert!(!after.deleted.is_empty(), "pruned once the restore is done");
 }
+
+/// Drives `engine` with the component's own retention on (`keep_rounds`,
+/// a prune after every round): every flush is seen by a round before the
+/// next compaction, so without pruning every seqno would restore. Then
+/// every seqno from the final window's start restores as the history says,
+/// every older one is refused or exact, and space was freed.
+async fn component_retention(engine: Arc<dyn Store>, tmp: &Path, seed: u64) -> (u64, u64, u64) {
+    let root = tmp.join("backup");
+    let policy = Retention {
+        keep_for: None,
+        keep_rounds: Some(4),
+    };
+    let config = Config {
+        retention: policy,
+        prune_every: ms(1),
+        ..Config::default()
+    };
+    let backup = ContinuousBackup::start(engine.clone() as Arc<dyn Engine>, config, None).unwrap();
+    let (cb, mut rx) = recorder();
+    backup
+        .start_backup(KV, root.join(KV.to_string()), cb, Some(ms(4)))
+        .await
+        .unwrap();
+    let mut history = History::new();
+    let mut rng = Rng(seed);
+    for step in 0..40 {
+        for _ in 0..5 {
+            let k = key(rng.below(KEYS));
+            if rng.below(5) == 0 {
+                history.push((engine.delete(&k), k, None));
+            } else {
+                let v = format!("v{step}-{}", rng.next()).into_bytes();
+                history.push((engine.put(&k, &v), k, Some(v)));
+            }
+        }
+        engine.flush();
+        next_nonempty_round(&mut rx, Duration::from_secs(10)).await;
+        if step % 5 == 4 {
+            engine.compact(); // a newer base: what is older can go
+            next_nonempty_round(&mut rx, Duration::from_secs(10)).await;
+        }
+    }
+    // One more round, then its prune, before the status is read.
+    next_round(&mut rx, Duration::from_secs(10)).await;
+    backup.stop_backup(KV, true).await.unwrap();
+    let status = store_status(&backup, KV).await;
+    backup.shutdown().await.unwrap();
+    assert!(status.prunes > 0 && status.files_pruned > 0, "{status:?}");
+    assert_eq!(status.failed_prunes, 0, "{status:?}");
+    let format = engine.format();
+    let (reader, target) = (format.reader.as_ref(), format.target.as_ref());
+    let opened = BackupRoot::open(&root).unwrap();
+    assert!(
+        verify(&opened, reader).is_empty(),
+        "{:?}",
+        verify(&opened, reader)
+    );
+    assert!(!opened.stores()[0].prunes.is_empty(), "prune records written");
+    let (rounds, _) = opened.stores()[0].round_records().unwrap();
+    let coverage = continuous_backup::restore::DeclaredCoverage::of_present(&rounds, &|n| {
+        opened.stores()[0].holds_file(n)
+    });
+    let window = coverage
+        .high_before_round(policy.window_start(&rounds).unwrap())
+        .unwrap_or(0);
+    let high = history.last().unwrap().0;
+    let (mut in_window, mut outside_refused) = (0, 0);
+    for s in 0..=high {
+        let out = tmp.join(format!("out-{s}"));
+        match restore(&opened, &[KV], s, &out, reader, target, &mut |_| {}) {
+            Ok(_) => {
+                assert_eq!(engine.read_restored(&out, s), state_at(&history, s), "seqno {s}");
+                in_window += u64::from(s >= window);
+                std::fs::remove_dir_all(&out).unwrap();
+            }
+            Err(Error::NotRestorable { reason, .. }) if s < window => {
+                assert!(!out.exists(), "{reason}");
+                outside_refused += 1;
+            }
+            Err(e) => panic!("seqno {s} (window from {window}): {e}"),
+        }
+    }
+    (in_window, outside_refused, status.bytes_pruned)
+}
+
+#[actix_rt::test]
+async fn the_component_prunes_by_its_retention_while_rounds_run_on_the_reference_engine() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = Arc::new(continuous_backup::refengine::RefEngine::open(tmp.path().join("data")).unwrap());
+    engine.create_store(KV).unwrap();
+    let (kept, refused, freed) = component_retention(engine, tmp.path(), 11).await;
+    println!(
+        "component retention (ref): {kept} window points exact, {refused} older refused, {freed} bytes freed"
+    );
+}
+
+#[cfg(feature = "lsm-tree")]
+#[actix_rt::test]
+async fn the_component_prunes_by_its_retention_while_rounds_run_on_lsm_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = Arc::new(continuous_backup::lsm::LsmEngine::open(tmp.path().join("data")).unwrap());
+    engine.create_store(KV).unwrap();
+    let (kept, refused, freed) = component_retention(engine, tmp.path(), 12).await;
+    println!("component retention (lsm-tree): {kept} window points exact, {refused} older refused, {freed} bytes freed");
+}
+
+// The component's prune keeps what the remote copy still needs: while the
+// remote cannot be written, no file leaves the backup dir (every upload is
+// still to do); once the remote is back and the uploads catch up, the
+// prune deletes what the policy lets go.
+#[actix_rt::test]
+async fn a_file_still_to_upload_is_never_pruned() {
+    let fx = Fixture::new();
+    let blocker = fx.tmp.path().join("blocker");
+    std::fs::write(&blocker, "a file where the remote's parent dir should be").unwrap();
+    let url = format!("file://{}/far", blocker.display());
+    let config = Config {
+        retention: Retention {
+            keep_for: None,
+            keep_rounds: Some(1),
+        },
+        prune_every: ms(1),
+        replication: continuous_backup::ReplicationConfig {
+            retry_initial: ms(10),
+            retry_max: ms(40),
+            ..Default::default()
+        },
+        ..Config::default()
+    };
+    let backup = fx.start(config);
+    let (cb, mut rx) = recorder();
+    backup
+        .start_replicated_backup(KV, fx.backup_dir(KV), &url, cb, Some(ms(4)))
+        .await
+        .unwrap();
+    let mut reported = Vec::new();
+    for i in 0..6 {
+        fx.flush_some(KV, 3);
+        if i % 2 == 1 {
+            fx.engine.compact(KV).unwrap();
+        }
+        let round = next_nonempty_round(&mut rx, Duration::from_secs(10)).await;
+        reported.extend(round.files.into_iter().map(|f| f.name));
+    }
+    for _ in 0..5 {
+        next_round(&mut rx, Duration::from_secs(10)).await; // each followed by a prune's turn
+    }
+    let status = store_status(&backup, KV).await;
+    assert_eq!(status.files_pruned, 0, "{status:?}");
+    println!("while the remote is down: {:?}", status.last_prune);
+    assert!(status.last_prune.is_some(), "{status:?}");
+    let replication = status.replication.as_ref().unwrap();
+    assert!(replication.upload_errors > 0, "{replication:?}");
+    let held = names(&fx.backup_dir(KV));
+    for name in &reported {
+        assert!(held.contains(name), "{name} pruned before its upload");
+    }
+    // The remote comes back.
+    std::fs::remove_file(&blocker).unwrap();
+    std::fs::create_dir(&blocker).unwrap();
+    let pruned = eventually(
+        Duration::from_secs(60),
+        "a prune once the uploads caught up",
+        || {
+            let backup = backup.clone();
+            async move {
+                let s = store_status(&backup, KV).await;
+                (s.files_pruned > 0).then_some(s)
+            }
+        },
+    )
+    .await;
+    assert_eq!(pruned.failed_prunes, 0, "{pruned:?}");
+    backup.stop_backup(KV, true).await.unwrap();
+    backup.shutdown().await.unwrap();
+}

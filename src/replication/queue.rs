@@ -291,6 +291,17 @@ impl Replica {
         inner.last_error = Some(error);
     }
 
+    /// The names queued for upload (the batch under way among them), or
+    /// `None` while a rescan is due or under way: what is still to upload
+    /// is then not known. A prune keeps these.
+    pub fn pending_names(&self) -> Option<std::collections::HashSet<String>> {
+        let inner = self.inner.lock();
+        if inner.rescan_pending() {
+            return None;
+        }
+        Some(inner.items.iter().map(|i| i.name.clone()).collect())
+    }
+
     /// A queued file was gone from the backup dir (removed by hand): it
     /// counts as an upload error, and is not retried.
     pub fn vanished(&self, name: &str) {

@@ -24,6 +24,7 @@ pub use declared::{DeclaredCoverage, NotProvable};
 pub use inspect::{inspect, MetadataSummary, StoreReport};
 pub use layout::{BackupRoot, StoreBackup};
 pub use pit::{restore, restore_points, seqno_at, RestoreSummary};
+pub(crate) use prune::prune_dir;
 pub use prune::{prune, PruneReport};
 pub use remote::{mirror, Mirrored};
 pub use verify::{verify, Problem};

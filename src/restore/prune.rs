@@ -260,12 +260,17 @@ pub(crate) fn prune_dir(
     report.window_round = Some(plan.window_round);
     report.window_seqno = Some(plan.window_seqno);
     report.kept = plan.kept;
+    // Per file: bytes freed (its last link) and bytes the engine shares.
+    let mut sizes = Vec::with_capacity(plan.delete.len());
     for path in &plan.delete {
         let md = std::fs::symlink_metadata(path).map_err(|e| Error::io("stat", path, e))?;
-        match md.nlink() {
-            1 => report.bytes_freed += md.len(),
-            _ => report.bytes_shared += md.len(),
-        }
+        let size = match md.nlink() {
+            1 => (md.len(), 0),
+            _ => (0, md.len()),
+        };
+        report.bytes_freed += size.0;
+        report.bytes_shared += size.1;
+        sizes.push(size);
         report.deleted.push(name_of(path).to_owned());
     }
     if dry_run || plan.delete.is_empty() {
@@ -293,6 +298,9 @@ pub(crate) fn prune_dir(
                 "stopped after {done} of {} unlinks (the store stopped): the rest go with the next prune",
                 plan.delete.len()
             ));
+            report.deleted.truncate(done);
+            report.bytes_freed = sizes[..done].iter().map(|s| s.0).sum();
+            report.bytes_shared = sizes[..done].iter().map(|s| s.1).sum();
             break;
         }
         dir.remove_pruned(name_of(path))?;

@@ -1,0 +1,99 @@
+//! `PrunerActor`: the component's own retention (`Config::retention`), on a
+//! thread of its own (a one-thread `SyncArbiter`), never on a mailbox
+//! thread nor on the linker pool, so a long prune delays no store's links.
+//!
+//! A store's `BackupActor` asks for a prune after a successful round, at
+//! most once every `Config::prune_every`, and its next round waits for the
+//! answer (a prune and a round of one store never overlap). The prune runs
+//! over the store's own [`BackupDir`] (the component owns its lock), by the
+//! rule `cbk prune` uses (`restore::prune`), and keeps beside it every file
+//! the store has not yet reported to its callback or uploaded to its
+//! remote copy. A stop without final round cancels it between two unlinks.
+
+use std::collections::HashSet;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use crate::engine::KvId;
+use crate::error::{panic_message, Error, Result};
+use crate::fs::BackupDir;
+use crate::restore::{prune_dir, PruneReport};
+use crate::retention::Retention;
+
+/// The component's retention, as each store's actor gets it.
+#[derive(Clone)]
+pub(crate) struct PruneSchedule {
+    pub pruner: Addr<PrunerActor>,
+    pub policy: Retention,
+    /// `Config::prune_every`.
+    pub every: std::time::Duration,
+}
+
+impl PruneSchedule {
+    /// The pruner thread, if `config` turns retention on.
+    pub fn start(config: &crate::config::Config) -> Option<PruneSchedule> {
+        (!config.retention.is_off()).then(|| PruneSchedule {
+            pruner: SyncArbiter::start(1, || PrunerActor),
+            policy: config.retention,
+            every: config.prune_every,
+        })
+    }
+}
+
+/// Prune one store's backup dir. Sent by its `BackupActor` with `send`
+/// (the round waits for the reply).
+pub(crate) struct PruneStore {
+    pub kv: KvId,
+    pub dir: Arc<BackupDir>,
+    pub policy: Retention,
+    /// Files to keep whatever the rule says: not yet reported or uploaded.
+    pub keep: HashSet<String>,
+    /// Set on a stop without final round.
+    pub cancel: Arc<AtomicBool>,
+    pub span: tracing::Span,
+}
+
+impl Message for PruneStore {
+    type Result = Result<PruneReport>;
+}
+
+/// Runs prunes, one at a time, on its own thread.
+pub(crate) struct PrunerActor;
+
+impl Actor for PrunerActor {
+    type Context = SyncContext<Self>;
+}
+
+impl Handler<PruneStore> for PrunerActor {
+    type Result = Result<PruneReport>;
+
+    fn handle(&mut self, msg: PruneStore, _: &mut SyncContext<Self>) -> Self::Result {
+        let _entered = msg.span.enter();
+        let cancelled = || msg.cancel.load(Ordering::Acquire);
+        let keep = |name: &str| msg.keep.contains(name);
+        let run = || prune_dir(&msg.dir, msg.kv, &msg.policy, false, &keep, &cancelled);
+        let report = catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|panic| {
+            Err(Error::Panicked {
+                kv: msg.kv,
+                what: "prune",
+                message: panic_message(&*panic),
+            })
+        });
+        match &report {
+            Ok(r) if r.skipped.is_some() => {
+                tracing::info!(reason = r.skipped.as_deref(), "prune passed over the store")
+            }
+            Ok(r) => tracing::info!(
+                files = r.deleted.len(),
+                bytes_freed = r.bytes_freed,
+                window_round = r.window_round,
+                "pruned"
+            ),
+            Err(e) => tracing::warn!(error = %e, "prune failed; the next one retries"),
+        }
+        report
+    }
+}
