@@ -4,11 +4,12 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use continuous_backup::restore::{
-    detect_format, format_named, inspect, mirror, prune, restore_points, seqno_at, verify, BackupRoot,
-    Format, StoreReport,
+    detect_format, format_named, inspect, mirror, prune, prune_remote, restore_points, seqno_at, verify,
+    BackupRoot, Format, StoreReport,
 };
 use continuous_backup::retention::{format_time_ms, parse_duration, parse_time_ms, Retention};
 use continuous_backup::{KvId, RemoteUrl};
@@ -75,10 +76,16 @@ enum Command {
     /// Delete from each store's backup dir the files no restore point of the
     /// retention window needs (never a manifest or metadata file, never a
     /// file the newest round lists). The dirs must not be in use by a
-    /// running component. Prints what each store freed.
+    /// running component. Prints what each store freed. On an object-store
+    /// URL, prunes the remote copy from its own listing: what goes is
+    /// marked first and deleted by a prune at least --grace later.
     Prune {
-        /// The backup root (a local dir).
-        root: PathBuf,
+        /// The backup root: a dir, or an object-store URL.
+        root: String,
+        /// With a URL: how long marked objects stay for readers that
+        /// listed the remote before the mark (`0s`: delete at once).
+        #[arg(long, value_name = "DURATION", default_value = "1h")]
+        grace: String,
         /// Keep every restore point of the last DURATION before the newest
         /// round (`24h`, `90m`, `7d`).
         #[arg(long, value_name = "DURATION", required_unless_present = "keep_rounds")]
@@ -293,6 +300,7 @@ fn run(cli: Cli) -> Result<ExitCode, continuous_backup::Error> {
         }
         Command::Prune {
             ref root,
+            ref grace,
             ref keep,
             keep_rounds,
             dry_run,
@@ -308,7 +316,17 @@ fn run(cli: Cli) -> Result<ExitCode, continuous_backup::Error> {
                 keep_for,
                 keep_rounds,
             };
-            let reports = prune(&BackupRoot::open(root)?, &policy, dry_run)?;
+            if RemoteUrl::is_url(root) {
+                let grace = match grace.trim() {
+                    "0" | "0s" => Duration::ZERO,
+                    text => parse_duration(text)
+                        .map_err(|e| continuous_backup::Error::InvalidRetention { reason: e.0 })?,
+                };
+                let options = cli.options.iter().cloned().collect();
+                let reports = prune_remote(root, &options, &policy, grace, dry_run)?;
+                return Ok(print_remote_prune(&reports, dry_run));
+            }
+            let reports = prune(&BackupRoot::open(root.as_ref())?, &policy, dry_run)?;
             let verb = if dry_run { "would delete" } else { "deleted" };
             let (mut files, mut freed) = (0, 0);
             for r in &reports {
@@ -404,4 +422,38 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Prints what a prune of a remote copy did, store by store.
+fn print_remote_prune(reports: &[continuous_backup::restore::RemotePruneReport], dry_run: bool) -> ExitCode {
+    let verb = if dry_run { "would mark" } else { "marked" };
+    let (mut marked, mut deleted, mut freed) = (0, 0, 0);
+    for r in reports {
+        if let Some(why) = &r.skipped {
+            println!("kv {}: nothing marked: {why}", r.kv);
+        } else if let (Some(round), Some(seqno)) = (r.window_round, r.window_seqno) {
+            println!(
+                "kv {}: window from round {round} (seqno {seqno} on): {verb} {} objects ({} bytes)",
+                r.kv,
+                r.marked.len(),
+                r.marked_bytes
+            );
+        }
+        if !r.deleted.is_empty() {
+            println!(
+                "kv {}: deleted {} objects marked earlier, {} bytes",
+                r.kv,
+                r.deleted.len(),
+                r.deleted_bytes
+            );
+        }
+        marked += r.marked.len();
+        deleted += r.deleted.len();
+        freed += r.deleted_bytes;
+    }
+    println!(
+        "{verb} {marked} objects, deleted {deleted} objects ({freed} bytes freed), in {} stores",
+        reports.len()
+    );
+    ExitCode::SUCCESS
 }

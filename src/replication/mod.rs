@@ -9,6 +9,7 @@
 //! ```text
 //! <url>/<name>                               every file of the backup dir, whole
 //! <url>/.cbk-sums/<name>.<len>.<crc32c hex>  its sidecar: length and CRC-32C
+//! <url>/prune.<p>.json                       the remote's own prune records (see `prunes`)
 //! ```
 //!
 //! The sidecar is written before the object, so every object has one; its
@@ -16,6 +17,7 @@
 //! A `metadata.<n>.dat` is uploaded only after every file queued before it
 //! (a barrier in the upload queue), which keeps the remote copy restorable at every moment.
 
+pub(crate) mod prunes;
 pub(crate) mod queue;
 pub(crate) mod uploader;
 

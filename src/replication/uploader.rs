@@ -35,7 +35,9 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::Instrument;
 
 use crate::error::{Error, Result};
+use crate::manifest::parse_prune_file_name;
 use crate::metadata::parse_metadata_file_name;
+use crate::replication::prunes::{fetch_records, pruned_names};
 use crate::replication::queue::{Item, Kind, Next, Replica};
 use crate::replication::{blocking, RemoteUrl, ReplicationConfig, Sums, SUMS_DIR};
 
@@ -273,6 +275,9 @@ fn list_local(dir: &FsPath) -> Result<(Vec<Item>, Vec<Item>)> {
             if name.starts_with('.') || !keep(&name) {
                 continue; // temp files of an interrupted write
             }
+            if parse_prune_file_name(&name).is_some() {
+                continue; // the dir's own prune records: the remote keeps its own retention
+            }
             let meta = entry.metadata().map_err(|e| Error::io("stat", entry.path(), e))?;
             if meta.is_file() {
                 out.push((name, meta.len()));
@@ -399,12 +404,35 @@ impl Task {
         let dir = self.replica.local.clone();
         let (files, metadata) = blocking(self.replica.kv, UPLOADER, move || list_local(&dir)).await?;
         self.remote = list_remote(&*self.client, &self.replica.remote).await?;
+        // What a prune of the remote deleted, or deletes after its grace
+        // period, is never uploaded again.
+        let objects: Vec<String> = self
+            .remote
+            .iter()
+            .filter(|(_, entry)| entry.object.is_some())
+            .map(|(name, _)| name.clone())
+            .collect();
+        let records = fetch_records(&*self.client, &self.replica.remote, objects).await?;
+        let pruned = pruned_names(&records);
+        let (files, metadata): (Vec<Item>, Vec<Item>) = (
+            files.into_iter().filter(|i| !pruned.contains(&i.name)).collect(),
+            metadata
+                .into_iter()
+                .filter(|i| !pruned.contains(&i.name))
+                .collect(),
+        );
         let local: std::collections::HashSet<String> =
             files.iter().chain(&metadata).map(|i| segment(&i.name)).collect();
+        let pruned: std::collections::HashSet<String> = pruned.iter().map(|n| segment(n)).collect();
         let remote_only = self
             .remote
             .iter()
-            .filter(|(name, entry)| entry.object.is_some() && !local.contains(*name))
+            .filter(|(name, entry)| {
+                entry.object.is_some()
+                    && !local.contains(*name)
+                    && !pruned.contains(*name)
+                    && parse_prune_file_name(name).is_none()
+            })
             .count();
         self.replica.remote_only.store(remote_only as u64, Relaxed);
         if remote_only > 0 {

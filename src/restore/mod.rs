@@ -14,6 +14,7 @@ mod layout;
 mod pit;
 mod prune;
 mod remote;
+mod remote_prune;
 mod verify;
 mod write;
 
@@ -27,6 +28,7 @@ pub use pit::{restore, restore_points, seqno_at, RestoreSummary};
 pub(crate) use prune::prune_dir;
 pub use prune::{prune, PruneReport};
 pub use remote::{mirror, Mirrored};
+pub use remote_prune::{prune_remote, RemotePruneReport};
 pub use verify::{verify, Problem};
 
 use std::collections::hash_map::{Entry, HashMap};

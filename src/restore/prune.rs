@@ -54,19 +54,19 @@ pub struct PruneReport {
     pub skipped: Option<String>,
 }
 
-fn name_of(path: &Path) -> &str {
+pub(super) fn name_of(path: &Path) -> &str {
     path.file_name().and_then(|n| n.to_str()).unwrap_or_default()
 }
 
 /// What to delete from `store`, and the window, or why nothing.
-struct Plan {
-    window_round: u64,
-    window_seqno: u64,
-    delete: Vec<PathBuf>,
-    kept: usize,
+pub(super) struct Plan {
+    pub window_round: u64,
+    pub window_seqno: u64,
+    pub delete: Vec<PathBuf>,
+    pub kept: usize,
 }
 
-fn plan(
+pub(super) fn plan(
     store: &StoreBackup,
     policy: &Retention,
     also_keep: &dyn Fn(&str) -> bool,

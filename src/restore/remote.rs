@@ -22,7 +22,10 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use super::layout::store_dir_id;
 use crate::engine::KvId;
 use crate::error::{Error, Result};
+use crate::manifest::parse_prune_file_name;
 use crate::metadata::parse_metadata_file_name;
+use crate::replication::prunes::{fetch_records, pruned_names};
+use crate::replication::uploader::segment;
 use crate::replication::{blocking, RemoteUrl, Sums, SUMS_DIR};
 
 /// What [`Error::Panicked`] names when the mirror's blocking work panics.
@@ -108,6 +111,31 @@ async fn mirror_all(client: &dyn ObjectStore, remote: &RemoteUrl, into: &FsPath)
     let metadata = objects_below(client, remote, true).await?;
     let mut objects = objects_below(client, remote, false).await?;
     objects.extend(metadata);
+    // What the remote's own prune records name is gone or going (after
+    // their grace period): not read, as if deleted already. The records
+    // themselves are read, so the copy says it was pruned.
+    let mut records_by_store: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (store, name) in objects.keys() {
+        if parse_prune_file_name(name).is_some() {
+            records_by_store
+                .entry(store.clone())
+                .or_default()
+                .push(name.clone());
+        }
+    }
+    let mut pruned: HashSet<(String, String)> = HashSet::new();
+    for (store, names) in records_by_store {
+        let Ok(decoded) = decode(&store) else {
+            continue;
+        };
+        let records = fetch_records(client, &remote.join(&decoded), names).await?;
+        pruned.extend(
+            pruned_names(&records)
+                .into_iter()
+                .map(|n| (store.clone(), segment(&n))),
+        );
+    }
+    objects.retain(|key, _| !pruned.contains(key));
     // Pass 3: every sidecar.
     let mut sidecars: BTreeMap<(String, String), Vec<Sums>> = BTreeMap::new();
     for (parts, _) in remote.list_below(client).await? {
@@ -121,7 +149,7 @@ async fn mirror_all(client: &dyn ObjectStore, remote: &RemoteUrl, into: &FsPath)
 
     let mut out = Mirrored::default();
     for key @ (store, name) in sidecars.keys() {
-        if !objects.contains_key(key) {
+        if !objects.contains_key(key) && !pruned.contains(key) {
             out.in_flight.push(format!("{store}/{name}"));
         }
     }
