@@ -66,6 +66,11 @@ struct Args {
     /// Upload rate limit, bytes per second.
     #[arg(long, value_name = "N")]
     upload_bytes_per_sec: Option<u64>,
+    /// Turn on the component's own retention (`Config::retention`): keep
+    /// every restore point of the newest K rounds of each store, pruning
+    /// after each round (`prune_every` 1 s).
+    #[arg(long, value_name = "K")]
+    keep_rounds: Option<u64>,
     /// How long shutdown waits for pending uploads, in seconds.
     #[arg(long, default_value_t = 60)]
     drain_seconds: u64,
@@ -284,6 +289,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             drain_timeout: Duration::from_secs(args.drain_seconds),
             ..ReplicationConfig::default()
         },
+        retention: continuous_backup::retention::Retention {
+            keep_for: None,
+            keep_rounds: args.keep_rounds,
+        },
+        prune_every: Duration::from_secs(1),
         ..Config::default()
     };
 
@@ -328,6 +338,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "{} run: {ops} writes on {stores} vBuckets, {rounds} backup rounds ({failed} failed)",
             if resumed { "resumed" } else { "new" }
         );
+        if args.keep_rounds.is_some() {
+            let sum = |f: fn(&continuous_backup::StoreStatus) -> u64| status.stores.iter().map(f).sum::<u64>();
+            println!(
+                "retention: {} prunes deleted {} files, {} bytes freed ({} failed)",
+                sum(|s| s.prunes),
+                sum(|s| s.files_pruned),
+                sum(|s| s.bytes_pruned),
+                sum(|s| s.failed_prunes)
+            );
+        }
         if let Some(url) = &args.replicate {
             let remote: Vec<_> = status.stores.iter().filter_map(|s| s.replication.as_ref()).collect();
             let sum = |f: fn(&continuous_backup::ReplicationStatus) -> u64| remote.iter().map(|r| f(r)).sum::<u64>();
