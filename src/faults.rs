@@ -191,7 +191,7 @@ pub const CRASH_POINTS: &[&str] = &[
 
 #[cfg(feature = "failpoints")]
 /// The crash points of a prune, in order.
-pub const PRUNE_CRASH_POINTS: &[&str] = &["prune.recorded", "prune.unlinked_one"];
+pub const PRUNE_CRASH_POINTS: &[&str] = &["prune.consolidated", "prune.recorded", "prune.unlinked_one"];
 
 /// Without `failpoints`: nothing is ever injected.
 #[cfg(not(feature = "failpoints"))]

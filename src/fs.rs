@@ -583,6 +583,48 @@ impl BackupDir {
         })
     }
 
+    /// Puts the file at `src`, which the caller wrote and fsynced (a base a
+    /// prune consolidated), into the dir as `name`, which must be free: a
+    /// link, or a durable copy (temp, fsync, rename) when the dir is on
+    /// another file system. The caller fsyncs the dir.
+    pub fn adopt(&self, src: &Path, name: &str) -> Result<()> {
+        self.check_usable()?;
+        if !self.is_cross_device() {
+            let linked = self
+                .injected(FsOp::Link)
+                .and_then(|()| rustix::fs::linkat(CWD, src, self.fd(), name, AtFlags::empty()));
+            match linked {
+                Ok(()) => {
+                    power::linked(&self.path, self.fd().as_fd(), name);
+                    return Ok(());
+                }
+                Err(Errno::XDEV) => self.cross_device.store(true, Ordering::Relaxed),
+                Err(e) => return Err(link_error(src, &self.at(name), e)),
+            }
+        }
+        let temp = temp_name(name);
+        let mut out = self.create_temp(&temp)?;
+        let copied = File::open(src)
+            .map_err(|e| Error::io("open for copy", src, e))
+            .and_then(|mut input| {
+                self.write_synced(&mut out, &mut input, FsyncSite::CopyFile)
+                    .map_err(|(op, e)| Error::io(op, self.at(&temp), e))
+            });
+        drop(out);
+        if let Err(e) = copied {
+            let _ = self.remove_temp(&temp);
+            return Err(e);
+        }
+        if !self.publish(&temp, name)? {
+            return Err(Error::io(
+                "rename into place (the name is taken)",
+                self.at(name),
+                io::Error::from(io::ErrorKind::AlreadyExists),
+            ));
+        }
+        Ok(())
+    }
+
     /// (device, inode) of `name` in the dir, None if it does not exist.
     fn file_id(&self, name: &str) -> Result<Option<(u64, u64)>> {
         match rustix::fs::statat(self.fd(), name, AtFlags::SYMLINK_NOFOLLOW) {

@@ -210,6 +210,42 @@ pub struct PruneRecord {
     pub window_seqno: u64,
     /// The backup-dir names it deletes.
     pub deleted: Vec<String>,
+    /// The base it wrote before deleting, if it consolidated one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<ConsolidatedBase>,
+}
+
+/// A base a prune wrote: the store's whole state at `seqno` (the newest
+/// version of each key at or below it), the state round `round` backed up,
+/// in `files` (named [`consolidated_file_name`]), so that the older base
+/// and the chain that led to it can go.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsolidatedBase {
+    /// The round whose state it holds.
+    pub round: u64,
+    /// That round's own time (milliseconds since the Unix epoch).
+    pub time_ms: u64,
+    /// The highest seqno of that state.
+    pub seqno: u64,
+    /// Its files, declared `Partial` (only ever read as a whole base).
+    pub files: Vec<DeclaredFile>,
+}
+
+/// The name of file `k` of the base prune `p` consolidates.
+pub fn consolidated_file_name(p: u64, k: u64) -> String {
+    format!("{PRUNE_PREFIX}{p}.base.{k}")
+}
+
+/// The `(p, k)` of a consolidated base's file name.
+pub fn parse_consolidated_file_name(name: &str) -> Option<(u64, u64)> {
+    let rest = name.strip_prefix(PRUNE_PREFIX)?;
+    let (p, k) = rest.split_once(".base.")?;
+    let number = |d: &str| {
+        (!d.is_empty() && (d == "0" || !d.starts_with('0')) && d.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| d.parse().ok())
+            .flatten()
+    };
+    Some((number(p).filter(|p| *p > 0)?, number(k)?))
 }
 
 /// The file name of prune record `p`.

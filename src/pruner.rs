@@ -20,7 +20,7 @@ use actix::prelude::*;
 use crate::engine::KvId;
 use crate::error::{panic_message, Error, Result};
 use crate::fs::BackupDir;
-use crate::restore::{prune_dir, PruneReport};
+use crate::restore::{prune_dir, Consolidate, PruneDir, PruneReport};
 use crate::retention::Retention;
 
 /// The component's retention, as each store's actor gets it.
@@ -74,7 +74,14 @@ impl Handler<PruneStore> for PrunerActor {
         let _entered = msg.span.enter();
         let cancelled = || msg.cancel.load(Ordering::Acquire);
         let keep = |name: &str| msg.keep.contains(name);
-        let run = || prune_dir(&msg.dir, msg.kv, &msg.policy, false, &keep, &cancelled);
+        let how = PruneDir {
+            policy: &msg.policy,
+            dry_run: false,
+            consolidate: Consolidate::WhenItPays,
+            also_keep: &keep,
+            cancelled: &cancelled,
+        };
+        let run = || prune_dir(&msg.dir, msg.kv, &how);
         let report = catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|panic| {
             Err(Error::Panicked {
                 kv: msg.kv,

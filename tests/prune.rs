@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use continuous_backup::restore::{inspect, prune, restore, verify, BackupRoot, Format};
+use continuous_backup::restore::{
+    inspect, prune, prune_with, restore, verify, BackupRoot, Consolidate, Format,
+};
 use continuous_backup::retention::Retention;
 use continuous_backup::{Config, ContinuousBackup, Engine, Error, KvId};
 
@@ -163,6 +165,7 @@ struct Tally {
     outside_exact: u64,
     wrong: Vec<String>,
     freed: u64,
+    consolidated: u64,
 }
 
 /// Prunes copies of `root` by `policies` and checks every restore point
@@ -188,12 +191,20 @@ fn check_policies(
         let copy = work.join(format!("policy-{i}"));
         copy_dir(root, &copy);
         let bytes_before = files_bytes(&copy, reader);
-        let report = prune(&BackupRoot::open(&copy).unwrap(), policy, false)
+        // Every other policy writes a consolidated base where it can.
+        let consolidate = if i % 2 == 0 {
+            Consolidate::Always
+        } else {
+            Consolidate::WhenItPays
+        };
+        let report = prune_with(&BackupRoot::open(&copy).unwrap(), policy, false, consolidate)
             .unwrap()
             .remove(0);
+        tally.consolidated += u64::from(report.consolidated.is_some());
         assert_eq!(report.skipped, None, "{policy:?}");
         let window = report.window_seqno.unwrap();
-        let freed = bytes_before - files_bytes(&copy, reader);
+        let written = report.consolidated.map_or(0, |c| c.bytes);
+        let freed = bytes_before + written - files_bytes(&copy, reader);
         assert_eq!(freed, report.bytes_freed + report.bytes_shared, "{policy:?}");
         tally.freed += freed;
         tally.policies += 1;
@@ -284,9 +295,10 @@ async fn oracle(engine: Arc<dyn Store>, tmp: &Path, seed: u64) -> Tally {
 
 fn report(engine: &str, t: &Tally) {
     println!(
-        "prune oracle ({engine}): {} policies; {} restore points in the window identical after prune, \
-         {} outside refused, {} outside still exact; {} wrong; {} bytes freed",
+        "prune oracle ({engine}): {} policies ({} wrote a consolidated base); {} restore points in the \
+         window identical after prune, {} outside refused, {} outside still exact; {} wrong; {} bytes freed",
         t.policies,
+        t.consolidated,
         t.in_window,
         t.outside_refused,
         t.outside_exact,
@@ -305,6 +317,7 @@ async fn prune_keeps_every_restore_point_of_the_window_on_the_reference_engine()
     assert!(tally.wrong.is_empty(), "{:#?}", tally.wrong);
     assert!(tally.in_window >= 100, "{} points in windows", tally.in_window);
     assert!(tally.freed > 0, "nothing was freed");
+    assert!(tally.consolidated > 0, "no policy wrote a consolidated base");
 }
 
 #[cfg(feature = "lsm-tree")]
@@ -318,6 +331,7 @@ async fn prune_keeps_every_restore_point_of_the_window_on_lsm_tree() {
     assert!(tally.wrong.is_empty(), "{:#?}", tally.wrong);
     assert!(tally.in_window >= 100, "{} points in windows", tally.in_window);
     assert!(tally.freed > 0, "nothing was freed");
+    assert!(tally.consolidated > 0, "no policy wrote a consolidated base");
 }
 
 fn cbk(args: &[&str]) -> std::process::Output {
@@ -412,13 +426,14 @@ async fn a_prune_killed_at_any_step_leaves_every_restore_point_of_its_window() {
     let format = Store::format(&engine);
     let (reader, target) = (format.reader.as_ref(), format.target.as_ref());
     let policy = ["--keep-rounds", "3"];
-    let dry = prune(
+    let dry = prune_with(
         &BackupRoot::open(&root).unwrap(),
         &Retention {
             keep_for: None,
             keep_rounds: Some(3),
         },
         true,
+        Consolidate::Never,
     )
     .unwrap()
     .remove(0);
@@ -448,14 +463,45 @@ async fn a_prune_killed_at_any_step_leaves_every_restore_point_of_its_window() {
             std::fs::remove_dir_all(&out).unwrap();
         }
     };
+    let dry_consolidating = prune_with(
+        &BackupRoot::open(&root).unwrap(),
+        &Retention {
+            keep_for: None,
+            keep_rounds: Some(3),
+        },
+        true,
+        Consolidate::Always,
+    )
+    .unwrap()
+    .remove(0);
+    assert!(dry_consolidating.consolidated.is_some());
     let mut crashes = 0;
-    let mut runs: Vec<String> = vec![PRUNE_CRASH_POINTS[0].to_owned()];
-    runs.extend([1, 2, 5].map(|k| format!("{}:{k}", PRUNE_CRASH_POINTS[1])));
-    for (i, point) in runs.iter().enumerate() {
+    let [consolidated, recorded, unlinked] = PRUNE_CRASH_POINTS else {
+        panic!("the prune's crash points changed: {PRUNE_CRASH_POINTS:?}")
+    };
+    // Without a consolidated base: after the record, after unlinks; with
+    // one: after it is written (before its record), after the record,
+    // after the first unlink.
+    let mut runs: Vec<(String, &str)> = vec![(recorded.to_string(), "never")];
+    runs.extend([1, 2, 5].map(|k| (format!("{unlinked}:{k}"), "never")));
+    runs.extend(
+        [
+            consolidated.to_string(),
+            recorded.to_string(),
+            format!("{unlinked}:1"),
+        ]
+        .map(|p| (p, "always")),
+    );
+    for (i, (point, consolidate)) in runs.iter().enumerate() {
         let copy = tmp.path().join(format!("crash-{i}"));
         copy_dir(&root, &copy);
-        let mut args = vec!["prune", copy.to_str().unwrap()];
+        let mut args = vec!["prune", copy.to_str().unwrap(), "--consolidate", consolidate];
         args.extend(policy);
+        let dry = if *consolidate == "always" {
+            &dry_consolidating
+        } else {
+            &dry
+        };
         let o = Command::new(env!("CARGO_BIN_EXE_cbk"))
             .args(&args)
             .env("CBK_CRASH_POINT", point)
@@ -474,6 +520,8 @@ async fn a_prune_killed_at_any_step_leaves_every_restore_point_of_its_window() {
         for name in &dry.deleted {
             assert!(!left.contains(name), "{point}: {name} survived the second prune");
         }
+        let bases = left.iter().filter(|n| n.contains(".base.")).count();
+        assert_eq!(bases, usize::from(*consolidate == "always"), "{point}: {left:?}");
     }
     println!(
         "prune crash points: {crashes} kills ({} restore points checked after each kill and after recovery), all \

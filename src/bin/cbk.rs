@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use continuous_backup::restore::{
-    detect_format, format_named, inspect, mirror, prune, prune_remote, restore_points, seqno_at, verify,
-    BackupRoot, Format, StoreReport,
+    detect_format, format_named, inspect, mirror, prune_remote, prune_with, restore_points, seqno_at, verify,
+    BackupRoot, Consolidate, Format, StoreReport,
 };
 use continuous_backup::retention::{format_time_ms, parse_duration, parse_time_ms, Retention};
 use continuous_backup::{KvId, RemoteUrl};
@@ -96,6 +96,11 @@ enum Command {
         /// Report what would be deleted, delete nothing.
         #[arg(long)]
         dry_run: bool,
+        /// When to write a consolidated base (the state at the window's
+        /// first restore point) so the older base and its chain can go:
+        /// `auto` when that frees more than twice the live engine's bytes.
+        #[arg(long, default_value = "auto", value_parser = ["auto", "always", "never"])]
+        consolidate: String,
     },
     /// Rebuild stores as they were at a seqno (for each key the newest
     /// version at or below it, deletes honoured) into a fresh data dir that
@@ -304,6 +309,7 @@ fn run(cli: Cli) -> Result<ExitCode, continuous_backup::Error> {
             ref keep,
             keep_rounds,
             dry_run,
+            ref consolidate,
         } => {
             let keep_for = match keep {
                 Some(text) => Some(
@@ -326,13 +332,26 @@ fn run(cli: Cli) -> Result<ExitCode, continuous_backup::Error> {
                 let reports = prune_remote(root, &options, &policy, grace, dry_run)?;
                 return Ok(print_remote_prune(&reports, dry_run));
             }
-            let reports = prune(&BackupRoot::open(root.as_ref())?, &policy, dry_run)?;
+            let consolidate = match consolidate.as_str() {
+                "always" => Consolidate::Always,
+                "never" => Consolidate::Never,
+                _ => Consolidate::WhenItPays,
+            };
+            let reports = prune_with(&BackupRoot::open(root.as_ref())?, &policy, dry_run, consolidate)?;
             let verb = if dry_run { "would delete" } else { "deleted" };
             let (mut files, mut freed) = (0, 0);
             for r in &reports {
-                match (&r.skipped, r.window_round, r.window_seqno) {
-                    (Some(why), ..) => println!("kv {}: kept whole: {why}", r.kv),
-                    (None, Some(round), Some(seqno)) => println!(
+                if let Some(why) = &r.skipped {
+                    println!("kv {}: kept whole: {why}", r.kv);
+                }
+                if let Some(c) = r.consolidated.filter(|_| r.skipped.is_none()) {
+                    println!(
+                        "kv {}: consolidated a base first: the state of round {} (seqno {}), {} bytes",
+                        r.kv, c.round, c.seqno, c.bytes
+                    );
+                }
+                if let (None, Some(round), Some(seqno)) = (&r.skipped, r.window_round, r.window_seqno) {
+                    println!(
                         "kv {}: window from round {round} (seqno {seqno} on): {verb} {} files, {} bytes \
                          freed ({} bytes still shared with the live engine), {} files kept",
                         r.kv,
@@ -340,8 +359,7 @@ fn run(cli: Cli) -> Result<ExitCode, continuous_backup::Error> {
                         r.bytes_freed,
                         r.bytes_shared,
                         r.kept
-                    ),
-                    _ => {}
+                    );
                 }
                 files += r.deleted.len();
                 freed += r.bytes_freed;

@@ -76,4 +76,23 @@ impl RestoreTarget for LsmTarget {
         crate::fs::sync_dir(out)?;
         Ok(dir)
     }
+
+    /// The tables in the tree's `tables` dir (lsm-tree 3.1's layout; a
+    /// fresh tree written by `write_store` holds only its flushed tables).
+    fn written_files(&self, out: &Path, kv: KvId) -> Result<Option<Vec<PathBuf>>> {
+        let tables = out.join(format!("kv-{}", kv.0)).join(TREE_DIR).join("tables");
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(&tables).map_err(|e| Error::io("read dir", &tables, e))? {
+            let entry = entry.map_err(|e| Error::io("read dir", &tables, e))?;
+            if entry
+                .file_type()
+                .map_err(|e| Error::io("stat", entry.path(), e))?
+                .is_file()
+            {
+                files.push(entry.path());
+            }
+        }
+        files.sort();
+        Ok(Some(files))
+    }
 }

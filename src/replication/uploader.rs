@@ -275,8 +275,10 @@ fn list_local(dir: &FsPath) -> Result<(Vec<Item>, Vec<Item>)> {
             if name.starts_with('.') || !keep(&name) {
                 continue; // temp files of an interrupted write
             }
-            if parse_prune_file_name(&name).is_some() {
-                continue; // the dir's own prune records: the remote keeps its own retention
+            if name.starts_with("prune.") {
+                // The dir's own prune records and the bases they declare:
+                // the remote keeps its own retention.
+                continue;
             }
             let meta = entry.metadata().map_err(|e| Error::io("stat", entry.path(), e))?;
             if meta.is_file() {

@@ -40,7 +40,7 @@ use serde::Serialize;
 
 use super::coverage::{list, union};
 use crate::engine::Holds;
-use crate::manifest::{DeclaredFile, RoundRecord};
+use crate::manifest::{ConsolidatedBase, DeclaredFile, RoundRecord};
 
 /// A seqno position: `-1` is "before seqno 0".
 type Pos = i64;
@@ -52,6 +52,9 @@ struct Base {
     at: Pos,
     round: u64,
     files: BTreeSet<String>,
+    /// A prune consolidated it: preferred at its seqno (so the files it
+    /// stands for can go).
+    consolidated: bool,
 }
 
 /// A file that holds every version, and the last round whose snapshot
@@ -110,6 +113,17 @@ impl DeclaredCoverage {
     /// uploaded, really holds): a snapshot with a missing file is no base,
     /// and a missing file breaks a chain.
     pub fn of_present(rounds: &[RoundRecord], present: &dyn Fn(&str) -> bool) -> DeclaredCoverage {
+        Self::of_present_with(rounds, &[], present)
+    }
+
+    /// [`of_present`](Self::of_present), with the bases prunes consolidated
+    /// (each a known state at its seqno from its round on, read from its
+    /// files alone, and preferred there).
+    pub fn of_present_with(
+        rounds: &[RoundRecord],
+        consolidated: &[ConsolidatedBase],
+        present: &dyn Fn(&str) -> bool,
+    ) -> DeclaredCoverage {
         let mut files: BTreeMap<String, DeclaredFile> = BTreeMap::new();
         let mut last_seen: BTreeMap<String, u64> = BTreeMap::new();
         let mut round_highs = Vec::with_capacity(rounds.len());
@@ -152,7 +166,22 @@ impl DeclaredCoverage {
                     at: first as Pos - 1,
                     round: round.round,
                     files: BTreeSet::new(),
+                    consolidated: false,
                 });
+            }
+            for c in consolidated.iter().filter(|c| c.round == round.round) {
+                for f in &c.files {
+                    files.entry(f.name.clone()).or_insert_with(|| f.clone());
+                    first_seen.entry(f.name.clone()).or_insert(round.round);
+                }
+                if !c.files.is_empty() && c.files.iter().all(|f| present(&f.name)) {
+                    bases.push(Base {
+                        at: c.seqno as Pos,
+                        round: round.round,
+                        files: c.files.iter().map(|f| f.name.clone()).collect(),
+                        consolidated: true,
+                    });
+                }
             }
             if round.complete && known && snapshot.iter().all(|n| present(n)) {
                 let at = snapshot
@@ -165,6 +194,7 @@ impl DeclaredCoverage {
                         at: at as Pos,
                         round: round.round,
                         files: snapshot.clone(),
+                        consolidated: false,
                     });
                 }
             }
@@ -214,6 +244,7 @@ impl DeclaredCoverage {
                         at: hi,
                         round: base.round,
                         files,
+                        consolidated: false,
                     };
                     pending.push((next, true));
                 }
@@ -367,12 +398,14 @@ fn preference(
     b: &Base,
 ) -> (
     Pos,
+    bool,
     std::cmp::Reverse<usize>,
     std::cmp::Reverse<u64>,
     &BTreeSet<String>,
 ) {
     (
         b.at,
+        b.consolidated,
         std::cmp::Reverse(b.files.len()),
         std::cmp::Reverse(b.round),
         &b.files,

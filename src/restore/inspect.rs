@@ -4,7 +4,7 @@ use std::os::unix::fs::MetadataExt;
 
 use serde::Serialize;
 
-use super::{BackupRoot, Coverage, DeclaredCoverage, FileCoverage, RecordReader, StoreBackup};
+use super::{BackupRoot, Coverage, FileCoverage, RecordReader, StoreBackup};
 use crate::engine::Holds;
 use crate::engine::KvId;
 use crate::error::{Error, Result};
@@ -83,8 +83,11 @@ fn shorten(text: &str) -> String {
 
 fn report(store: &StoreBackup, reader: &dyn RecordReader) -> Result<StoreReport> {
     let (rounds, _) = store.round_records()?;
-    let declared =
-        (!rounds.is_empty()).then(|| DeclaredCoverage::of_present(&rounds, &|n| store.holds_file(n)));
+    let declared = if rounds.is_empty() {
+        None
+    } else {
+        Some(store.coverage(&rounds)?)
+    };
     let mut files = Vec::new();
     let (mut bytes, mut shared, mut own_bytes) = (0, 0, 0);
     for path in &store.files {

@@ -2,9 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
+use super::DeclaredCoverage;
 use crate::engine::{KvId, METADATA_PREFIX, PRUNE_PREFIX, ROUND_PREFIX};
 use crate::error::{Error, Result};
 use crate::manifest::{parse_round_file_name, RoundRecord};
+use crate::manifest::{ConsolidatedBase, PruneRecord};
 use crate::metadata::{metadata_file_name, parse_metadata_file_name};
 use crate::pin::ReadPin;
 
@@ -62,19 +64,41 @@ impl StoreBackup {
         Ok((records, unreadable))
     }
 
+    /// The dir's prune records, in order, with their numbers.
+    pub fn prune_records(&self) -> Result<Vec<(u64, PruneRecord)>> {
+        let mut out = Vec::with_capacity(self.prunes.len());
+        for (p, path) in &self.prunes {
+            let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
+            let record = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+                path: path.clone(),
+                reason: format!("not a prune record: {e}"),
+            })?;
+            out.push((*p, record));
+        }
+        Ok(out)
+    }
+
     /// The names of the files the dir's prune records say were deleted.
     pub fn pruned_names(&self) -> Result<std::collections::BTreeSet<String>> {
-        let mut names = std::collections::BTreeSet::new();
-        for (_, path) in &self.prunes {
-            let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
-            let record: crate::manifest::PruneRecord =
-                serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
-                    path: path.clone(),
-                    reason: format!("not a prune record: {e}"),
-                })?;
-            names.extend(record.deleted);
-        }
-        Ok(names)
+        Ok(self
+            .prune_records()?
+            .into_iter()
+            .flat_map(|(_, r)| r.deleted)
+            .collect())
+    }
+
+    /// What the dir's round manifests (`rounds`, as
+    /// [`round_records`](Self::round_records) read them) and the bases its
+    /// prunes consolidated declare, over the files the dir holds.
+    pub fn coverage(&self, rounds: &[RoundRecord]) -> Result<DeclaredCoverage> {
+        let bases: Vec<ConsolidatedBase> = self
+            .prune_records()?
+            .into_iter()
+            .filter_map(|(_, r)| r.base)
+            .collect();
+        Ok(DeclaredCoverage::of_present_with(rounds, &bases, &|n| {
+            self.holds_file(n)
+        }))
     }
 
     /// The store listed again under a [`ReadPin`]: no prune deletes what the
@@ -158,6 +182,10 @@ impl StoreBackup {
                 continue;
             }
             if name.starts_with(PRUNE_PREFIX) {
+                if crate::manifest::parse_consolidated_file_name(&name).is_some() && kind.is_file() {
+                    store.files.push(path);
+                    continue;
+                }
                 match crate::manifest::parse_prune_file_name(&name) {
                     Some(p) => store.prunes.push((p, path)),
                     None => store.foreign_metadata.push(path),

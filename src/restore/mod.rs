@@ -25,8 +25,8 @@ pub use declared::{DeclaredCoverage, NotProvable};
 pub use inspect::{inspect, MetadataSummary, StoreReport};
 pub use layout::{BackupRoot, StoreBackup};
 pub use pit::{restore, restore_points, seqno_at, RestoreSummary};
-pub(crate) use prune::prune_dir;
-pub use prune::{prune, PruneReport};
+pub use prune::{prune, prune_with, Consolidate, ConsolidatedReport, PruneReport};
+pub(crate) use prune::{prune_dir, PruneDir};
 pub use remote::{mirror, Mirrored};
 pub use remote_prune::{prune_remote, RemotePruneReport};
 pub use verify::{verify, Problem};
@@ -91,6 +91,15 @@ pub trait RestoreTarget {
         seqno: u64,
         records: &mut dyn Iterator<Item = Record>,
     ) -> Result<PathBuf>;
+
+    /// The seqno-index files [`write_store`](Self::write_store) wrote for
+    /// store `kv` into `out`: what a prune that consolidates a base puts
+    /// into the backup dir (read back with this format's reader). `None`
+    /// where the target cannot tell; then no base is consolidated.
+    fn written_files(&self, out: &Path, kv: KvId) -> Result<Option<Vec<PathBuf>>> {
+        let _ = (out, kv);
+        Ok(None)
+    }
 }
 
 /// The reference engine's format (see `refengine::format`).

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::coverage::list;
-use super::declared::DeclaredCoverage;
 use super::{history_conflict, BackupRoot, Coverage, RecordReader, RestoreTarget, StoreBackup, Unrestorable};
 use crate::engine::KvId;
 use crate::error::{Error, Result};
@@ -69,7 +68,7 @@ fn rebuild(
                 reader.format()
             )));
         }
-        let declared = DeclaredCoverage::of_present(&rounds, &|n| store.holds_file(n));
+        let declared = store.coverage(&rounds)?;
         match declared.plan(seqno) {
             Ok(names) => {
                 let lowest = names
@@ -92,26 +91,7 @@ fn rebuild(
         None => legacy_plan(store, seqno, reader).map_err(not_restorable)?,
     };
 
-    // One pass over the plan's files, each streamed: memory holds one
-    // version per key (the newest at or below S so far), never the history.
-    let mut newest: HashMap<Vec<u8>, Record> = HashMap::new();
-    for path in &paths {
-        for record in reader.records(path)? {
-            let record = record?;
-            if record.seqno > seqno {
-                continue;
-            }
-            match newest.get(&record.key) {
-                Some(have) if have.seqno >= record.seqno => {}
-                _ => {
-                    newest.insert(record.key.clone(), record);
-                }
-            }
-        }
-        progress(1);
-    }
-    let mut newest: Vec<Record> = newest.into_values().collect();
-    newest.sort_by_key(|r| r.seqno);
+    let newest = newest_at(reader, &paths, seqno, progress)?;
     if !newest.is_empty() {
         // Checked before anything is written: no half-written store dir.
         target.check(lowest, seqno).map_err(not_restorable)?;
@@ -201,6 +181,37 @@ fn explain(why: &Unrestorable, coverage: &Coverage, files: &[PathBuf]) -> String
             files[*file].display()
         ),
     }
+}
+
+/// The newest version at or below `seqno` of every key in the files at
+/// `paths` (a plan), deletes included, in seqno order. One pass over the
+/// files, each streamed: memory holds one version per key, never the
+/// history. `progress` is called with each file read.
+pub(super) fn newest_at(
+    reader: &dyn RecordReader,
+    paths: &[PathBuf],
+    seqno: u64,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Vec<Record>> {
+    let mut newest: HashMap<Vec<u8>, Record> = HashMap::new();
+    for path in paths {
+        for record in reader.records(path)? {
+            let record = record?;
+            if record.seqno > seqno {
+                continue;
+            }
+            match newest.get(&record.key) {
+                Some(have) if have.seqno >= record.seqno => {}
+                _ => {
+                    newest.insert(record.key.clone(), record);
+                }
+            }
+        }
+        progress(1);
+    }
+    let mut newest: Vec<Record> = newest.into_values().collect();
+    newest.sort_by_key(|r| r.seqno);
+    Ok(newest)
 }
 
 fn is_empty_dir(path: &Path) -> Result<bool> {
@@ -315,7 +326,7 @@ pub fn seqno_at(root: &BackupRoot, kv: KvId, time_ms: u64) -> Result<u64> {
         .rev()
         .find(|r| r.time_ms <= time_ms)
         .unwrap_or(first);
-    let declared = DeclaredCoverage::of_present(&rounds, &|n| store.holds_file(n));
+    let declared = store.coverage(&rounds)?;
     // The round's own snapshot: in one history it never declares less than
     // an earlier round's; if it does, the store started over.
     let Some(seqno) = declared.round_high(round.round) else {

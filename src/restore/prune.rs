@@ -25,11 +25,15 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::{BackupRoot, DeclaredCoverage, RecordReader, StoreBackup};
+use crate::engine::Holds;
 use crate::engine::KvId;
 use crate::error::{Error, Result};
 use crate::faults::FsyncSite;
 use crate::fs::{BackupDir, Modes};
-use crate::manifest::{prune_file_name, PruneRecord, PRUNE_FORMAT};
+use crate::manifest::{
+    consolidated_file_name, parse_consolidated_file_name, prune_file_name, ConsolidatedBase, DeclaredFile,
+    PruneRecord, RoundRecord, PRUNE_FORMAT,
+};
 use crate::retention::Retention;
 
 /// What a prune did (or, dry, would do) to one store's backup dir.
@@ -52,6 +56,19 @@ pub struct PruneReport {
     pub kept: usize,
     /// Why nothing was pruned, if so.
     pub skipped: Option<String>,
+    /// The base the prune wrote (or, dry, would write) first, if any.
+    pub consolidated: Option<ConsolidatedReport>,
+}
+
+/// A base a prune consolidated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ConsolidatedReport {
+    /// The round whose state it holds.
+    pub round: u64,
+    /// That state's seqno.
+    pub seqno: u64,
+    /// Its bytes (0 in a dry run: not written).
+    pub bytes: u64,
 }
 
 pub(super) fn name_of(path: &Path) -> &str {
@@ -64,12 +81,44 @@ pub(super) struct Plan {
     pub window_seqno: u64,
     pub delete: Vec<PathBuf>,
     pub kept: usize,
+    /// The base to write first, when `delete` counts on it.
+    pub consolidate: Option<Consolidation>,
+}
+
+/// A base a prune writes before deleting: the state at `base.seqno`, read
+/// from the files of its plan.
+pub(super) struct Consolidation {
+    /// As the record declares it (its files are filled in once written).
+    pub base: ConsolidatedBase,
+    /// The lowest seqno its plan's files cover.
+    pub lowest: u64,
+    /// The files a restore to `base.seqno` reads now.
+    pub read: Vec<PathBuf>,
+    /// The prune number it is written under.
+    pub p: u64,
+}
+
+/// When a prune writes a consolidated base (the state at the window's
+/// first restore point, in one file or a few) so that the base it had and
+/// the chain that led to it can go.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Consolidate {
+    /// When the files it lets go hold more than twice the bytes of the
+    /// live engine's files (a proxy for the state's size), backup-only
+    /// bytes counted.
+    #[default]
+    WhenItPays,
+    /// Whenever it lets any file go.
+    Always,
+    /// Never.
+    Never,
 }
 
 pub(super) fn plan(
     store: &StoreBackup,
     policy: &Retention,
     also_keep: &dyn Fn(&str) -> bool,
+    consolidate: Consolidate,
 ) -> Result<std::result::Result<Plan, String>> {
     let (rounds, unreadable) = store.round_records()?;
     if let Some((path, _)) = unreadable.first() {
@@ -83,8 +132,13 @@ pub(super) fn plan(
             "no round manifests: a dir written before them is never pruned".into(),
         ));
     };
+    let bases: Vec<ConsolidatedBase> = store
+        .prune_records()?
+        .into_iter()
+        .filter_map(|(_, r)| r.base)
+        .collect();
     let present = |n: &str| store.holds_file(n);
-    let before = DeclaredCoverage::of_present(&rounds, &present);
+    let before = DeclaredCoverage::of_present_with(&rounds, &bases, &present);
     if let Some((a, b)) = before.conflict() {
         return Ok(Err(format!(
             "{a} and {b} are of two histories of the store (it was created again into the dir): \
@@ -97,56 +151,76 @@ pub(super) fn plan(
     // from before manifests, a dense compaction output), the dir is kept
     // whole.
     if super::pit::legacy_applies(store, &rounds) {
-        let mut footers = Vec::with_capacity(store.files.len());
-        for path in &store.files {
-            match super::RefFormat.footer_coverage(path) {
-                Ok(Some(c)) => footers.push(c),
-                _ => {
-                    return Ok(Err(format!(
-                        "{} has no readable footer; run verify",
-                        path.display()
-                    )))
-                }
-            }
-        }
-        let by_footer = super::Coverage::new(footers).restorable;
-        let declared = |s: u64| before.restorable.iter().any(|&(a, b)| a <= s && s <= b);
-        for &(a, b) in &by_footer {
-            let a = a.max(window_seqno);
-            if a > b {
-                continue;
-            }
-            // Ranges are few; walk the footer range through the declared ones.
-            let mut s = a;
-            while s <= b {
-                if !declared(s) {
-                    return Ok(Err(format!(
-                        "seqno {s} of the window restores only by the reference engine's footer rule, \
-                         which a pruned dir no longer uses: the dir is kept whole"
-                    )));
-                }
-                s = before
-                    .restorable
-                    .iter()
-                    .find(|&&(x, y)| x <= s && s <= y)
-                    .map_or(b, |&(_, y)| y)
-                    .saturating_add(1);
-            }
+        if let Err(why) = footer_rule_check(store, &before, window_seqno) {
+            return Ok(Err(why));
         }
     }
+    let deletable = |keep: &BTreeSet<String>| -> Vec<PathBuf> {
+        store
+            .files
+            .iter()
+            .filter(|p| {
+                let name = name_of(p);
+                before.declared(name).is_some() && !keep.contains(name) && !also_keep(name)
+            })
+            .cloned()
+            .collect()
+    };
     let mut keep: BTreeSet<String> = before.needed_from(window_seqno);
     keep.extend(before.latest_snapshot().iter().cloned());
-    let delete: Vec<PathBuf> = store
-        .files
+    let mut delete = deletable(&keep);
+    let mut with = bases.clone();
+    // A base consolidated at the window's start already is not written again.
+    let have_one = bases
         .iter()
-        .filter(|p| {
-            let name = name_of(p);
-            before.declared(name).is_some() && !keep.contains(name) && !also_keep(name)
-        })
-        .cloned()
-        .collect();
+        .any(|b| b.seqno == window_seqno && b.files.iter().all(|f| present(&f.name)));
+    let mut consolidation = match have_one {
+        true => None,
+        false => consolidation(store, &rounds, &before, window_round, window_seqno, consolidate),
+    };
+    if let Some(c) = &consolidation {
+        // What the rule keeps with the new base declared.
+        let name = c.base.files[0].name.clone();
+        let mut candidate = bases.clone();
+        candidate.push(c.base.clone());
+        let cov = DeclaredCoverage::of_present_with(&rounds, &candidate, &|n| n == name || present(n));
+        let mut keep_c = cov.needed_from(window_seqno);
+        keep_c.extend(cov.latest_snapshot().iter().cloned());
+        let delete_c = deletable(&keep_c);
+        let freed: Vec<&PathBuf> = delete_c.iter().filter(|p| !delete.contains(p)).collect();
+        let own = |paths: &mut dyn Iterator<Item = &PathBuf>| -> u64 {
+            paths
+                .filter_map(|p| std::fs::symlink_metadata(p).ok())
+                .filter(|m| m.nlink() == 1)
+                .map(|m| m.len())
+                .sum()
+        };
+        let live: u64 = before
+            .latest_snapshot()
+            .iter()
+            .filter_map(|n| std::fs::symlink_metadata(store.dir.join(n)).ok())
+            .map(|m| m.len())
+            .sum();
+        let pays = match consolidate {
+            Consolidate::Never => false,
+            Consolidate::Always => !freed.is_empty(),
+            Consolidate::WhenItPays => freed.len() >= 2 && own(&mut freed.iter().copied()) > 2 * live,
+        };
+        if pays {
+            delete = delete_c;
+            with = candidate;
+        } else {
+            consolidation = None;
+        }
+    }
     let gone: BTreeSet<&str> = delete.iter().map(|p| name_of(p)).collect();
-    let after = DeclaredCoverage::of_present(&rounds, &|n| present(n) && !gone.contains(n));
+    let new_base: BTreeSet<&str> = consolidation
+        .iter()
+        .flat_map(|c| c.base.files.iter().map(|f| f.name.as_str()))
+        .collect();
+    let after = DeclaredCoverage::of_present_with(&rounds, &with, &|n| {
+        new_base.contains(n) || (present(n) && !gone.contains(n))
+    });
     // Every seqno of the window that restored still does (what restores
     // is exact, whatever files its plan reads: the rule is sound for any
     // set of files present).
@@ -169,7 +243,95 @@ pub(super) fn plan(
         window_seqno,
         kept: store.files.len() - delete.len(),
         delete,
+        consolidate: consolidation,
     }))
+}
+
+/// The base a prune could write at the window's first restore point: the
+/// state of the round before the window, where that state restores now and
+/// its format has a target that says what it wrote.
+fn consolidation(
+    store: &StoreBackup,
+    rounds: &[RoundRecord],
+    before: &DeclaredCoverage,
+    window_round: u64,
+    window_seqno: u64,
+    consolidate: Consolidate,
+) -> Option<Consolidation> {
+    if consolidate == Consolidate::Never {
+        return None;
+    }
+    let round = rounds
+        .iter()
+        .rev()
+        .find(|r| r.round < window_round && before.round_high(r.round) == Some(window_seqno))?;
+    // Only a format this build names has a target to write it with.
+    super::format_named(&round.engine_format).ok()?;
+    let read = before.plan(window_seqno).ok()?;
+    let lowest = read
+        .iter()
+        .filter_map(|n| before.declared(n))
+        .map(|f| f.low_seqno)
+        .min()?;
+    let p = store.prunes.last().map_or(1, |(p, _)| p + 1);
+    Some(Consolidation {
+        base: ConsolidatedBase {
+            round: round.round,
+            time_ms: round.time_ms,
+            seqno: window_seqno,
+            files: vec![DeclaredFile {
+                name: consolidated_file_name(p, 0),
+                len: 0,
+                low_seqno: lowest,
+                high_seqno: window_seqno,
+                holds: Some(Holds::Partial),
+            }],
+        },
+        lowest,
+        read: read.iter().map(|n| store.dir.join(n)).collect(),
+        p,
+    })
+}
+
+/// Fails, saying why, where the reference engine's footer rule proves a
+/// seqno of the window from `window_seqno` on that the declarations do not.
+fn footer_rule_check(
+    store: &StoreBackup,
+    before: &DeclaredCoverage,
+    window_seqno: u64,
+) -> std::result::Result<(), String> {
+    let mut footers = Vec::with_capacity(store.files.len());
+    for path in &store.files {
+        match super::RefFormat.footer_coverage(path) {
+            Ok(Some(c)) => footers.push(c),
+            _ => return Err(format!("{} has no readable footer; run verify", path.display())),
+        }
+    }
+    let by_footer = super::Coverage::new(footers).restorable;
+    let declared = |s: u64| before.restorable.iter().any(|&(a, b)| a <= s && s <= b);
+    for &(a, b) in &by_footer {
+        let a = a.max(window_seqno);
+        if a > b {
+            continue;
+        }
+        // Ranges are few; walk the footer range through the declared ones.
+        let mut s = a;
+        while s <= b {
+            if !declared(s) {
+                return Err(format!(
+                    "seqno {s} of the window restores only by the reference engine's footer rule, \
+                     which a pruned dir no longer uses: the dir is kept whole"
+                ));
+            }
+            s = before
+                .restorable
+                .iter()
+                .find(|&&(x, y)| x <= s && s <= y)
+                .map_or(b, |&(_, y)| y)
+                .saturating_add(1);
+        }
+    }
+    Ok(())
 }
 
 /// Opens and locks store `dir` as its owner would: [`Error::DirLocked`]
@@ -184,8 +346,19 @@ fn lock(dir: &Path) -> Result<BackupDir> {
 /// running component owns is refused with [`Error::DirLocked`], and nothing
 /// of any store is deleted. A store whose restore points the deletion would
 /// change, or that a restore, verify or inspect is reading, is left whole
-/// and reported as skipped.
+/// and reported as skipped. Consolidates a base when it pays
+/// ([`Consolidate::WhenItPays`]; [`prune_with`] chooses).
 pub fn prune(root: &BackupRoot, policy: &Retention, dry_run: bool) -> Result<Vec<PruneReport>> {
+    prune_with(root, policy, dry_run, Consolidate::WhenItPays)
+}
+
+/// [`prune`], saying when to consolidate a base.
+pub fn prune_with(
+    root: &BackupRoot,
+    policy: &Retention,
+    dry_run: bool,
+    consolidate: Consolidate,
+) -> Result<Vec<PruneReport>> {
     check_policy(policy)?;
     // Every dir probed first: one a running component owns refuses the
     // whole prune before anything is deleted. Then one dir at a time
@@ -197,9 +370,14 @@ pub fn prune(root: &BackupRoot, policy: &Retention, dry_run: bool) -> Result<Vec
     let mut reports = Vec::new();
     for listed in root.stores() {
         let dir = lock(&listed.dir)?;
-        reports.push(prune_dir(&dir, listed.kv, policy, dry_run, &|_| false, &|| {
-            false
-        })?);
+        let options = PruneDir {
+            policy,
+            dry_run,
+            consolidate,
+            also_keep: &|_| false,
+            cancelled: &|| false,
+        };
+        reports.push(prune_dir(&dir, listed.kv, &options)?);
     }
     Ok(reports)
 }
@@ -217,25 +395,35 @@ pub(crate) fn check_policy(policy: &Retention) -> Result<()> {
     Ok(())
 }
 
+/// How [`prune_dir`] prunes.
+pub(crate) struct PruneDir<'a> {
+    pub policy: &'a Retention,
+    pub dry_run: bool,
+    pub consolidate: Consolidate,
+    /// Files to keep whatever the rule says (the component's files not
+    /// yet reported or uploaded).
+    pub also_keep: &'a dyn Fn(&str) -> bool,
+    /// Checked between unlinks: may end the prune early; what its record
+    /// lists and is still there goes with the next prune.
+    pub cancelled: &'a dyn Fn() -> bool,
+}
+
 /// Prunes the backup dir of store `kv`, which the caller owns (`dir` holds
-/// its lock), by `policy`. Keeps, beside what the rule keeps, every file
-/// `also_keep` names (the component's files not yet reported or uploaded).
-/// Passes over the store, reporting why, while a reader pins it. Between
-/// unlinks, `cancelled` may end the prune early: what its record lists
-/// and is still there goes with the next prune.
-pub(crate) fn prune_dir(
-    dir: &BackupDir,
-    kv: KvId,
-    policy: &Retention,
-    dry_run: bool,
-    also_keep: &dyn Fn(&str) -> bool,
-    cancelled: &dyn Fn() -> bool,
-) -> Result<PruneReport> {
+/// its lock), as `how` says. Passes over the store, reporting why, while a
+/// reader pins it.
+pub(crate) fn prune_dir(dir: &BackupDir, kv: KvId, how: &PruneDir<'_>) -> Result<PruneReport> {
+    let PruneDir {
+        policy,
+        dry_run,
+        consolidate,
+        also_keep,
+        cancelled,
+    } = *how;
     let path = dir.path();
     // Held from before the listing to the last unlink. A dry run writes
     // nothing (not even the pin file) and pins nothing.
     let pin = if dry_run { None } else { dir.pin_for_prune()? };
-    let store = &StoreBackup::list(kv, path)?;
+    let mut store = StoreBackup::list(kv, path)?;
     let mut report = PruneReport {
         kv,
         window_round: None,
@@ -245,12 +433,17 @@ pub(crate) fn prune_dir(
         bytes_shared: 0,
         kept: store.files.len(),
         skipped: None,
+        consolidated: None,
     };
     if !dry_run && pin.is_none() {
         report.skipped = Some("a restore, verify or inspect is reading it: pruned next time".into());
         return Ok(report);
     }
-    let plan = match plan(store, policy, also_keep)? {
+    if !dry_run && remove_orphan_bases(dir, &store)? {
+        store = StoreBackup::list(kv, path)?;
+    }
+    let store = &store;
+    let plan = match plan(store, policy, also_keep, consolidate)? {
         Ok(plan) => plan,
         Err(why) => {
             report.skipped = Some(why);
@@ -273,16 +466,37 @@ pub(crate) fn prune_dir(
         sizes.push(size);
         report.deleted.push(name_of(path).to_owned());
     }
+    if let Some(c) = &plan.consolidate {
+        report.consolidated = Some(ConsolidatedReport {
+            round: c.base.round,
+            seqno: c.base.seqno,
+            bytes: 0,
+        });
+    }
     if dry_run || plan.delete.is_empty() {
         return Ok(report);
     }
     let p = store.prunes.last().map_or(1, |(p, _)| p + 1);
+    // The new base first, durably, before the record that declares it and
+    // counts on it: a crash before the record leaves an orphan (removed by
+    // the next prune), never a record without its base.
+    let base = match &plan.consolidate {
+        Some(c) => {
+            let base = write_base(dir, kv, c)?;
+            if let Some(r) = report.consolidated.as_mut() {
+                r.bytes = base.files.iter().map(|f| f.len).sum();
+            }
+            Some(base)
+        }
+        None => None,
+    };
     let record = PruneRecord {
         format: PRUNE_FORMAT,
         time_ms: crate::manifest::now_ms(),
         window_round: plan.window_round,
         window_seqno: plan.window_seqno,
         deleted: report.deleted.clone(),
+        base,
     };
     let bytes = serde_json::to_vec_pretty(&record).map_err(|e| Error::Corrupt {
         path: path.join(prune_file_name(p)),
@@ -308,4 +522,82 @@ pub(crate) fn prune_dir(
     }
     dir.sync(FsyncSite::Pruned)?;
     Ok(report)
+}
+
+/// Removes the files of a base whose prune was cut off before its record
+/// (named for a prune number no record has): nothing declares them.
+/// Returns whether it removed any.
+fn remove_orphan_bases(dir: &BackupDir, store: &StoreBackup) -> Result<bool> {
+    let next = store.prunes.last().map_or(1, |(p, _)| p + 1);
+    let mut removed = false;
+    for path in &store.files {
+        if parse_consolidated_file_name(name_of(path)).is_some_and(|(p, _)| p >= next) {
+            dir.remove_pruned(name_of(path))?;
+            removed = true;
+        }
+    }
+    if removed {
+        dir.sync(FsyncSite::Pruned)?;
+    }
+    Ok(removed)
+}
+
+/// Writes the consolidated base `c` into the store's dir: the state at
+/// its seqno, read from its plan's files, written by the format's restore
+/// target into a scratch data dir beside the backup dir (durably), then
+/// linked (or copied, durably) into the backup dir under its names, and
+/// the dir fsynced. Returns the base as its record declares it.
+fn write_base(dir: &BackupDir, kv: KvId, c: &Consolidation) -> Result<ConsolidatedBase> {
+    let (rounds, _) = StoreBackup::list(kv, dir.path())?.round_records()?;
+    let format_name = rounds
+        .iter()
+        .find(|r| r.round == c.base.round)
+        .map(|r| r.engine_format.clone())
+        .unwrap_or_default();
+    let format = super::format_named(&format_name)?;
+    let parent = dir.path().parent().unwrap_or(Path::new("."));
+    let scratch = parent.join(format!(".cbk-consolidate.{}", kv.0));
+    match std::fs::remove_dir_all(&scratch) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("remove", &scratch, e)),
+    }
+    std::fs::create_dir(&scratch).map_err(|e| Error::io("create dir", &scratch, e))?;
+    let written = (|| {
+        let records = super::pit::newest_at(format.reader.as_ref(), &c.read, c.base.seqno, &mut |_| {})?;
+        format
+            .target
+            .write_store(&scratch, kv, c.lowest, c.base.seqno, &mut records.into_iter())?;
+        let files = format
+            .target
+            .written_files(&scratch, kv)?
+            .ok_or_else(|| Error::Corrupt {
+                path: scratch.clone(),
+                reason: "the restore target cannot say which files it wrote".into(),
+            })?;
+        let mut declared = Vec::with_capacity(files.len());
+        for (k, file) in files.iter().enumerate() {
+            let name = consolidated_file_name(c.p, k as u64);
+            let len = std::fs::metadata(file)
+                .map_err(|e| Error::io("stat", file, e))?
+                .len();
+            dir.adopt(file, &name)?;
+            declared.push(DeclaredFile {
+                name,
+                len,
+                low_seqno: c.lowest,
+                high_seqno: c.base.seqno,
+                holds: Some(Holds::Partial),
+            });
+        }
+        dir.sync(FsyncSite::Pruned)?;
+        Ok(declared)
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    let files = written?;
+    crate::faults::crash_point("prune.consolidated");
+    Ok(ConsolidatedBase {
+        files,
+        ..c.base.clone()
+    })
 }

@@ -32,7 +32,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use serde::Serialize;
 
 use super::layout::store_dir_id;
-use super::prune::{check_policy, name_of, plan};
+use super::prune::{check_policy, name_of, plan, Consolidate};
 use super::StoreBackup;
 use crate::engine::KvId;
 use crate::error::{Error, Result};
@@ -240,7 +240,7 @@ async fn prune_store(
                 .map_err(|e| Error::io("write", &path, e))?;
         }
     }
-    let plan = match plan(&view, policy, &|_| false)? {
+    let plan = match plan(&view, policy, &|_| false, Consolidate::Never)? {
         Ok(plan) => plan,
         Err(why) => {
             report.skipped = Some(why);
@@ -263,6 +263,7 @@ async fn prune_store(
         window_round: plan.window_round,
         window_seqno: plan.window_seqno,
         deleted: report.marked.clone(),
+        base: None,
     };
     let bytes = serde_json::to_vec_pretty(&record).map_err(|e| Error::Corrupt {
         path: prune_file_name(p).into(),

@@ -88,7 +88,14 @@ pub fn verify(root: &BackupRoot, reader: &dyn RecordReader) -> Vec<Problem> {
             );
             continue;
         }
-        let declared = DeclaredCoverage::new(&records);
+        let bases: Vec<crate::manifest::ConsolidatedBase> = match store.prune_records() {
+            Ok(prunes) => prunes.into_iter().filter_map(|(_, r)| r.base).collect(),
+            Err(e) => {
+                problem(store.dir.clone(), e.to_string());
+                Vec::new()
+            }
+        };
+        let declared = DeclaredCoverage::of_present_with(&records, &bases, &|_| true);
         let mut failed = std::collections::HashSet::new();
         for path in &store.files {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();

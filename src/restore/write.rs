@@ -58,4 +58,9 @@ impl RestoreTarget for RefTarget {
         )?;
         Ok(dir)
     }
+
+    fn written_files(&self, out: &Path, kv: KvId) -> Result<Option<Vec<PathBuf>>> {
+        let file = out.join(format!("kv-{}", kv.0)).join(format::file_name(1));
+        Ok(Some(if file.exists() { vec![file] } else { Vec::new() }))
+    }
 }
