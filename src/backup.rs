@@ -316,6 +316,7 @@ impl BackupActor {
             kv: self.spec.kv,
             dir: Arc::clone(dir),
             policy: schedule.policy,
+            consolidate: schedule.consolidate,
             keep,
             cancel: Arc::clone(&self.cancel),
             span: span.clone(),

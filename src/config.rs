@@ -9,6 +9,7 @@ use crate::backup::schedule::MAX_STEP;
 use crate::error::{Error, Result};
 use crate::fs::Modes;
 use crate::replication::ReplicationConfig;
+use crate::restore::Consolidate;
 use crate::retention::Retention;
 
 /// How the component runs. Every field has a default (see [`Config::default`]).
@@ -61,6 +62,11 @@ pub struct Config {
     /// a store is pruned after a successful round once this much passed
     /// since its last prune (and after its first round). Default: 10 min.
     pub prune_every: Duration,
+    /// Whether the component's prunes write consolidated bases (see
+    /// [`Consolidate`]). Writing one reads the store's whole state at the
+    /// window's start into memory on the pruner thread (as a restore
+    /// does), so it is opt-in. Default: `Never`.
+    pub consolidate: Consolidate,
 }
 
 impl Default for Config {
@@ -77,6 +83,7 @@ impl Default for Config {
             replication: ReplicationConfig::default(),
             retention: Retention::default(),
             prune_every: Duration::from_secs(600),
+            consolidate: Consolidate::Never,
         }
     }
 }

@@ -33,7 +33,9 @@ fn open_pin(dir: impl AsFd, create: bool) -> std::result::Result<OwnedFd, Errno>
     if create {
         flags |= OFlags::CREATE;
     }
-    rustix::fs::openat(dir, PIN_NAME, flags, Mode::from_raw_mode(0o600))
+    // Readable by all (it is empty): whoever made it first, every reader
+    // and pruner can open it to lock it.
+    rustix::fs::openat(dir, PIN_NAME, flags, Mode::from_raw_mode(0o644))
 }
 
 /// A reader's shared pin on one store's backup dir, held until dropped.

@@ -30,6 +30,8 @@ pub(crate) struct PruneSchedule {
     pub policy: Retention,
     /// `Config::prune_every`.
     pub every: std::time::Duration,
+    /// `Config::consolidate`.
+    pub consolidate: Consolidate,
 }
 
 impl PruneSchedule {
@@ -39,6 +41,7 @@ impl PruneSchedule {
             pruner: SyncArbiter::start(1, || PrunerActor),
             policy: config.retention,
             every: config.prune_every,
+            consolidate: config.consolidate,
         })
     }
 }
@@ -49,6 +52,7 @@ pub(crate) struct PruneStore {
     pub kv: KvId,
     pub dir: Arc<BackupDir>,
     pub policy: Retention,
+    pub consolidate: Consolidate,
     /// Files to keep whatever the rule says: not yet reported or uploaded.
     pub keep: HashSet<String>,
     /// Set on a stop without final round.
@@ -77,7 +81,7 @@ impl Handler<PruneStore> for PrunerActor {
         let how = PruneDir {
             policy: &msg.policy,
             dry_run: false,
-            consolidate: Consolidate::WhenItPays,
+            consolidate: msg.consolidate,
             also_keep: &keep,
             cancelled: &cancelled,
         };

@@ -27,6 +27,19 @@ fn key(i: u64) -> Vec<u8> {
     format!("key-{i:02}").into_bytes()
 }
 
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), dest).unwrap();
+        }
+    }
+}
+
 /// The objects of the store's remote dir (sidecars apart).
 fn objects(far: &Path) -> BTreeSet<String> {
     std::fs::read_dir(far.join(KV.to_string()))
@@ -134,6 +147,33 @@ async fn the_remote_copy_is_pruned_from_its_own_listing_with_a_grace_period_for_
         keep_for: None,
         keep_rounds: Some(4),
     };
+    // A copy that is still being uploaded (a declared file, or a file's
+    // object after its sidecar, not there yet) is not pruned: what lands
+    // later may need what a plan on it would mark.
+    for cut in ["object", "manifest"] {
+        let partial = fx.tmp.path().join(format!("partial-{cut}"));
+        copy_tree(&far, &partial);
+        let dir = partial.join(KV.to_string());
+        let victim = names(&dir)
+            .into_iter()
+            .filter(|n| {
+                if cut == "manifest" {
+                    n == "round.3.json"
+                } else {
+                    n.ends_with(".sqi")
+                }
+            })
+            .nth(usize::from(cut == "object"))
+            .unwrap();
+        std::fs::remove_file(dir.join(&victim)).unwrap();
+        let url = format!("file://{}", partial.display());
+        let report = prune_remote(&url, &BTreeMap::new(), &policy, Duration::ZERO, false)
+            .unwrap()
+            .remove(0);
+        let why = report.skipped.unwrap_or_default();
+        assert!(why.contains("not settled"), "{cut}: {why}");
+        assert!(report.marked.is_empty() && report.deleted.is_empty(), "{cut}");
+    }
     let dry = prune_remote(&url, &BTreeMap::new(), &policy, Duration::from_secs(3600), true).unwrap();
     assert_eq!(objects(&far), all, "a dry run changes nothing");
     let marked = prune_remote(&url, &BTreeMap::new(), &policy, Duration::from_secs(3600), false)

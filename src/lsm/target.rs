@@ -82,7 +82,13 @@ impl RestoreTarget for LsmTarget {
     fn written_files(&self, out: &Path, kv: KvId) -> Result<Option<Vec<PathBuf>>> {
         let tables = out.join(format!("kv-{}", kv.0)).join(TREE_DIR).join("tables");
         let mut files = Vec::new();
-        for entry in std::fs::read_dir(&tables).map_err(|e| Error::io("read dir", &tables, e))? {
+        let entries = match std::fs::read_dir(&tables) {
+            Ok(entries) => entries,
+            // No table: the state was empty.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Some(files)),
+            Err(e) => return Err(Error::io("read dir", &tables, e)),
+        };
+        for entry in entries {
             let entry = entry.map_err(|e| Error::io("read dir", &tables, e))?;
             if entry
                 .file_type()

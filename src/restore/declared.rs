@@ -174,7 +174,8 @@ impl DeclaredCoverage {
                     files.entry(f.name.clone()).or_insert_with(|| f.clone());
                     first_seen.entry(f.name.clone()).or_insert(round.round);
                 }
-                if !c.files.is_empty() && c.files.iter().all(|f| present(&f.name)) {
+                // No files: the state was empty (every key deleted).
+                if c.files.iter().all(|f| present(&f.name)) {
                     bases.push(Base {
                         at: c.seqno as Pos,
                         round: round.round,
@@ -430,9 +431,11 @@ fn covers(won: &[(Pos, Pos)], lo: Pos, hi: Pos) -> bool {
 }
 
 /// The first seqno a base restores: its own, except the empty start of a
-/// history (no files), whose first point is the store's first seqno.
+/// history (no files, not consolidated), whose first point is the store's
+/// first seqno. (A consolidated base without files is the empty state at
+/// its seqno, every key deleted: that seqno restores.)
 fn first_point(base: &Base) -> Pos {
-    if base.files.is_empty() {
+    if base.files.is_empty() && !base.consolidated {
         base.at + 1
     } else {
         base.at

@@ -174,8 +174,8 @@ impl StoreBackup {
             prunes: Vec::new(),
         };
         for (name, path, kind) in read_dir(dir)? {
-            if name == crate::pin::PIN_NAME {
-                continue;
+            if name == crate::pin::PIN_NAME || name == super::prune::SCRATCH_DIR {
+                continue; // readers' pins; a consolidation's scratch dir
             }
             if name.starts_with('.') {
                 store.temp_files.push(path);

@@ -150,13 +150,16 @@ fn legacy_plan(
 
 /// Whether the footer rule of dirs without manifests may be used on
 /// `store`, whose manifests are `rounds`: only for the reference engine's
-/// files, and never once the dir was pruned (the rule takes the state below
-/// the lowest seqno present as empty, which pruned files made untrue).
+/// files, never once the dir was pruned, and never while a file a manifest
+/// declares is missing (the rule takes the state below the lowest seqno
+/// present as empty, which removed files make untrue: a prune, or a copy
+/// that lacks files).
 pub(super) fn legacy_applies(store: &StoreBackup, rounds: &[crate::manifest::RoundRecord]) -> bool {
     store.prunes.is_empty()
-        && rounds
-            .iter()
-            .all(|r| r.engine_format == crate::refengine::FILE_FORMAT)
+        && rounds.iter().all(|r| {
+            r.engine_format == crate::refengine::FILE_FORMAT
+                && r.added.iter().all(|f| store.holds_file(&f.name))
+        })
 }
 
 /// Why a restore is refused, in words, with the seqnos that would work.

@@ -36,6 +36,10 @@ use crate::manifest::{
 };
 use crate::retention::Retention;
 
+/// The scratch data dir a consolidation writes its base into, inside the
+/// store's backup dir.
+pub(crate) const SCRATCH_DIR: &str = ".cbk-consolidate";
+
 /// What a prune did (or, dry, would do) to one store's backup dir.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PruneReport {
@@ -80,9 +84,10 @@ pub(super) struct Plan {
     pub window_round: u64,
     pub window_seqno: u64,
     pub delete: Vec<PathBuf>,
-    pub kept: usize,
     /// The base to write first, when `delete` counts on it.
     pub consolidate: Option<Consolidation>,
+    /// What goes without that base (the fallback if writing it fails).
+    pub delete_plain: Vec<PathBuf>,
 }
 
 /// A base a prune writes before deleting: the state at `base.seqno`, read
@@ -101,7 +106,8 @@ pub(super) struct Consolidation {
 /// When a prune writes a consolidated base (the state at the window's
 /// first restore point, in one file or a few) so that the base it had and
 /// the chain that led to it can go.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Consolidate {
     /// When the files it lets go hold more than twice the bytes of the
     /// live engine's files (a proxy for the state's size), backup-only
@@ -169,6 +175,7 @@ pub(super) fn plan(
     let mut keep: BTreeSet<String> = before.needed_from(window_seqno);
     keep.extend(before.latest_snapshot().iter().cloned());
     let mut delete = deletable(&keep);
+    let delete_plain = delete.clone();
     let mut with = bases.clone();
     // A base consolidated at the window's start already is not written again.
     let have_one = bases
@@ -213,25 +220,8 @@ pub(super) fn plan(
             consolidation = None;
         }
     }
-    let gone: BTreeSet<&str> = delete.iter().map(|p| name_of(p)).collect();
-    let new_base: BTreeSet<&str> = consolidation
-        .iter()
-        .flat_map(|c| c.base.files.iter().map(|f| f.name.as_str()))
-        .collect();
-    let after = DeclaredCoverage::of_present_with(&rounds, &with, &|n| {
-        new_base.contains(n) || (present(n) && !gone.contains(n))
-    });
-    // Every seqno of the window that restored still does (what restores
-    // is exact, whatever files its plan reads: the rule is sound for any
-    // set of files present).
-    let clip = |ranges: &[(u64, u64)]| -> Vec<(u64, u64)> {
-        ranges
-            .iter()
-            .filter(|(_, hi)| *hi >= window_seqno)
-            .map(|&(lo, hi)| (lo.max(window_seqno), hi))
-            .collect()
-    };
-    if clip(&before.restorable) != clip(&after.restorable) {
+    let added: Vec<&DeclaredFile> = consolidation.iter().flat_map(|c| c.base.files.iter()).collect();
+    if !window_unchanged(store, &rounds, &before, &with, &added, &delete, window_seqno) {
         return Ok(Err(format!(
             "deleting {} files would change which seqnos from {window_seqno} on restore; nothing \
              pruned (please report this)",
@@ -241,10 +231,39 @@ pub(super) fn plan(
     Ok(Ok(Plan {
         window_round,
         window_seqno,
-        kept: store.files.len() - delete.len(),
         delete,
         consolidate: consolidation,
+        delete_plain,
     }))
+}
+
+/// Whether every seqno from `window_seqno` on that restores now (`before`)
+/// still restores with the files of `delete` gone and the bases `with`
+/// declared (`added`: files of a new base, present). What restores is
+/// exact whatever files its plan reads (the rule is sound for any set of
+/// files present), so the same seqnos restoring means the same answers.
+fn window_unchanged(
+    store: &StoreBackup,
+    rounds: &[RoundRecord],
+    before: &DeclaredCoverage,
+    with: &[ConsolidatedBase],
+    added: &[&DeclaredFile],
+    delete: &[PathBuf],
+    window_seqno: u64,
+) -> bool {
+    let gone: BTreeSet<&str> = delete.iter().map(|p| name_of(p)).collect();
+    let new_base: BTreeSet<&str> = added.iter().map(|f| f.name.as_str()).collect();
+    let after = DeclaredCoverage::of_present_with(rounds, with, &|n| {
+        new_base.contains(n) || (store.holds_file(n) && !gone.contains(n))
+    });
+    let clip = |ranges: &[(u64, u64)]| -> Vec<(u64, u64)> {
+        ranges
+            .iter()
+            .filter(|(_, hi)| *hi >= window_seqno)
+            .map(|&(lo, hi)| (lo.max(window_seqno), hi))
+            .collect()
+    };
+    clip(&before.restorable) == clip(&after.restorable)
 }
 
 /// The base a prune could write at the window's first restore point: the
@@ -435,6 +454,10 @@ pub(crate) fn prune_dir(dir: &BackupDir, kv: KvId, how: &PruneDir<'_>) -> Result
         skipped: None,
         consolidated: None,
     };
+    if cancelled() {
+        report.skipped = Some("the store stopped before its prune ran".into());
+        return Ok(report);
+    }
     if !dry_run && pin.is_none() {
         report.skipped = Some("a restore, verify or inspect is reading it: pruned next time".into());
         return Ok(report);
@@ -452,10 +475,41 @@ pub(crate) fn prune_dir(dir: &BackupDir, kv: KvId, how: &PruneDir<'_>) -> Result
     };
     report.window_round = Some(plan.window_round);
     report.window_seqno = Some(plan.window_seqno);
-    report.kept = plan.kept;
+    let p = store.prunes.last().map_or(1, |(p, _)| p + 1);
+    // The new base first, durably, before the record that declares it and
+    // counts on it: a crash before the record leaves files no record names
+    // (removed by the next prune), never a record without its base. The
+    // base as written is checked again; if it cannot be written, or does
+    // not prove the window, the prune goes on without it.
+    let (delete, base) = match &plan.consolidate {
+        Some(c) if dry_run => {
+            report.consolidated = Some(ConsolidatedReport {
+                round: c.base.round,
+                seqno: c.base.seqno,
+                bytes: 0,
+            });
+            (plan.delete, None)
+        }
+        Some(c) if !cancelled() => match write_checked_base(dir, store, c, &plan) {
+            Ok(base) => {
+                report.consolidated = Some(ConsolidatedReport {
+                    round: base.round,
+                    seqno: base.seqno,
+                    bytes: base.files.iter().map(|f| f.len).sum(),
+                });
+                (plan.delete, Some(base))
+            }
+            Err(e) => {
+                tracing::warn!(kv_store = kv.0, error = %e, "no consolidated base; pruning without one");
+                (plan.delete_plain, None)
+            }
+        },
+        _ => (plan.delete_plain, None),
+    };
+    report.kept = store.files.len() - delete.len();
     // Per file: bytes freed (its last link) and bytes the engine shares.
-    let mut sizes = Vec::with_capacity(plan.delete.len());
-    for path in &plan.delete {
+    let mut sizes = Vec::with_capacity(delete.len());
+    for path in &delete {
         let md = std::fs::symlink_metadata(path).map_err(|e| Error::io("stat", path, e))?;
         let size = match md.nlink() {
             1 => (md.len(), 0),
@@ -466,30 +520,9 @@ pub(crate) fn prune_dir(dir: &BackupDir, kv: KvId, how: &PruneDir<'_>) -> Result
         sizes.push(size);
         report.deleted.push(name_of(path).to_owned());
     }
-    if let Some(c) = &plan.consolidate {
-        report.consolidated = Some(ConsolidatedReport {
-            round: c.base.round,
-            seqno: c.base.seqno,
-            bytes: 0,
-        });
-    }
-    if dry_run || plan.delete.is_empty() {
+    if dry_run || delete.is_empty() {
         return Ok(report);
     }
-    let p = store.prunes.last().map_or(1, |(p, _)| p + 1);
-    // The new base first, durably, before the record that declares it and
-    // counts on it: a crash before the record leaves an orphan (removed by
-    // the next prune), never a record without its base.
-    let base = match &plan.consolidate {
-        Some(c) => {
-            let base = write_base(dir, kv, c)?;
-            if let Some(r) = report.consolidated.as_mut() {
-                r.bytes = base.files.iter().map(|f| f.len).sum();
-            }
-            Some(base)
-        }
-        None => None,
-    };
     let record = PruneRecord {
         format: PRUNE_FORMAT,
         time_ms: crate::manifest::now_ms(),
@@ -506,11 +539,11 @@ pub(crate) fn prune_dir(dir: &BackupDir, kv: KvId, how: &PruneDir<'_>) -> Result
     dir.publish_new_file(&prune_file_name(p), &bytes, FsyncSite::PruneRecord)?;
     dir.sync(FsyncSite::Pruned)?;
     crate::faults::crash_point("prune.recorded");
-    for (done, path) in plan.delete.iter().enumerate() {
+    for (done, path) in delete.iter().enumerate() {
         if cancelled() {
             report.skipped = Some(format!(
                 "stopped after {done} of {} unlinks (the store stopped): the rest go with the next prune",
-                plan.delete.len()
+                delete.len()
             ));
             report.deleted.truncate(done);
             report.bytes_freed = sizes[..done].iter().map(|s| s.0).sum();
@@ -539,7 +572,63 @@ fn remove_orphan_bases(dir: &BackupDir, store: &StoreBackup) -> Result<bool> {
     if removed {
         dir.sync(FsyncSite::Pruned)?;
     }
+    // A consolidation's scratch dir, left by a crash.
+    let scratch = dir.path().join(SCRATCH_DIR);
+    match std::fs::remove_dir_all(&scratch) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("remove", &scratch, e)),
+    }
     Ok(removed)
+}
+
+/// [`write_base`], then the window check again with the base as written
+/// (its real files: none where the state is empty); on failure its files
+/// are removed again.
+fn write_checked_base(
+    dir: &BackupDir,
+    store: &StoreBackup,
+    c: &Consolidation,
+    plan: &Plan,
+) -> Result<ConsolidatedBase> {
+    let base = write_base(dir, store.kv, c)?;
+    let check = (|| {
+        let (rounds, _) = store.round_records()?;
+        let mut bases: Vec<ConsolidatedBase> = store
+            .prune_records()?
+            .into_iter()
+            .filter_map(|(_, r)| r.base)
+            .collect();
+        let before = DeclaredCoverage::of_present_with(&rounds, &bases, &|n| store.holds_file(n));
+        bases.push(base.clone());
+        let added: Vec<&DeclaredFile> = base.files.iter().collect();
+        Ok::<bool, Error>(window_unchanged(
+            store,
+            &rounds,
+            &before,
+            &bases,
+            &added,
+            &plan.delete,
+            plan.window_seqno,
+        ))
+    })();
+    match check {
+        Ok(true) => Ok(base),
+        other => {
+            for f in &base.files {
+                dir.remove_pruned(&f.name)?;
+            }
+            dir.sync(FsyncSite::Pruned)?;
+            other?;
+            Err(Error::Corrupt {
+                path: dir.path().to_path_buf(),
+                reason: format!(
+                    "the base written for seqno {} does not prove the window's restore points",
+                    base.seqno
+                ),
+            })
+        }
+    }
 }
 
 /// Writes the consolidated base `c` into the store's dir: the state at
@@ -555,8 +644,9 @@ fn write_base(dir: &BackupDir, kv: KvId, c: &Consolidation) -> Result<Consolidat
         .map(|r| r.engine_format.clone())
         .unwrap_or_default();
     let format = super::format_named(&format_name)?;
-    let parent = dir.path().parent().unwrap_or(Path::new("."));
-    let scratch = parent.join(format!(".cbk-consolidate.{}", kv.0));
+    // Inside the store's own dir (its owner's alone; a link away from
+    // where the files go); the layout and uploads pass over it.
+    let scratch = dir.path().join(SCRATCH_DIR);
     match std::fs::remove_dir_all(&scratch) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

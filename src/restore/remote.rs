@@ -134,6 +134,20 @@ async fn mirror_all(client: &dyn ObjectStore, remote: &RemoteUrl, into: &FsPath)
                 .into_iter()
                 .map(|n| (store.clone(), segment(&n))),
         );
+        // The records themselves are written as read (not through their
+        // sidecars: a record whose write was cut off and redone has two),
+        // so the copy always says it was pruned.
+        let dir = into.join(&decoded);
+        for (p, record) in &records {
+            let name = crate::manifest::prune_file_name(*p);
+            pruned.insert((store.clone(), name.clone()));
+            let bytes = serde_json::to_vec_pretty(record).map_err(|e| Error::Corrupt {
+                path: dir.join(&name),
+                reason: format!("cannot encode: {e}"),
+            })?;
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io("create dir", &dir, e))?;
+            std::fs::write(dir.join(&name), bytes).map_err(|e| Error::io("write", dir.join(&name), e))?;
+        }
     }
     objects.retain(|key, _| !pruned.contains(key));
     // Pass 3: every sidecar.

@@ -221,6 +221,12 @@ async fn prune_store(
     }
     let view = StoreBackup::list(kv, &dir)?;
     let (rounds, _) = view.round_records()?;
+    if let Some(why) = unsettled(&listing, &gone, &view, &rounds) {
+        report.skipped = Some(format!(
+            "the remote copy is not settled ({why}): an upload may be under way; pruned once it caught up"
+        ));
+        return Ok(report);
+    }
     if super::pit::legacy_applies(&view, &rounds) {
         // The footer rule's check reads each file's footer: fetch those.
         for (name, len) in &sizes {
@@ -255,8 +261,13 @@ async fn prune_store(
         return Ok(report);
     }
 
-    // 3. Mark (and, with no grace, delete at once).
-    let p = records.keys().next_back().map_or(1, |p| p + 1);
+    // 3. Mark (and, with no grace, delete at once). Numbered past every
+    // record name listed, a sidecar left alone by a cut-off write too.
+    let p = listing
+        .keys()
+        .filter_map(|n| parse_prune_file_name(n))
+        .max()
+        .map_or(1, |p| p + 1);
     let record = PruneRecord {
         format: PRUNE_FORMAT,
         time_ms: now,
@@ -282,4 +293,39 @@ async fn prune_store(
         }
     }
     Ok(report)
+}
+
+/// Why the listed copy may be one an upload is still changing, if so: a
+/// prune planned on it could mark files that restore points need once the
+/// rest lands. Settled means: round manifests without a missing number,
+/// every object whole with one sidecar of its length, no sidecar without
+/// its object, and every file a manifest declares there (or marked gone).
+fn unsettled(
+    listing: &std::collections::HashMap<String, RemoteEntry>,
+    gone: &std::collections::HashSet<String>,
+    view: &StoreBackup,
+    rounds: &[crate::manifest::RoundRecord],
+) -> Option<String> {
+    let numbers: Vec<u64> = view.rounds.iter().map(|(r, _)| *r).collect();
+    if let Some(w) = numbers.windows(2).find(|w| w[1] != w[0] + 1) {
+        return Some(format!("round manifests {} and {} with none between", w[0], w[1]));
+    }
+    for (encoded, entry) in listing {
+        let name = percent_encoding::percent_decode_str(encoded).decode_utf8_lossy();
+        if gone.contains(name.as_ref()) || parse_metadata_file_name(&name).is_some() {
+            continue;
+        }
+        if entry.object.is_none() && !entry.sidecars.is_empty() {
+            return Some(format!("{name} has a sidecar but no object yet"));
+        }
+        if entry.object.is_some() && trusted(entry).is_none() {
+            return Some(format!("{name} is not whole with one sidecar of its length"));
+        }
+    }
+    for f in rounds.iter().flat_map(|r| &r.added) {
+        if !view.holds_file(&f.name) && !gone.contains(&f.name) {
+            return Some(format!("{} is declared but not there", f.name));
+        }
+    }
+    None
 }
