@@ -309,6 +309,9 @@ impl BackupActor {
                 }
             }
         }
+        let Some(slot) = schedule.try_slot() else {
+            return false; // another store's prune runs: after the next round
+        };
         self.next_prune = Instant::now() + schedule.every;
         self.phase = Phase::Pruning;
         let span = tracing::info_span!(parent: &self.span, "prune", round = self.rounds_started);
@@ -320,6 +323,7 @@ impl BackupActor {
             keep,
             cancel: Arc::clone(&self.cancel),
             span: span.clone(),
+            _slot: slot,
         };
         schedule
             .pruner

@@ -3,8 +3,10 @@
 //! thread nor on the linker pool, so a long prune delays no store's links.
 //!
 //! A store's `BackupActor` asks for a prune after a successful round, at
-//! most once every `Config::prune_every`, and its next round waits for the
-//! answer (a prune and a round of one store never overlap). The prune runs
+//! most once every `Config::prune_every` and only while no other store's
+//! prune is under way (one slot: a round never waits behind a queue of
+//! prunes), and its next round waits for the answer (a prune and a round
+//! of one store never overlap). The prune runs
 //! over the store's own [`BackupDir`] (the component owns its lock), by the
 //! rule `cbk prune` uses (`restore::prune`), and keeps beside it every file
 //! the store has not yet reported to its callback or uploaded to its
@@ -12,7 +14,7 @@
 
 use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -27,6 +29,10 @@ use crate::retention::Retention;
 #[derive(Clone)]
 pub(crate) struct PruneSchedule {
     pub pruner: Addr<PrunerActor>,
+    /// Prunes sent and not yet done: at most one, so a store's round never
+    /// waits behind other stores' prunes (a store that finds the pruner
+    /// busy tries again after its next round).
+    in_flight: Arc<AtomicUsize>,
     pub policy: Retention,
     /// `Config::prune_every`.
     pub every: std::time::Duration,
@@ -39,10 +45,34 @@ impl PruneSchedule {
     pub fn start(config: &crate::config::Config) -> Option<PruneSchedule> {
         (!config.retention.is_off()).then(|| PruneSchedule {
             pruner: SyncArbiter::start(1, || PrunerActor),
+            in_flight: Arc::default(),
             policy: config.retention,
             every: config.prune_every,
             consolidate: config.consolidate,
         })
+    }
+}
+
+impl PruneSchedule {
+    /// The pruner's one slot, if it is free.
+    pub fn try_slot(&self) -> Option<PruneSlot> {
+        match self.in_flight.fetch_add(1, Ordering::AcqRel) {
+            0 => Some(PruneSlot(Arc::clone(&self.in_flight))),
+            _ => {
+                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                None
+            }
+        }
+    }
+}
+
+/// The pruner's slot, held by a [`PruneStore`] until it is handled (or
+/// dropped undelivered).
+pub(crate) struct PruneSlot(Arc<AtomicUsize>);
+
+impl Drop for PruneSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -58,6 +88,8 @@ pub(crate) struct PruneStore {
     /// Set on a stop without final round.
     pub cancel: Arc<AtomicBool>,
     pub span: tracing::Span,
+    /// Freed when the message is dropped, handled or not.
+    pub _slot: PruneSlot,
 }
 
 impl Message for PruneStore {
