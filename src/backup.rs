@@ -355,10 +355,12 @@ impl BackupActor {
             Err(e) => {
                 StoreCounters::add(&c.failed_prunes, 1);
                 c.last.lock().prune = Some(e.to_string());
-                if matches!(e, Error::BackupDirPoisoned { .. }) {
-                    result = Err(e);
-                }
             }
+        }
+        // A dir fsync of the prune that failed poisoned the dir: it must be
+        // opened again, as after a link round's.
+        if let Some((dir, _)) = &self.opened {
+            result = dir.check_usable();
         }
         if self.closed {
             return self.linked_after_close(ctx);

@@ -259,8 +259,9 @@ impl BackupDir {
         Ok(())
     }
 
-    /// Fails if an earlier dir fsync failed.
-    fn check_usable(&self) -> Result<()> {
+    /// Fails if an earlier dir fsync failed: then the dir must be opened
+    /// again ([`Error::BackupDirPoisoned`]).
+    pub fn check_usable(&self) -> Result<()> {
         if self.poisoned.load(Ordering::Acquire) {
             return Err(Error::BackupDirPoisoned {
                 path: self.path.clone(),

@@ -213,6 +213,11 @@ pub struct PruneRecord {
     /// The base it wrote before deleting, if it consolidated one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<ConsolidatedBase>,
+    /// Written by a prune of a remote copy (its marks); records without it
+    /// that a remote holds (uploaded by older versions from a backup dir)
+    /// are not the remote's and are passed over there.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remote: bool,
 }
 
 /// A base a prune wrote: the store's whole state at `seqno` (the newest

@@ -15,11 +15,12 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use super::{RemoteUrl, Sums, SUMS_DIR};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::manifest::{parse_prune_file_name, PruneRecord};
 
-/// The prune records among the object names `names` of the store dir
-/// `store` (as listed: a prune record's name needs no encoding), by number.
+/// The remote's own prune records among the object names `names` of the
+/// store dir `store` (as listed: a prune record's name needs no encoding),
+/// by number.
 pub(crate) async fn fetch_records(
     client: &dyn ObjectStore,
     store: &RemoteUrl,
@@ -38,11 +39,16 @@ pub(crate) async fn fetch_records(
             .bytes()
             .await
             .map_err(|e| store.error("get", &location, e))?;
-        let record = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
-            path: location.as_ref().into(),
-            reason: format!("not a prune record: {e}"),
-        })?;
-        out.insert(p, record);
+        // One that does not parse, or was not written by a prune of the
+        // remote (an older version uploaded a backup dir's own), is not
+        // the remote's: passed over (the uploader and mirror go on).
+        match serde_json::from_slice::<PruneRecord>(&bytes) {
+            Ok(record) if record.remote => {
+                out.insert(p, record);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(object = %location, error = %e, "not a prune record; passed over"),
+        }
     }
     Ok(out)
 }

@@ -530,6 +530,7 @@ pub(crate) fn prune_dir(dir: &BackupDir, kv: KvId, how: &PruneDir<'_>) -> Result
         window_seqno: plan.window_seqno,
         deleted: report.deleted.clone(),
         base,
+        remote: false,
     };
     let bytes = serde_json::to_vec_pretty(&record).map_err(|e| Error::Corrupt {
         path: path.join(prune_file_name(p)),

@@ -275,6 +275,7 @@ async fn prune_store(
         window_seqno: plan.window_seqno,
         deleted: report.marked.clone(),
         base: None,
+        remote: true,
     };
     let bytes = serde_json::to_vec_pretty(&record).map_err(|e| Error::Corrupt {
         path: prune_file_name(p).into(),
