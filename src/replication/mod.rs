@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{ObjectMeta, ObjectStore, ObjectStoreScheme, RetryConfig};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreScheme};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::KvId;
@@ -212,6 +212,17 @@ impl RemoteUrl {
                 "the scheme is not one of s3, gs, az, file, memory".into(),
             ));
         }
+        let missing = match scheme {
+            ObjectStoreScheme::AmazonS3 if !cfg!(feature = "s3") => Some("s3"),
+            ObjectStoreScheme::GoogleCloudStorage if !cfg!(feature = "gcs") => Some("gcs"),
+            ObjectStoreScheme::MicrosoftAzure if !cfg!(feature = "azure") => Some("azure"),
+            _ => None,
+        };
+        if let Some(feature) = missing {
+            return Err(invalid(format!(
+                "this build has no client for it: build continuous-backup with the `{feature}` feature"
+            )));
+        }
         let store_key = format!("{}://{}", url.scheme(), url.authority());
         Ok(RemoteUrl { url, store_key, path })
     }
@@ -284,16 +295,21 @@ impl RemoteUrl {
             url: self.url.to_string(),
             reason: e.to_string(),
         };
-        let retry = RetryConfig {
+        // Client options are the clouds' (file:// and memory:// take none).
+        #[cfg(not(any(feature = "s3", feature = "gcs", feature = "azure")))]
+        let _ = options;
+        #[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
+        let retry = object_store::RetryConfig {
             max_retries: 2,
             retry_timeout: Duration::from_secs(20),
-            ..RetryConfig::default()
+            ..object_store::RetryConfig::default()
         };
         let (scheme, _) = ObjectStoreScheme::parse(&self.url).map_err(|e| fail(&e))?;
         let url = self.url.as_str();
         let store: Arc<dyn ObjectStore> = match scheme {
             ObjectStoreScheme::Local => Arc::new(object_store::local::LocalFileSystem::new()),
             ObjectStoreScheme::Memory => Arc::new(object_store::memory::InMemory::new()),
+            #[cfg(feature = "s3")]
             ObjectStoreScheme::AmazonS3 => {
                 let mut b = object_store::aws::AmazonS3Builder::from_env().with_url(url);
                 for (k, v) in options {
@@ -301,6 +317,7 @@ impl RemoteUrl {
                 }
                 Arc::new(b.with_retry(retry).build().map_err(|e| fail(&e))?)
             }
+            #[cfg(feature = "gcs")]
             ObjectStoreScheme::GoogleCloudStorage => {
                 let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url);
                 for (k, v) in options {
@@ -308,6 +325,7 @@ impl RemoteUrl {
                 }
                 Arc::new(b.with_retry(retry).build().map_err(|e| fail(&e))?)
             }
+            #[cfg(feature = "azure")]
             ObjectStoreScheme::MicrosoftAzure => {
                 let mut b = object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url);
                 for (k, v) in options {
