@@ -322,6 +322,7 @@ pub enum Error {
     },
 
     /// An object-store call failed.
+    #[cfg(feature = "replication")]
     #[error("{op} {location}: {source}")]
     Remote {
         /// The operation, e.g. `put`, `list`, `get`.

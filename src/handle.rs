@@ -14,7 +14,7 @@ use crate::linker::LinkerActor;
 use crate::messages::{GetStatus, SetVbucketState, Shutdown, StartBackup, StopBackup, VbucketState};
 use crate::metadata::{MetadataActor, ParentSyncs};
 use crate::pruner::PruneSchedule;
-use crate::replication::uploader::Uploader;
+use crate::replication::Uploader;
 use crate::status::Status;
 use crate::supervisor::Supervisor;
 

@@ -35,8 +35,8 @@ use crate::messages::{
 use crate::metadata::MetadataActor;
 use crate::pruner::PruneSchedule;
 use crate::replication::queue::Replica;
-use crate::replication::uploader::Uploader;
 use crate::replication::RemoteUrl;
+use crate::replication::Uploader;
 use crate::status::{Status, StoreCounters};
 
 /// What a start asks for.

@@ -395,7 +395,7 @@ pub struct ReplicationStatus {
     pub last_success: Option<SystemTime>,
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "replication"))]
 mod tests {
     use super::*;
 

@@ -13,7 +13,9 @@ mod inspect;
 mod layout;
 mod pit;
 mod prune;
+#[cfg(feature = "replication")]
 mod remote;
+#[cfg(feature = "replication")]
 mod remote_prune;
 mod verify;
 mod write;
@@ -27,7 +29,9 @@ pub use layout::{BackupRoot, StoreBackup};
 pub use pit::{restore, restore_points, seqno_at, RestoreSummary};
 pub use prune::{prune, prune_with, Consolidate, ConsolidatedReport, PruneReport};
 pub(crate) use prune::{prune_dir, PruneDir};
+#[cfg(feature = "replication")]
 pub use remote::{mirror, Mirrored};
+#[cfg(feature = "replication")]
 pub use remote_prune::{prune_remote, RemotePruneReport};
 pub use verify::{verify, Problem};
 
