@@ -19,7 +19,14 @@ use std::path::{Path, PathBuf};
 
 use parking_lot::{Condvar, Mutex};
 
+use std::io;
+use std::os::fd::AsFd;
+
+use rustix::fs::{Mode, OFlags};
+
 use crate::error::{Error, Result};
+use crate::faults::power::{self, SyncTarget};
+use crate::faults::{self, FsOp, FsyncSite};
 
 #[derive(Debug, Default)]
 struct State {
@@ -86,7 +93,7 @@ impl DirSyncGroup {
             st.started += 1;
             let number = st.started;
             drop(st);
-            let synced = crate::fs::sync_dir(&self.path);
+            let synced = sync_dir(&self.path);
             st = self.state.lock();
             st.running = false;
             match synced {
@@ -107,6 +114,25 @@ impl DirSyncGroup {
             std::io::Error::other(format!("an fsync of it failed: {reason}")),
         )
     }
+}
+
+/// fsyncs the directory at `path`, the parent of a directory the component
+/// created.
+pub(crate) fn sync_dir(path: &Path) -> Result<()> {
+    faults::check(path, FsOp::SyncDir).map_err(|e| Error::io("fsync dir", path, e))?;
+    if faults::fsync_omitted(path, FsyncSite::NewDir) {
+        return Ok(());
+    }
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io("open dir", path, io::Error::from(e)))?;
+    let token = power::sync_begin(SyncTarget::Dir(path));
+    rustix::fs::fsync(fd.as_fd()).map_err(|e| Error::io("fsync dir", path, io::Error::from(e)))?;
+    token.done();
+    Ok(())
 }
 
 #[cfg(test)]

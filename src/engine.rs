@@ -6,7 +6,6 @@
 //! thing from it: a [`Snapshot`] of one store, which lists those files and
 //! keeps every listed file on disk while it is alive.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -54,22 +53,7 @@ pub enum Holds {
     Partial,
 }
 
-/// Identifier of one KV store. Engines number their stores with 16 bits, as
-/// vBucket ids are.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct KvId(pub u16);
-
-impl fmt::Display for KvId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-impl From<u16> for KvId {
-    fn from(id: u16) -> Self {
-        KvId(id)
-    }
-}
+pub use crate::kv_id::KvId;
 
 /// Checks that `seqno` fits in 48 bits; `path` names the file it came from.
 pub fn check_seqno(path: &Path, seqno: u64) -> Result<u64> {

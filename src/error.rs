@@ -3,7 +3,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::engine::KvId;
+use crate::kv_id::KvId;
 
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -19,6 +19,7 @@ use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, CWD};
 use rustix::io::Errno;
 
 use crate::dir_lock::{self, DirId, DirLock};
+pub(crate) use crate::dir_sync::sync_dir;
 use crate::dir_sync::DirSyncGroup;
 use crate::engine::IndexFile;
 use crate::error::{Error, Result};
@@ -799,25 +800,6 @@ fn create_dirs(path: &Path, mode: u32, defer_last: bool) -> Result<()> {
 
 fn libc_enotdir() -> i32 {
     Errno::NOTDIR.raw_os_error()
-}
-
-/// fsyncs the directory at `path`, the parent of a directory the component
-/// created.
-pub(crate) fn sync_dir(path: &Path) -> Result<()> {
-    faults::check(path, FsOp::SyncDir).map_err(|e| Error::io("fsync dir", path, e))?;
-    if faults::fsync_omitted(path, FsyncSite::NewDir) {
-        return Ok(());
-    }
-    let fd = rustix::fs::open(
-        path,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| Error::io("open dir", path, errno_io(e)))?;
-    let token = power::sync_begin(SyncTarget::Dir(path));
-    rustix::fs::fsync(fd.as_fd()).map_err(|e| Error::io("fsync dir", path, errno_io(e)))?;
-    token.done();
-    Ok(())
 }
 
 #[cfg(test)]

@@ -55,6 +55,7 @@ pub mod faults;
 mod faults;
 mod fs;
 mod handle;
+mod kv_id;
 mod linker;
 #[cfg(feature = "lsm-tree")]
 pub mod lsm;
