@@ -6,26 +6,13 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::engine::{KvId, Snapshot};
 use crate::error::{CallbackError, Error, Result};
 use crate::metadata::MetadataWriter;
 
-/// One file in a backup dir, as a round reports it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct BackupFile {
-    /// Its name in the backup dir: the engine's file name, or `name~k` when
-    /// that name was already taken there by a different file.
-    pub name: String,
-    /// Length in bytes.
-    pub len: u64,
-    /// Lowest seqno it covers.
-    pub low_seqno: u64,
-    /// Highest seqno it covers.
-    pub high_seqno: u64,
-}
+pub use crate::backup_file::BackupFile;
 
 /// Called once per round of one store, on a thread of that store's own (never
 /// an actor's mailbox thread), so it may block without delaying other stores.

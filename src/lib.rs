@@ -43,6 +43,7 @@
 #![warn(missing_docs)]
 
 mod backup;
+mod backup_file;
 mod callback;
 mod config;
 mod dir_lock;

@@ -22,7 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Holds, PRUNE_PREFIX, ROUND_PREFIX};
+use crate::engine::{Holds, METADATA_PREFIX, PRUNE_PREFIX, ROUND_PREFIX};
 use crate::error::{Error, Result};
 use crate::faults::FsyncSite;
 use crate::fs::BackupDir;
@@ -192,6 +192,20 @@ impl RoundLog {
         written?;
         Ok((name, bytes.len() as u64))
     }
+}
+
+/// The file name of metadata record `n`.
+pub fn metadata_file_name(n: u64) -> String {
+    format!("{METADATA_PREFIX}{n}.dat")
+}
+
+/// The `n` of a metadata file name, if it is one.
+pub fn parse_metadata_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix(METADATA_PREFIX)?.strip_suffix(".dat")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 /// The prune record format this crate writes.

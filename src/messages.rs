@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use actix::Message;
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
 
 use crate::backup::state::{LinkSet, Unacked};
 use crate::callback::{BackupCallback, BackupFile};
@@ -22,8 +21,7 @@ use crate::engine::{KvId, Snapshot};
 use crate::error::Result;
 use crate::fs::BackupDir;
 use crate::manifest::RoundLog;
-use crate::replication::queue::Replica;
-use crate::status::{Status, StoreCounters};
+use crate::status::Status;
 
 /// Start backing up one KV store into `dir`: link every seqno-index file now,
 /// call `callback`, and repeat every `interval` with what is new.
@@ -101,54 +99,6 @@ pub struct GetStatus;
 pub struct Shutdown;
 
 // ---- internal messages ----
-
-/// Identifies one start of one store at the metadata actor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct SessionId(pub u64);
-
-/// Backup actor → metadata actor, with `send`, from `started()`: open (create)
-/// the dir, remove stale temps, find the largest metadata `n`.
-#[derive(Message)]
-#[rtype(result = "Result<OpenedDir>")]
-pub(crate) struct OpenDir {
-    pub kv: KvId,
-    pub path: PathBuf,
-    /// The engine's data dir: the backup dir may not lie inside it.
-    pub data_dir: Option<PathBuf>,
-    pub counters: Arc<StoreCounters>,
-    /// The store's upload queue, told of every metadata file written.
-    pub replica: Option<Arc<Replica>>,
-}
-
-pub(crate) struct OpenedDir {
-    pub dir: Arc<BackupDir>,
-    pub session: SessionId,
-    /// The dir's round numbering, shared by every session of the dir.
-    pub rounds: Arc<parking_lot::Mutex<RoundLog>>,
-}
-
-/// MetadataWriter → metadata actor, with `do_send` from any thread; the reply
-/// comes on `reply`. Writes are applied in the order they reach the mailbox.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct WriteMetadata {
-    pub kv: KvId,
-    pub session: SessionId,
-    pub data: String,
-    pub reply: oneshot::Sender<Result<u64>>,
-}
-
-/// Backup actor → metadata actor, with `do_send`, when stopping: later
-/// writes of the session are refused. Handled after every write queued
-/// before it; `done` is told then. Never sent with `send`: actix skips a
-/// message whose requester has gone (an actor that stopped meanwhile), and
-/// a skipped close would leave the session's writer working after the stop.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct CloseSession {
-    pub session: SessionId,
-    pub done: Option<oneshot::Sender<()>>,
-}
 
 /// Backup actor → linker pool, with `send`: take a snapshot, link what is
 /// new, fsync the dir. The link set travels with the job and comes back in

@@ -13,35 +13,72 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use actix::{Actor, Addr, Handler, MessageResult, SyncContext};
+use actix::{Actor, Addr, Handler, Message, MessageResult, SyncContext};
 use tokio::sync::oneshot;
 
 use crate::dir_lock::DirId;
 use crate::dir_sync::DirSyncGroup;
-use crate::engine::{KvId, METADATA_PREFIX};
+use crate::engine::KvId;
 use crate::error::panic_message;
 use crate::error::{Error, Result};
 use crate::fs::{BackupDir, Modes};
 use crate::manifest::RoundLog;
-use crate::messages::{CloseSession, OpenDir, OpenedDir, SessionId, WriteMetadata};
 use crate::replication::queue::Replica;
 use crate::status::StoreCounters;
 
 /// The largest metadata record a write accepts, in bytes (1 MiB).
 pub const MAX_METADATA_LEN: usize = 1 << 20;
 
-/// The file name of metadata record `n`.
-pub fn metadata_file_name(n: u64) -> String {
-    format!("{METADATA_PREFIX}{n}.dat")
+pub use crate::manifest::{metadata_file_name, parse_metadata_file_name};
+
+// ---- the messages it handles ----
+
+/// Identifies one start of one store at the metadata actor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct SessionId(pub u64);
+
+/// Backup actor → metadata actor, with `send`, from `started()`: open (create)
+/// the dir, remove stale temps, find the largest metadata `n`.
+#[derive(Message)]
+#[rtype(result = "Result<OpenedDir>")]
+pub(crate) struct OpenDir {
+    pub kv: KvId,
+    pub path: PathBuf,
+    /// The engine's data dir: the backup dir may not lie inside it.
+    pub data_dir: Option<PathBuf>,
+    pub counters: Arc<StoreCounters>,
+    /// The store's upload queue, told of every metadata file written.
+    pub replica: Option<Arc<Replica>>,
 }
 
-/// The `n` of a metadata file name, if it is one.
-pub fn parse_metadata_file_name(name: &str) -> Option<u64> {
-    let digits = name.strip_prefix(METADATA_PREFIX)?.strip_suffix(".dat")?;
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
+pub(crate) struct OpenedDir {
+    pub dir: Arc<BackupDir>,
+    pub session: SessionId,
+    /// The dir's round numbering, shared by every session of the dir.
+    pub rounds: Arc<parking_lot::Mutex<RoundLog>>,
+}
+
+/// MetadataWriter → metadata actor, with `do_send` from any thread; the reply
+/// comes on `reply`. Writes are applied in the order they reach the mailbox.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct WriteMetadata {
+    pub kv: KvId,
+    pub session: SessionId,
+    pub data: String,
+    pub reply: oneshot::Sender<Result<u64>>,
+}
+
+/// Backup actor → metadata actor, with `do_send`, when stopping: later
+/// writes of the session are refused. Handled after every write queued
+/// before it; `done` is told then. Never sent with `send`: actix skips a
+/// message whose requester has gone (an actor that stopped meanwhile), and
+/// a skipped close would leave the session's writer working after the stop.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct CloseSession {
+    pub session: SessionId,
+    pub done: Option<oneshot::Sender<()>>,
 }
 
 /// What the metadata threads share: the grouped fsyncs of the parents of

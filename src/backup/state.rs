@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::callback::BackupFile;
+use crate::backup_file::BackupFile;
 use crate::dir_lock::DirId;
 use crate::engine::IndexFile;
 

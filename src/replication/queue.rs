@@ -24,9 +24,9 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use crate::callback::BackupFile;
+use crate::backup_file::BackupFile;
 use crate::engine::KvId;
-use crate::metadata::metadata_file_name;
+use crate::manifest::metadata_file_name;
 use crate::replication::RemoteUrl;
 
 /// What an item is: a barrier or not.
