@@ -139,19 +139,6 @@ async fn drive(engine: Arc<dyn Store>, backup_root: &Path, ops: usize, seed: u64
     history
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let dest = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &dest);
-        } else {
-            std::fs::copy(entry.path(), dest).unwrap();
-        }
-    }
-}
-
 /// The bytes of the seqno-index files in a backup root.
 fn files_bytes(root: &Path, reader: &dyn continuous_backup::restore::RecordReader) -> u64 {
     inspect(&BackupRoot::open(root).unwrap(), reader).unwrap()[0].bytes
@@ -189,7 +176,7 @@ fn check_policies(
     let mut tally = Tally::default();
     for (i, policy) in policies.iter().enumerate() {
         let copy = work.join(format!("policy-{i}"));
-        copy_dir(root, &copy);
+        copy_tree(root, &copy);
         let bytes_before = files_bytes(&copy, reader);
         // Every other policy writes a consolidated base where it can.
         let consolidate = if i % 2 == 0 {
@@ -494,7 +481,7 @@ async fn a_prune_killed_at_any_step_leaves_every_restore_point_of_its_window() {
     );
     for (i, (point, consolidate)) in runs.iter().enumerate() {
         let copy = tmp.path().join(format!("crash-{i}"));
-        copy_dir(&root, &copy);
+        copy_tree(&root, &copy);
         let mut args = vec!["prune", copy.to_str().unwrap(), "--consolidate", consolidate];
         args.extend(policy);
         let dry = if *consolidate == "always" {

@@ -27,19 +27,6 @@ fn key(i: u64) -> Vec<u8> {
     format!("key-{i:02}").into_bytes()
 }
 
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let dest = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &dest);
-        } else {
-            std::fs::copy(entry.path(), dest).unwrap();
-        }
-    }
-}
-
 /// The objects of the store's remote dir (sidecars apart).
 fn objects(far: &Path) -> BTreeSet<String> {
     std::fs::read_dir(far.join(KV.to_string()))

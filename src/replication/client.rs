@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{ObjectMeta, ObjectStore, ObjectStoreScheme};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, ObjectStoreScheme};
 
 use crate::engine::KvId;
 use crate::error::panic_message;
@@ -35,6 +35,29 @@ pub(crate) async fn blocking<T: Send + 'static>(
         }
         Err(_) => Err(Error::ComponentStopped),
     }
+}
+
+/// Runs the future `make` makes on a thread and current-thread runtime of
+/// its own, blocking until it is done, so a caller in any context (an
+/// actor's, a runtime's, none) may call it. `label` names it in errors. A
+/// panic there is the caller's, as if it had run on the caller's thread.
+pub(crate) fn on_own_runtime<T, F>(label: &FsPath, make: impl FnOnce() -> F + Send) -> Result<T>
+where
+    T: Send,
+    F: std::future::Future<Output = Result<T>>,
+{
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| Error::io("start a runtime for", label, e))?;
+                runtime.block_on(make())
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 /// URL schemes whose authority names the bucket or container.
@@ -132,6 +155,20 @@ impl RemoteUrl {
             location: format!("{}/{}", self.store_key, location),
             source,
         }
+    }
+
+    /// The whole object `name` in this URL's dir (a manifest, a record:
+    /// small objects).
+    pub(crate) async fn get_whole(&self, client: &dyn ObjectStore, name: &str) -> Result<bytes::Bytes> {
+        let location = self.path().clone().join(name);
+        let fail = |e| self.error("get", &location, e);
+        client
+            .get(&location)
+            .await
+            .map_err(fail)?
+            .bytes()
+            .await
+            .map_err(fail)
     }
 
     /// Every object below this URL (one listing): its path segments below

@@ -30,7 +30,7 @@ pub(crate) mod queue;
 pub(crate) mod uploader;
 
 #[cfg(feature = "replication")]
-pub(crate) use client::blocking;
+pub(crate) use client::{blocking, on_own_runtime};
 #[cfg(feature = "replication")]
 pub use client::{RemoteUrl, Sums};
 #[cfg(not(feature = "replication"))]

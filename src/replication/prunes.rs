@@ -31,14 +31,7 @@ pub(crate) async fn fetch_records(
         let Some(p) = parse_prune_file_name(&name) else {
             continue;
         };
-        let location = store.path().clone().join(name.as_str());
-        let bytes = client
-            .get(&location)
-            .await
-            .map_err(|e| store.error("get", &location, e))?
-            .bytes()
-            .await
-            .map_err(|e| store.error("get", &location, e))?;
+        let bytes = store.get_whole(client, &name).await?;
         // One that does not parse, or was not written by a prune of the
         // remote (an older version uploaded a backup dir's own), is not
         // the remote's: passed over (the uploader and mirror go on).
@@ -47,7 +40,7 @@ pub(crate) async fn fetch_records(
                 out.insert(p, record);
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(object = %location, error = %e, "not a prune record; passed over"),
+            Err(e) => tracing::warn!(object = %name, error = %e, "not a prune record; passed over"),
         }
     }
     Ok(out)

@@ -88,6 +88,12 @@ pub(super) struct Plan {
     pub consolidate: Option<Consolidation>,
     /// What goes without that base (the fallback if writing it fails).
     pub delete_plain: Vec<PathBuf>,
+    /// What the plan was made from, for the check of the base as written:
+    /// the round manifests, the bases earlier prunes consolidated, and what
+    /// restores now.
+    pub rounds: Vec<RoundRecord>,
+    pub bases: Vec<ConsolidatedBase>,
+    pub before: DeclaredCoverage,
 }
 
 /// A base a prune writes before deleting: the state at `base.seqno`, read
@@ -101,6 +107,8 @@ pub(super) struct Consolidation {
     pub read: Vec<PathBuf>,
     /// The prune number it is written under.
     pub p: u64,
+    /// The engine format of its round (the format it is written in).
+    pub format: String,
 }
 
 /// When a prune writes a consolidated base (the state at the window's
@@ -234,6 +242,9 @@ pub(super) fn plan(
         delete,
         consolidate: consolidation,
         delete_plain,
+        rounds,
+        bases,
+        before,
     }))
 }
 
@@ -309,6 +320,7 @@ fn consolidation(
         lowest,
         read: read.iter().map(|n| store.dir.join(n)).collect(),
         p,
+        format: round.engine_format.clone(),
     })
 }
 
@@ -593,66 +605,45 @@ fn write_checked_base(
     plan: &Plan,
 ) -> Result<ConsolidatedBase> {
     let base = write_base(dir, store.kv, c)?;
-    let check = (|| {
-        let (rounds, _) = store.round_records()?;
-        let mut bases: Vec<ConsolidatedBase> = store
-            .prune_records()?
-            .into_iter()
-            .filter_map(|(_, r)| r.base)
-            .collect();
-        let before = DeclaredCoverage::of_present_with(&rounds, &bases, &|n| store.holds_file(n));
-        bases.push(base.clone());
-        let added: Vec<&DeclaredFile> = base.files.iter().collect();
-        Ok::<bool, Error>(window_unchanged(
-            store,
-            &rounds,
-            &before,
-            &bases,
-            &added,
-            &plan.delete,
-            plan.window_seqno,
-        ))
-    })();
-    match check {
-        Ok(true) => Ok(base),
-        other => {
-            for f in &base.files {
-                dir.remove_pruned(&f.name)?;
-            }
-            dir.sync(FsyncSite::Pruned)?;
-            other?;
-            Err(Error::Corrupt {
-                path: dir.path().to_path_buf(),
-                reason: format!(
-                    "the base written for seqno {} does not prove the window's restore points",
-                    base.seqno
-                ),
-            })
-        }
+    let mut bases = plan.bases.clone();
+    bases.push(base.clone());
+    let added: Vec<&DeclaredFile> = base.files.iter().collect();
+    let proves = window_unchanged(
+        store,
+        &plan.rounds,
+        &plan.before,
+        &bases,
+        &added,
+        &plan.delete,
+        plan.window_seqno,
+    );
+    if proves {
+        return Ok(base);
     }
+    for f in &base.files {
+        dir.remove_pruned(&f.name)?;
+    }
+    dir.sync(FsyncSite::Pruned)?;
+    Err(Error::Corrupt {
+        path: dir.path().to_path_buf(),
+        reason: format!(
+            "the base written for seqno {} does not prove the window's restore points",
+            base.seqno
+        ),
+    })
 }
 
 /// Writes the consolidated base `c` into the store's dir: the state at
 /// its seqno, read from its plan's files, written by the format's restore
-/// target into a scratch data dir beside the backup dir (durably), then
+/// target into a scratch data dir inside the backup dir (durably), then
 /// linked (or copied, durably) into the backup dir under its names, and
 /// the dir fsynced. Returns the base as its record declares it.
 fn write_base(dir: &BackupDir, kv: KvId, c: &Consolidation) -> Result<ConsolidatedBase> {
-    let (rounds, _) = StoreBackup::list(kv, dir.path())?.round_records()?;
-    let format_name = rounds
-        .iter()
-        .find(|r| r.round == c.base.round)
-        .map(|r| r.engine_format.clone())
-        .unwrap_or_default();
-    let format = super::format_named(&format_name)?;
+    let format = super::format_named(&c.format)?;
     // Inside the store's own dir (its owner's alone; a link away from
-    // where the files go); the layout and uploads pass over it.
+    // where the files go); the layout and uploads pass over it. One a
+    // crash left was removed with the orphans at the prune's start.
     let scratch = dir.path().join(SCRATCH_DIR);
-    match std::fs::remove_dir_all(&scratch) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io("remove", &scratch, e)),
-    }
     std::fs::create_dir(&scratch).map_err(|e| Error::io("create dir", &scratch, e))?;
     let written = (|| {
         let records = super::pit::newest_at(format.reader.as_ref(), &c.read, c.base.seqno, &mut |_| {})?;

@@ -26,7 +26,7 @@ use crate::manifest::parse_prune_file_name;
 use crate::metadata::parse_metadata_file_name;
 use crate::replication::prunes::{fetch_records, pruned_names};
 use crate::replication::uploader::segment;
-use crate::replication::{blocking, RemoteUrl, Sums, SUMS_DIR};
+use crate::replication::{blocking, on_own_runtime, RemoteUrl, Sums, SUMS_DIR};
 
 /// What [`Error::Panicked`] names when the mirror's blocking work panics.
 const MIRROR: &str = "mirror";
@@ -62,20 +62,7 @@ pub fn mirror(url: &str, options: &BTreeMap<String, String>, into: &FsPath) -> R
         });
     }
     std::fs::create_dir_all(into).map_err(|e| Error::io("create dir", into, e))?;
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| Error::io("start a runtime for", into, e))?;
-                runtime.block_on(mirror_all(&*client, &remote, into))
-            })
-            .join()
-            // A panic on the mirror's own thread is the caller's, as if
-            // the mirror had run on its thread.
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
+    on_own_runtime(into, || mirror_all(&*client, &remote, into))
 }
 
 /// One object to download.

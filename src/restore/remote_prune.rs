@@ -42,7 +42,7 @@ use crate::manifest::{
 use crate::metadata::parse_metadata_file_name;
 use crate::replication::prunes::{delete_with_sidecars, fetch_records, pruned_names, put_with_sidecar};
 use crate::replication::uploader::{list_remote, segment, RemoteEntry};
-use crate::replication::RemoteUrl;
+use crate::replication::{on_own_runtime, RemoteUrl};
 use crate::retention::Retention;
 
 /// The reference engine's footer: the last this many bytes of its files.
@@ -85,17 +85,8 @@ pub fn prune_remote(
     check_policy(policy)?;
     let remote = RemoteUrl::parse(url)?;
     let client = remote.open(options)?;
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| Error::io("start a runtime for", FsPath::new(url), e))?;
-                runtime.block_on(prune_all(&*client, &remote, policy, grace, dry_run))
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    on_own_runtime(FsPath::new(url), || {
+        prune_all(&*client, &remote, policy, grace, dry_run)
     })
 }
 
@@ -195,15 +186,8 @@ async fn prune_store(
             continue;
         }
         let path = dir.join(&name);
-        let location = store.path().clone().join(name.as_str());
         if parse_round_file_name(&name).is_some() || parse_prune_file_name(&name).is_some() {
-            let bytes = client
-                .get(&location)
-                .await
-                .map_err(|e| store.error("get", &location, e))?
-                .bytes()
-                .await
-                .map_err(|e| store.error("get", &location, e))?;
+            let bytes = store.get_whole(client, &name).await?;
             if crate::replication::Sums::of(&bytes) != entry.sidecars[0] {
                 report.skipped = Some(format!(
                     "{name} does not match its sidecar: run cbk verify on the remote (nothing is pruned \
