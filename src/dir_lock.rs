@@ -100,14 +100,27 @@ impl DirLock {
 /// The pid holding a `flock` on the directory `id`, from `/proc/locks`
 /// (lines like `1: FLOCK  ADVISORY  WRITE 4242 08:01:1234 0 EOF`, the
 /// device as hex major:minor).
+///
+/// The kernel hands `/proc/locks` out a page at a time and resumes by
+/// line number, so a lock that others take or drop between two pages
+/// can shift a line past the reader: a miss is read again, a few times.
 fn holder_pid(id: DirId) -> Option<u32> {
-    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    const READS: usize = 4;
     let want = format!(
         "{:02x}:{:02x}:{}",
         rustix::fs::major(id.dev),
         rustix::fs::minor(id.dev),
         id.ino
     );
+    (0..READS).find_map(|_| {
+        let locks = std::fs::read_to_string("/proc/locks").ok()?;
+        flock_holder(&locks, &want)
+    })
+}
+
+/// The pid of the granted `flock` on `dev_ino` (`maj:min:ino`) in the text
+/// of `/proc/locks`.
+fn flock_holder(locks: &str, dev_ino: &str) -> Option<u32> {
     locks.lines().find_map(|line| {
         let fields: Vec<&str> = line.split_whitespace().collect();
         // Blocked waiters are listed as "-> FLOCK ..."; skip them.
@@ -115,7 +128,7 @@ fn holder_pid(id: DirId) -> Option<u32> {
         if fields.get(at.checked_sub(1)?) == Some(&"->") {
             return None;
         }
-        (fields.get(at + 4) == Some(&want.as_str()))
+        (fields.get(at + 4) == Some(&dev_ino))
             .then(|| fields.get(at + 3)?.parse().ok())
             .flatten()
     })
@@ -184,6 +197,17 @@ mod tests {
         }
         drop(first);
         DirLock::acquire_path(tmp.path()).expect("free again once the holder drops");
+    }
+
+    #[test]
+    fn the_holder_is_the_granted_flock_not_a_waiter() {
+        let locks = "1: POSIX  ADVISORY  WRITE 10 08:01:77 0 EOF\n\
+                     2: FLOCK  ADVISORY  WRITE 4242 08:01:77 0 EOF\n\
+                     2: -> FLOCK  ADVISORY  WRITE 5151 08:01:77 0 EOF\n";
+        assert_eq!(flock_holder(locks, "08:01:77"), Some(4242));
+        let waiter_only = "2: -> FLOCK  ADVISORY  WRITE 5151 08:01:77 0 EOF\n";
+        assert_eq!(flock_holder(waiter_only, "08:01:77"), None);
+        assert_eq!(flock_holder(locks, "08:01:78"), None);
     }
 
     #[test]
