@@ -1,18 +1,19 @@
-//! `BackupActor`: one per running KV store. A thin shell that schedules the
-//! store's rounds and moves its [`LinkSet`] between itself and the linker
-//! pool; the round logic is in [`state`], the timing in [`schedule`].
+//! `BackupActor`: one per running KV store. A thin shell: when to do what
+//! is decided by the store's [`Lifecycle`] (a sans-IO state machine, in
+//! [`lifecycle`]); the actor turns what happens into its events and carries
+//! out its actions. What is linked and reported is in [`state`], the timing
+//! in [`schedule`].
 //!
 //! A round: tick → `LinkRound` to the linker pool (snapshot, link, fsync dir)
 //! → callback on the store's callback thread (snapshot held until it returns)
 //! → acknowledge on success → with `Config::retention` on and a prune due,
-//! `PruneStore` to the pruner thread → re-arm the tick with `run_later`. `phase` says
-//! where a round is; a tick cannot come during a round because the next one
-//! is armed only when the round ends, and explicit rounds (a final round)
-//! wait for the one in flight.
+//! `PruneStore` to the pruner thread → the next tick armed with `run_later`.
 
+pub(crate) mod lifecycle;
 pub(crate) mod schedule;
 pub(crate) mod state;
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use crate::callback::{BackupCallback, BackupFile, CallbackOutcome, CallbackRunner};
-use crate::engine::{Engine, KvId};
+use crate::engine::{Engine, KvId, Snapshot};
 use crate::error::{Error, Result};
 use crate::fs::BackupDir;
 use crate::linker::LinkerActor;
@@ -34,6 +35,7 @@ use crate::pruner::{PruneSchedule, PruneStore};
 use crate::replication::queue::Replica;
 use crate::restore::PruneReport;
 use crate::status::StoreCounters;
+use lifecycle::{Action, Event, Lifecycle, LifecycleConfig, LinkOutcome, Phase};
 use state::{LinkSet, Unacked};
 
 /// Everything a backup actor is started with.
@@ -66,30 +68,11 @@ pub(crate) struct BackupSpec {
     pub prune: Option<PruneSchedule>,
 }
 
-/// Where the current round is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    Idle,
-    /// At the linker pool (the link set is there too).
-    Linking,
-    /// In the callback.
-    Calling,
-    /// At the pruner thread, after a successful callback (`Config::retention`).
-    Pruning,
-}
-
-struct Stopping {
-    /// Whether any stop asked for a final round (its result is then replied).
-    final_asked: bool,
-    final_round_pending: bool,
-    /// The final round's result, once it ran.
-    final_result: Option<Result<()>>,
-    waiters: Vec<oneshot::Sender<Result<()>>>,
-}
-
-/// Runs the rounds of one KV store.
+/// Runs the rounds of one KV store: carries out what its [`Lifecycle`]
+/// decides.
 pub(crate) struct BackupActor {
     spec: BackupSpec,
+    life: Lifecycle,
     on_started: Option<oneshot::Sender<Result<()>>>,
     span: tracing::Span,
     opened: Option<(Arc<BackupDir>, SessionId)>,
@@ -97,63 +80,101 @@ pub(crate) struct BackupActor {
     rounds: Option<Arc<parking_lot::Mutex<RoundLog>>>,
     /// `None` while a round's links are at the linker pool.
     links: Option<Box<LinkSet>>,
-    phase: Phase,
+    /// A linked round's snapshot and what it reports, between the linker's
+    /// reply and the callback.
+    to_call: Option<(Box<dyn Snapshot>, Vec<BackupFile>)>,
+    /// The current round's span.
+    round_span: tracing::Span,
     /// Set on a stop without final round: the linker job links nothing more.
     cancel: Arc<AtomicBool>,
-    rounds_started: u64,
-    /// Whether the next tick is the one after the first successful round,
-    /// placed at the store's offset to spread stores over the interval.
-    spread_pending: bool,
-    failures_in_a_row: u32,
-    next_due: Instant,
     tick: Option<SpawnHandle>,
-    stopping: Option<Stopping>,
-    /// Set by `close`: no round starts any more.
-    closed: bool,
-    /// Set once the metadata thread has closed the session.
-    session_closed: bool,
-    /// When the store may be pruned again (with retention on).
-    next_prune: Instant,
+    /// The stops' repliers.
+    waiters: Vec<oneshot::Sender<Result<()>>>,
+    /// Events an action raised (a prune that could not be sent), fed next.
+    follow_up: VecDeque<Event>,
 }
 
 impl BackupActor {
     /// `on_started` is told once the backup dir is open (or could not be).
     pub fn new(spec: BackupSpec, on_started: oneshot::Sender<Result<()>>) -> Self {
+        let life = Lifecycle::new(LifecycleConfig {
+            kv: spec.kv,
+            interval: spec.interval,
+            max_backoff: spec.max_backoff,
+            report_empty_rounds: spec.report_empty_rounds,
+            first_delay: spec.first_delay,
+            prune_every: spec.prune.as_ref().map(|p| p.every),
+        });
         BackupActor {
             spec,
+            life,
             on_started: Some(on_started),
             span: tracing::Span::none(),
             opened: None,
             rounds: None,
             links: Some(Box::default()),
-            phase: Phase::Idle,
+            to_call: None,
+            round_span: tracing::Span::none(),
             cancel: Arc::new(AtomicBool::new(false)),
-            rounds_started: 0,
-            spread_pending: true,
-            failures_in_a_row: 0,
-            next_due: Instant::now(),
             tick: None,
-            stopping: None,
-            closed: false,
-            session_closed: false,
-            next_prune: Instant::now(),
+            waiters: Vec::new(),
+            follow_up: VecDeque::new(),
         }
     }
 
-    fn start_round(&mut self, ctx: &mut Context<Self>) {
-        if self.phase != Phase::Idle || self.closed {
-            return; // coalesced: the running round picks up what is new
+    /// Hands `event` to the lifecycle and carries out its actions (and those
+    /// of any event they raise). An impossible event is logged and counted.
+    fn feed(&mut self, event: Event, ctx: &mut Context<Self>) {
+        self.follow_up.push_back(event);
+        while let Some(event) = self.follow_up.pop_front() {
+            match self.life.handle(event, Instant::now()) {
+                Ok(actions) => {
+                    for action in actions {
+                        self.act(action, ctx);
+                    }
+                }
+                Err(impossible) => {
+                    StoreCounters::add(&self.spec.counters.impossible_events, 1);
+                    self.span.in_scope(|| {
+                        tracing::error!(error = %impossible, "impossible lifecycle event ignored");
+                    });
+                }
+            }
         }
-        let (Some((dir, _)), Some(rounds)) = (&self.opened, &self.rounds) else {
-            return;
+    }
+
+    fn act(&mut self, action: Action, ctx: &mut Context<Self>) {
+        match action {
+            Action::Link { round } => self.send_links(round, ctx),
+            Action::CallBack => self.call_back(ctx),
+            Action::Prune => self.start_prune(ctx),
+            Action::ArmTick { at } => {
+                let wait = at.saturating_duration_since(Instant::now());
+                self.tick = Some(ctx.run_later(wait, |act, ctx| {
+                    act.tick = None;
+                    let unchanged = act.unchanged();
+                    act.feed(Event::Tick { unchanged }, ctx);
+                }));
+            }
+            Action::CancelTick => {
+                if let Some(tick) = self.tick.take() {
+                    ctx.cancel_future(tick);
+                }
+            }
+            Action::RoundEnded { result, took } => self.count_round(&result, took),
+            Action::QuietRound => StoreCounters::add(&self.spec.counters.quiet_rounds, 1),
+            Action::Close => self.close(ctx),
+            Action::StopActor => ctx.stop(),
+        }
+    }
+
+    fn send_links(&mut self, round: u64, ctx: &mut Context<Self>) {
+        let span = tracing::info_span!(parent: &self.span, "round", round);
+        self.round_span = span.clone();
+        let (Some((dir, _)), Some(rounds), Some(links)) = (&self.opened, &self.rounds, self.links.take())
+        else {
+            return self.shell_broken("a round started without an open dir or its link set");
         };
-        let Some(links) = self.links.take() else {
-            return;
-        };
-        self.phase = Phase::Linking;
-        self.rounds_started += 1;
-        let span = tracing::info_span!(parent: &self.span, "round", round = self.rounds_started);
-        let started = Instant::now();
         let msg = LinkRound {
             kv: self.spec.kv,
             dir: Arc::clone(dir),
@@ -165,67 +186,70 @@ impl BackupActor {
         self.spec
             .linker
             .send(msg)
-            .instrument(span.clone())
+            .instrument(span)
             .into_actor(self)
-            .map(move |res, act, ctx| act.on_linked(res, started, span, ctx))
+            .map(|res, act, ctx| act.on_linked(res, ctx))
             .spawn(ctx);
     }
 
-    fn on_linked(
-        &mut self,
-        res: Result<RoundLinked, MailboxError>,
-        started: Instant,
-        span: tracing::Span,
-        ctx: &mut Context<Self>,
-    ) {
-        let RoundLinked { links, outcome } = match res {
-            Ok(linked) => linked,
+    /// The shell itself broke a rule (a bug): logged and counted, and the
+    /// round fails instead of stalling.
+    fn shell_broken(&mut self, what: &'static str) {
+        StoreCounters::add(&self.spec.counters.impossible_events, 1);
+        self.span
+            .in_scope(|| tracing::error!(what, "backup actor in an impossible state"));
+        let failed = match self.life.phase() {
+            Phase::Linking => Event::Linked(LinkOutcome::Failed(Error::ComponentStopped)),
+            _ => Event::Called(Err(Error::ComponentStopped)),
+        };
+        self.follow_up.push_back(failed);
+    }
+
+    fn on_linked(&mut self, res: Result<RoundLinked, MailboxError>, ctx: &mut Context<Self>) {
+        let outcome = match res {
+            // The pool is gone with the link set: start over, as on start
+            // (placing is idempotent, so nothing is linked twice).
             Err(_) => {
-                // The pool is gone with the link set: start over, as on
-                // start (placing is idempotent, so nothing is linked twice).
                 self.links = Some(Box::default());
-                if self.closed {
-                    return self.linked_after_close(ctx);
+                LinkOutcome::Failed(Error::ComponentStopped)
+            }
+            Ok(RoundLinked { links, outcome }) => {
+                self.links = Some(links);
+                match outcome {
+                    Ok(mut linked) => {
+                        self.count_linked(&mut linked);
+                        let reported = self.spec.unacked.report();
+                        let to_report = !reported.is_empty();
+                        self.to_call = Some((linked.snapshot, reported));
+                        LinkOutcome::Linked { to_report }
+                    }
+                    Err(e) => LinkOutcome::Failed(e),
                 }
-                return self.finish_round(Err(Error::ComponentStopped), started, ctx);
             }
         };
-        self.links = Some(links);
-        let linked = match outcome {
-            Ok(mut linked) => {
-                self.count_linked(&mut linked);
-                linked
-            }
-            Err(_) if self.closed => return self.linked_after_close(ctx),
-            Err(e) => return self.finish_round(Err(e), started, ctx),
+        self.feed(Event::Linked(outcome), ctx);
+        // Not called back (a quiet round, or stopped while linking): what was
+        // placed stays unacknowledged for the next round or start.
+        self.to_call = None;
+    }
+
+    fn call_back(&mut self, ctx: &mut Context<Self>) {
+        let session = self.opened.as_ref().map(|(_, session)| *session);
+        let (Some(session), Some((snapshot, reported))) = (session, self.to_call.take()) else {
+            return self.shell_broken("a callback without a linked round");
         };
-        if self.closed {
-            // Stopped while linking: what was placed stays unacknowledged and
-            // goes to the next start of the store.
-            return self.linked_after_close(ctx);
-        }
-        let Some((_, session)) = self.opened else {
-            return;
-        };
-        let reported = self.spec.unacked.report();
-        if reported.is_empty() && !self.spec.report_empty_rounds && self.stopping.is_none() {
-            // Nothing to report and empty rounds are not reported (a final
-            // round always calls back): the round ends here.
-            drop(linked);
-            return self.quiet_round(ctx);
-        }
-        self.phase = Phase::Calling;
         let writer = MetadataWriter::new(self.spec.kv, session, self.spec.metadata.clone());
+        let span = self.round_span.clone();
         let done = self.spec.runner.run(
             Arc::clone(&self.spec.callback),
-            linked.snapshot,
+            snapshot,
             reported.clone(),
             writer,
             span.clone(),
         );
         done.instrument(span)
             .into_actor(self)
-            .map(move |out, act, ctx| act.on_called(out, reported, started, ctx))
+            .map(move |out, act, ctx| act.on_called(out, reported, ctx))
             .spawn(ctx);
     }
 
@@ -259,7 +283,6 @@ impl BackupActor {
         &mut self,
         out: Result<CallbackOutcome, oneshot::error::RecvError>,
         reported: Vec<BackupFile>,
-        started: Instant,
         ctx: &mut Context<Self>,
     ) {
         let result = match out {
@@ -276,45 +299,35 @@ impl BackupActor {
         };
         if result.is_ok() {
             self.spec.unacked.acknowledge(&reported);
-            if self.start_prune(started, ctx) {
-                return;
-            }
         }
-        self.finish_round(result, started, ctx);
+        self.feed(Event::Called(result), ctx);
     }
 
-    /// Sends the store's dir to the pruner thread, if retention is on and
-    /// a prune is due; the round then ends when it is done. Keeps every
-    /// file not yet reported or uploaded. Returns whether it was sent.
-    fn start_prune(&mut self, started: Instant, ctx: &mut Context<Self>) -> bool {
+    /// Sends the store's dir to the pruner thread, keeping every file not
+    /// yet reported or uploaded; raises `PruneNotStarted` if it cannot.
+    fn start_prune(&mut self, ctx: &mut Context<Self>) {
         let (Some(schedule), Some((dir, _))) = (&self.spec.prune, &self.opened) else {
-            return false;
+            return self.follow_up.push_back(Event::PruneNotStarted);
         };
-        // A stopping store ends without one (its stop is not held up).
-        if self.closed || self.stopping.is_some() || Instant::now() < self.next_prune {
-            return false;
-        }
         let mut keep: std::collections::HashSet<String> =
             self.spec.unacked.report().into_iter().map(|f| f.name).collect();
         if let Some(replica) = &self.spec.replica {
             match replica.pending_names() {
                 Some(pending) => keep.extend(pending),
                 None => {
-                    // Tried again after the next round.
                     self.spec.counters.last.lock().prune = Some(
                         "waiting for the remote copy's rescan: which files are still to upload is not known"
                             .into(),
                     );
-                    return false;
+                    return self.follow_up.push_back(Event::PruneNotStarted);
                 }
             }
         }
         let Some(slot) = schedule.try_slot() else {
-            return false; // another store's prune runs: after the next round
+            // Another store's prune runs: after the next round.
+            return self.follow_up.push_back(Event::PruneNotStarted);
         };
-        self.next_prune = Instant::now() + schedule.every;
-        self.phase = Phase::Pruning;
-        let span = tracing::info_span!(parent: &self.span, "prune", round = self.rounds_started);
+        let span = tracing::info_span!(parent: &self.span, "prune", round = self.life.round());
         let msg = PruneStore {
             kv: self.spec.kv,
             dir: Arc::clone(dir),
@@ -330,21 +343,15 @@ impl BackupActor {
             .send(msg)
             .instrument(span)
             .into_actor(self)
-            .map(move |res, act, ctx| act.on_pruned(res, started, ctx))
+            .map(|res, act, ctx| act.on_pruned(res, ctx))
             .spawn(ctx);
-        true
     }
 
-    /// A prune came back: counted; the round ends (a dir whose fsync
-    /// failed fails the round, which restarts the store as a link's would).
-    fn on_pruned(
-        &mut self,
-        res: Result<Result<PruneReport>, MailboxError>,
-        started: Instant,
-        ctx: &mut Context<Self>,
-    ) {
+    /// A prune came back: counted; a dir fsync of it that failed poisoned
+    /// the dir, which fails the round (the store restarts, as after a
+    /// link round's).
+    fn on_pruned(&mut self, res: Result<Result<PruneReport>, MailboxError>, ctx: &mut Context<Self>) {
         let c = &self.spec.counters;
-        let mut result = Ok(());
         match res.unwrap_or(Err(Error::ComponentStopped)) {
             Ok(report) => {
                 StoreCounters::add(&c.prunes, 1);
@@ -357,67 +364,35 @@ impl BackupActor {
                 c.last.lock().prune = Some(e.to_string());
             }
         }
-        // A dir fsync of the prune that failed poisoned the dir: it must be
-        // opened again, as after a link round's.
-        if let Some((dir, _)) = &self.opened {
-            result = dir.check_usable();
-        }
-        if self.closed {
-            return self.linked_after_close(ctx);
-        }
-        self.finish_round(result, started, ctx);
+        let usable = self.opened.as_ref().map_or(Ok(()), |(dir, _)| dir.check_usable());
+        self.feed(Event::Pruned(usable), ctx);
     }
 
-    fn finish_round(&mut self, result: Result<()>, started: Instant, ctx: &mut Context<Self>) {
-        self.phase = Phase::Idle;
+    fn count_round(&self, result: &Result<()>, took: Duration) {
         let c = &self.spec.counters;
         StoreCounters::add(&c.rounds, 1);
-        {
-            let mut last = c.last.lock();
-            last.finished = Some(SystemTime::now());
-            last.duration = Some(started.elapsed());
-            match &result {
-                Ok(()) => last.error = None,
-                Err(e) => {
-                    StoreCounters::add(&c.failed_rounds, 1);
-                    self.span.in_scope(|| {
-                        tracing::error!(error = %e, round = self.rounds_started, "backup round failed; a later round retries");
-                    });
-                    last.error = Some(e.to_string());
-                }
+        let mut last = c.last.lock();
+        last.finished = Some(SystemTime::now());
+        last.duration = Some(took);
+        match result {
+            Ok(()) => last.error = None,
+            Err(e) => {
+                StoreCounters::add(&c.failed_rounds, 1);
+                self.round_span.in_scope(|| {
+                    tracing::error!(error = %e, "backup round failed; a later round retries");
+                });
+                last.error = Some(e.to_string());
             }
         }
-        self.failures_in_a_row = if result.is_ok() {
-            0
-        } else {
-            self.failures_in_a_row + 1
-        };
-        if matches!(result, Err(Error::BackupDirPoisoned { .. })) && self.stopping.is_none() {
-            // The dir must be opened again: fail, and let the supervisor
-            // restart this store.
-            return self.close(ctx);
-        }
-        if let Some(stopping) = self.stopping.as_mut() {
-            if !stopping.final_round_pending && stopping.final_result.is_none() {
-                // This was the final round (or the round it waited for, when
-                // no final round was asked: then the result is unused).
-                stopping.final_result = Some(result);
-            }
-            return self.advance_stop(ctx);
-        }
-        self.schedule_next(ctx);
     }
 
-    /// Whether a tick may end without a round: empty rounds are not
-    /// reported, the last round succeeded, every linked file is reported,
-    /// and the engine's generation is the one the link set holds. One
-    /// number compared on this thread; an engine that panics here gets a
-    /// full round instead, where the linker catches it.
-    fn nothing_new(&self) -> bool {
-        if self.spec.report_empty_rounds
-            || self.phase != Phase::Idle
-            || self.failures_in_a_row > 0
-            || !self.spec.unacked.is_empty()
+    /// Whether a tick may end without a round, as far as this thread can
+    /// tell: every linked file is reported and the engine's generation is
+    /// the one the link set holds. One number compared on this thread; an
+    /// engine that panics here gets a full round instead, where the linker
+    /// catches it. (The lifecycle adds its own conditions.)
+    fn unchanged(&self) -> bool {
+        if self.spec.report_empty_rounds || self.life.failures_in_a_row() > 0 || !self.spec.unacked.is_empty()
         {
             return false;
         }
@@ -429,63 +404,12 @@ impl BackupActor {
             .is_ok_and(|generation| links.is_up_to_date(generation))
     }
 
-    /// Ends a round that found nothing to report, with empty rounds not
-    /// reported: no callback, counted in `quiet_rounds`, next tick armed.
-    fn quiet_round(&mut self, ctx: &mut Context<Self>) {
-        StoreCounters::add(&self.spec.counters.quiet_rounds, 1);
-        self.phase = Phase::Idle;
-        self.failures_in_a_row = 0;
-        self.schedule_next(ctx);
-    }
-
-    fn schedule_next(&mut self, ctx: &mut Context<Self>) {
-        let step = if self.failures_in_a_row > 0 {
-            schedule::backoff(self.spec.interval, self.spec.max_backoff, self.failures_in_a_row)
-        } else if std::mem::take(&mut self.spread_pending) {
-            schedule::first_offset(self.spec.kv, self.spec.interval)
-        } else {
-            self.spec.interval
-        };
-        let now = Instant::now();
-        self.next_due = schedule::next_due(self.next_due, step, now);
-        self.tick = Some(ctx.run_later(self.next_due - now, |act, ctx| {
-            act.tick = None;
-            if act.nothing_new() {
-                act.quiet_round(ctx);
-            } else {
-                act.start_round(ctx);
-            }
-        }));
-    }
-
-    fn advance_stop(&mut self, ctx: &mut Context<Self>) {
-        let Some(stopping) = self.stopping.as_mut() else {
-            return;
-        };
-        if stopping.final_round_pending && self.opened.is_some() && !self.closed {
-            stopping.final_round_pending = false;
-            self.start_round(ctx);
-        } else {
-            if stopping.final_round_pending && self.closed {
-                // Closing already (a poisoned dir): the final round asked
-                // for cannot run, and the stop must say so.
-                stopping.final_round_pending = false;
-                stopping.final_result = Some(Err(Error::BackupStopped { kv: self.spec.kv }));
-            }
-            self.close(ctx);
-        }
-    }
-
-    /// Closes the metadata session (after every write queued before it);
-    /// the actor stops once no linker job of it is left.
+    /// Cancels the store's jobs and closes the metadata session (after every
+    /// write queued before it); raises `SessionClosed` once it is closed.
     fn close(&mut self, ctx: &mut Context<Self>) {
-        if self.closed {
-            return;
-        }
-        self.closed = true;
         self.cancel.store(true, Ordering::Release);
         let Some((_, session)) = self.opened else {
-            return ctx.stop();
+            return self.follow_up.push_back(Event::SessionClosed);
         };
         let (done, closed) = oneshot::channel();
         self.spec.metadata.do_send(CloseSession {
@@ -494,25 +418,8 @@ impl BackupActor {
         });
         async move { closed.await.is_ok() }
             .into_actor(self)
-            .map(|_, act, ctx| {
-                act.session_closed = true;
-                // A job at the linker pool or the pruner finishes first (it
-                // is cancelled, so it links or unlinks at most one more
-                // file): on_linked or on_pruned stops then.
-                if !matches!(act.phase, Phase::Linking | Phase::Pruning) {
-                    ctx.stop();
-                }
-            })
+            .map(|_, act, ctx| act.feed(Event::SessionClosed, ctx))
             .spawn(ctx);
-    }
-
-    /// A round's linker or prune job came back after `close`: stop once the session
-    /// is closed too (else the close's reply stops the actor).
-    fn linked_after_close(&mut self, ctx: &mut Context<Self>) {
-        self.phase = Phase::Idle;
-        if self.session_closed {
-            ctx.stop();
-        }
     }
 }
 
@@ -555,23 +462,13 @@ impl Actor for BackupActor {
                     act.span.in_scope(|| {
                         tracing::info!(dir = %act.spec.dir.display(), interval = ?act.spec.interval, "backup started");
                     });
-                    act.next_due = Instant::now();
-                    if act.spec.first_delay.is_zero() {
-                        act.start_round(ctx);
-                    } else {
-                        act.next_due += act.spec.first_delay;
-                        act.tick = Some(ctx.run_later(act.spec.first_delay, |act, ctx| {
-                            act.tick = None;
-                            act.start_round(ctx);
-                        }));
-                    }
+                    act.feed(Event::Opened, ctx);
                 }
                 Err(e) => {
                     if let Some(tx) = act.on_started.take() {
                         let _ = tx.send(Err(e));
                     }
-                    act.closed = true;
-                    ctx.stop();
+                    act.feed(Event::OpenFailed, ctx);
                 }
             })
             .wait(ctx);
@@ -579,7 +476,7 @@ impl Actor for BackupActor {
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         self.cancel.store(true, Ordering::Release);
-        if !self.closed {
+        if !self.life.is_closed() {
             // Stopped without a close (the system is going down): later
             // writes of this start must still be refused.
             if let Some((_, session)) = self.opened {
@@ -590,20 +487,15 @@ impl Actor for BackupActor {
         // The dir (and its lock, if this was its last holder) goes before
         // anyone is told the store stopped, so a new owner finds it free.
         drop(self.opened.take());
-        if let Some(stopping) = self.stopping.take() {
-            let failed = match stopping.final_result {
-                Some(Err(e)) if stopping.final_asked => Some(e.to_string()),
-                _ => None,
-            };
-            for waiter in stopping.waiters {
-                let _ = waiter.send(match &failed {
-                    None => Ok(()),
-                    Some(reason) => Err(Error::FinalRoundFailed {
-                        kv: self.spec.kv,
-                        reason: reason.clone(),
-                    }),
-                });
-            }
+        let failed = self.life.final_failure().map(str::to_owned);
+        for waiter in self.waiters.drain(..) {
+            let _ = waiter.send(match &failed {
+                None => Ok(()),
+                Some(reason) => Err(Error::FinalRoundFailed {
+                    kv: self.spec.kv,
+                    reason: reason.clone(),
+                }),
+            });
         }
         self.spec.supervisor.do_send(BackupEnded {
             kv: self.spec.kv,
@@ -617,26 +509,14 @@ impl Handler<StopStore> for BackupActor {
     type Result = ResponseFuture<Result<()>>;
 
     fn handle(&mut self, msg: StopStore, ctx: &mut Context<Self>) -> Self::Result {
-        if let Some(tick) = self.tick.take() {
-            ctx.cancel_future(tick);
-        }
         let (tx, rx) = oneshot::channel();
-        let stopping = self.stopping.get_or_insert(Stopping {
-            final_asked: msg.final_round,
-            final_round_pending: msg.final_round,
-            final_result: None,
-            waiters: Vec::new(),
-        });
-        // A later stop without a final round abandons one still to come.
-        stopping.final_round_pending &= msg.final_round;
-        stopping.final_asked &= msg.final_round;
-        stopping.waiters.push(tx);
-        match self.phase {
-            Phase::Idle => self.advance_stop(ctx),
-            // Do not wait for a round that may sit in a blocked callback.
-            _ if !msg.final_round => self.close(ctx),
-            _ => {} // the final round follows the one in flight
-        }
+        self.waiters.push(tx);
+        self.feed(
+            Event::Stop {
+                final_round: msg.final_round,
+            },
+            ctx,
+        );
         Box::pin(async move { rx.await.unwrap_or(Ok(())) })
     }
 }

@@ -34,6 +34,8 @@ pub(crate) struct StoreCounters {
     pub failed_prunes: AtomicU64,
     pub files_pruned: AtomicU64,
     pub bytes_pruned: AtomicU64,
+    /// Lifecycle events that could not come when they came (a bug).
+    pub impossible_events: AtomicU64,
     pub cross_device: AtomicBool,
     pub last: Mutex<LastRound>,
 }
@@ -79,6 +81,7 @@ impl StoreCounters {
             files_pruned: self.files_pruned.load(Relaxed),
             bytes_pruned: self.bytes_pruned.load(Relaxed),
             last_prune: last.prune,
+            impossible_events: self.impossible_events.load(Relaxed),
             last_round_finished: last.finished,
             last_round_duration: last.duration,
             last_error: last.error,
@@ -141,6 +144,9 @@ pub struct StoreStatus {
     /// dir is kept whole, an upload backlog unknown) or failed; `None`
     /// after one that deleted what the policy allows.
     pub last_prune: Option<String>,
+    /// Lifecycle events that came when they could not (each is logged);
+    /// anything but 0 is a bug to report.
+    pub impossible_events: u64,
     /// When the last round finished (wall clock, for display only).
     pub last_round_finished: Option<SystemTime>,
     /// How long the last round took, from listing to callback return.

@@ -1,0 +1,850 @@
+//! One store's lifecycle as a plain state machine: events in, actions out.
+//!
+//! [`Lifecycle::handle`] takes what happened (the dir opened, a tick came,
+//! the links are durable, the callback returned, a stop was asked, ...) with
+//! the time it happened, and returns what to do next (link, call back,
+//! prune, arm a tick at `t`, close the session, stop). It does no I/O and
+//! reads no clock, so a unit test drives it with made-up instants; the
+//! [`BackupActor`](super::BackupActor) only carries the actions out, as a
+//! raft-rs application carries out a `RawNode`'s `Ready`.
+//!
+//! The rules it keeps:
+//! - **Rounds never overlap**: a round starts only from `Idle`, a tick is
+//!   armed only when a round ends, and a final round asked during a round
+//!   runs after it.
+//! - **No burst after a stall**: the next round is one step after the
+//!   previous due time, or now if that has passed.
+//! - **A failing store backs off** (doubling up to `max_backoff`), and
+//!   one success returns it to the interval.
+//! - **A stop without final round does not wait** for a round in flight;
+//!   with one, it waits for the round in flight and then runs one more.
+//! - **The actor stops only once the session is closed and no linker or
+//!   pruner job of it is out** (a job out holds the dir).
+//! - An event that cannot come in the current phase is an
+//!   [`Impossible`] error: the state is left as it was, and the caller logs
+//!   and counts it (never a silent stall).
+
+use std::time::{Duration, Instant};
+
+use crate::backup::schedule;
+use crate::engine::KvId;
+use crate::error::Error;
+
+/// What a lifecycle is started with.
+#[derive(Clone, Debug)]
+pub(crate) struct LifecycleConfig {
+    pub kv: KvId,
+    pub interval: Duration,
+    pub max_backoff: Duration,
+    /// `Config::report_empty_rounds`.
+    pub report_empty_rounds: bool,
+    /// Wait before the first round (a restart's backoff); zero: at once.
+    pub first_delay: Duration,
+    /// How often the store is pruned, with retention on.
+    pub prune_every: Option<Duration>,
+}
+
+/// Where the store is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Waiting for the backup dir to open.
+    Opening,
+    /// Between rounds.
+    Idle,
+    /// A round's links are at the linker pool.
+    Linking,
+    /// In the callback.
+    Calling,
+    /// At the pruner thread, after a successful callback.
+    Pruning,
+    /// The actor was told to stop: nothing more happens.
+    Ended,
+}
+
+/// How a round's linking went.
+#[derive(Debug)]
+pub(crate) enum LinkOutcome {
+    /// Durable; `to_report` says whether any linked file awaits a callback.
+    Linked { to_report: bool },
+    /// The round failed (or the pool is gone).
+    Failed(Error),
+}
+
+/// What happened.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// The backup dir is open.
+    Opened,
+    /// The backup dir could not be opened.
+    OpenFailed,
+    /// The armed tick fired. `unchanged`: every linked file is reported
+    /// and the engine's generation is the one the link set holds.
+    Tick { unchanged: bool },
+    /// The linker job came back.
+    Linked(LinkOutcome),
+    /// The callback returned (`Err` also when its thread is gone).
+    Called(Result<(), Error>),
+    /// The prune asked for could not be sent (another store's prune runs,
+    /// or what is still to upload is not known): the round ends.
+    PruneNotStarted,
+    /// The prune came back; `Err` if it left the dir unusable.
+    Pruned(Result<(), Error>),
+    /// A stop, with or without a final round.
+    Stop { final_round: bool },
+    /// The metadata session is closed.
+    SessionClosed,
+}
+
+impl Event {
+    fn name(&self) -> &'static str {
+        match self {
+            Event::Opened => "opened",
+            Event::OpenFailed => "open failed",
+            Event::Tick { .. } => "tick",
+            Event::Linked(_) => "linked",
+            Event::Called(_) => "called back",
+            Event::PruneNotStarted => "prune not started",
+            Event::Pruned(_) => "pruned",
+            Event::Stop { .. } => "stop",
+            Event::SessionClosed => "session closed",
+        }
+    }
+}
+
+/// What to do, in order.
+#[derive(Debug)]
+pub(crate) enum Action {
+    /// Send the link set to the linker pool for round `round`.
+    Link { round: u64 },
+    /// Run the callback with what the round linked.
+    CallBack,
+    /// Send the dir to the pruner (answer with `Pruned` or `PruneNotStarted`).
+    Prune,
+    /// Arm the tick at `at` (no tick is armed now).
+    ArmTick { at: Instant },
+    /// Cancel the armed tick.
+    CancelTick,
+    /// A round ended: count it (and log a failure). `took` from its start.
+    RoundEnded {
+        result: Result<(), Error>,
+        took: Duration,
+    },
+    /// A tick found nothing new: counted as a quiet round, no callback.
+    QuietRound,
+    /// Cancel the store's jobs and close its metadata session (answer
+    /// with `SessionClosed`).
+    Close,
+    /// Stop the actor.
+    StopActor,
+}
+
+/// An event that cannot come in the phase the store is in.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("KV store {kv}: event `{event}` cannot come while {phase:?}{}", if *closed { " (closed)" } else { "" })]
+pub(crate) struct Impossible {
+    pub kv: KvId,
+    pub event: &'static str,
+    pub phase: Phase,
+    pub closed: bool,
+}
+
+#[derive(Debug)]
+struct Stopping {
+    /// Whether every stop asked for a final round (its result is replied).
+    final_asked: bool,
+    final_round_pending: bool,
+    /// The final round's result, once it ran (an error's text).
+    final_result: Option<Result<(), String>>,
+}
+
+/// One store's lifecycle. See the module docs.
+#[derive(Debug)]
+pub(crate) struct Lifecycle {
+    cfg: LifecycleConfig,
+    phase: Phase,
+    rounds_started: u64,
+    round_started: Option<Instant>,
+    /// Whether the next step is the one after the first successful round,
+    /// placed at the store's offset to spread stores over the interval.
+    spread_pending: bool,
+    failures_in_a_row: u32,
+    next_due: Option<Instant>,
+    tick_armed: bool,
+    stopping: Option<Stopping>,
+    /// Set by `close`: no round starts any more.
+    closed: bool,
+    session_closed: bool,
+    next_prune: Option<Instant>,
+}
+
+impl Lifecycle {
+    /// A store whose dir is being opened.
+    pub fn new(cfg: LifecycleConfig) -> Self {
+        Lifecycle {
+            cfg,
+            phase: Phase::Opening,
+            rounds_started: 0,
+            round_started: None,
+            spread_pending: true,
+            failures_in_a_row: 0,
+            next_due: None,
+            tick_armed: false,
+            stopping: None,
+            closed: false,
+            session_closed: false,
+            next_prune: None,
+        }
+    }
+
+    /// Where the store is.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The number of the round started last.
+    pub fn round(&self) -> u64 {
+        self.rounds_started
+    }
+
+    /// Failed rounds since the last success.
+    pub fn failures_in_a_row(&self) -> u32 {
+        self.failures_in_a_row
+    }
+
+    /// Whether the store is closing or closed: no round starts any more.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// What the stop's waiters are told: the final round's error, if a
+    /// final round was asked by every stop and failed.
+    pub fn final_failure(&self) -> Option<&str> {
+        match &self.stopping {
+            Some(Stopping {
+                final_asked: true,
+                final_result: Some(Err(reason)),
+                ..
+            }) => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// Takes `event`, which happened at `now`; returns what to do, or
+    /// [`Impossible`] (and changes nothing) if it cannot come now.
+    pub fn handle(&mut self, event: Event, now: Instant) -> Result<Vec<Action>, Impossible> {
+        let impossible = |this: &Self, event: &Event| Impossible {
+            kv: this.cfg.kv,
+            event: event.name(),
+            phase: this.phase,
+            closed: this.closed,
+        };
+        let mut out = Vec::new();
+        match (self.phase, event) {
+            (Phase::Ended, event) => return Err(impossible(self, &event)),
+            (Phase::Opening, Event::Opened) => {
+                self.phase = Phase::Idle;
+                self.next_due = Some(now);
+                if self.stopping.is_some() {
+                    self.advance_stop(now, &mut out);
+                } else if self.cfg.first_delay.is_zero() {
+                    self.start_round(now, &mut out);
+                } else {
+                    let at = now + self.cfg.first_delay;
+                    self.next_due = Some(at);
+                    self.arm(at, &mut out);
+                }
+            }
+            (Phase::Opening, Event::OpenFailed) => {
+                self.closed = true;
+                self.end(&mut out);
+            }
+            (Phase::Idle, Event::Tick { unchanged }) if self.tick_armed => {
+                self.tick_armed = false;
+                let quiet = unchanged && !self.cfg.report_empty_rounds && self.failures_in_a_row == 0;
+                if quiet {
+                    self.quiet_round(now, &mut out);
+                } else {
+                    self.start_round(now, &mut out);
+                }
+            }
+            (Phase::Linking, Event::Linked(outcome)) => match outcome {
+                _ if self.closed => self.job_back_after_close(&mut out),
+                LinkOutcome::Failed(e) => self.finish_round(Err(e), now, &mut out),
+                LinkOutcome::Linked { to_report } => {
+                    if !to_report && !self.cfg.report_empty_rounds && self.stopping.is_none() {
+                        // Nothing to report and empty rounds are not
+                        // reported (a final round always calls back).
+                        self.quiet_round(now, &mut out);
+                    } else {
+                        self.phase = Phase::Calling;
+                        out.push(Action::CallBack);
+                    }
+                }
+            },
+            (Phase::Calling, Event::Called(result)) => {
+                let prune_due = self.cfg.prune_every.is_some()
+                    && !self.closed
+                    && self.stopping.is_none()
+                    && self.next_prune.is_none_or(|at| now >= at);
+                if result.is_ok() && prune_due {
+                    self.phase = Phase::Pruning;
+                    self.next_prune = self.cfg.prune_every.map(|every| now + every);
+                    out.push(Action::Prune);
+                } else {
+                    self.finish_round(result, now, &mut out);
+                }
+            }
+            (Phase::Pruning, Event::PruneNotStarted) => {
+                self.next_prune = None; // tried again after the next round
+                if self.closed {
+                    self.job_back_after_close(&mut out);
+                } else {
+                    self.finish_round(Ok(()), now, &mut out);
+                }
+            }
+            (Phase::Pruning, Event::Pruned(result)) => {
+                if self.closed {
+                    self.job_back_after_close(&mut out);
+                } else {
+                    self.finish_round(result, now, &mut out);
+                }
+            }
+            (phase, Event::Stop { final_round }) => {
+                if self.tick_armed {
+                    self.tick_armed = false;
+                    out.push(Action::CancelTick);
+                }
+                let stopping = self.stopping.get_or_insert(Stopping {
+                    final_asked: final_round,
+                    final_round_pending: final_round,
+                    final_result: None,
+                });
+                // A later stop without a final round abandons one to come.
+                stopping.final_round_pending &= final_round;
+                stopping.final_asked &= final_round;
+                match phase {
+                    Phase::Opening => {} // once open
+                    Phase::Idle => self.advance_stop(now, &mut out),
+                    // Do not wait for a round that may sit in a blocked callback.
+                    _ if !final_round => self.close(&mut out),
+                    _ => {} // the final round follows the one in flight
+                }
+            }
+            (phase, Event::SessionClosed) if self.closed && !self.session_closed => {
+                self.session_closed = true;
+                // A job at the linker pool or the pruner comes back first
+                // (it is cancelled: it links or unlinks at most one more
+                // file), and the actor stops then.
+                if !matches!(phase, Phase::Linking | Phase::Pruning) {
+                    self.end(&mut out);
+                }
+            }
+            (_, event) => return Err(impossible(self, &event)),
+        }
+        Ok(out)
+    }
+
+    fn arm(&mut self, at: Instant, out: &mut Vec<Action>) {
+        self.tick_armed = true;
+        out.push(Action::ArmTick { at });
+    }
+
+    fn end(&mut self, out: &mut Vec<Action>) {
+        self.phase = Phase::Ended;
+        out.push(Action::StopActor);
+    }
+
+    fn start_round(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.phase != Phase::Idle || self.closed {
+            return; // coalesced: the running round picks up what is new
+        }
+        self.phase = Phase::Linking;
+        self.rounds_started += 1;
+        self.round_started = Some(now);
+        out.push(Action::Link {
+            round: self.rounds_started,
+        });
+    }
+
+    /// A round that found nothing to report ends without a callback.
+    fn quiet_round(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.phase = Phase::Idle;
+        self.failures_in_a_row = 0;
+        out.push(Action::QuietRound);
+        self.schedule_next(now, out);
+    }
+
+    fn finish_round(&mut self, result: Result<(), Error>, now: Instant, out: &mut Vec<Action>) {
+        self.phase = Phase::Idle;
+        self.failures_in_a_row = if result.is_ok() {
+            0
+        } else {
+            self.failures_in_a_row.saturating_add(1)
+        };
+        let poisoned = matches!(result, Err(Error::BackupDirPoisoned { .. }));
+        let text = result.as_ref().map_err(ToString::to_string).copied();
+        let took = self
+            .round_started
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        out.push(Action::RoundEnded { result, took });
+        if poisoned && self.stopping.is_none() {
+            // The dir must be opened again: end, and let the supervisor
+            // restart this store.
+            return self.close(out);
+        }
+        if let Some(stopping) = self.stopping.as_mut() {
+            if !stopping.final_round_pending && stopping.final_result.is_none() {
+                // This was the final round (or the round it waited for, when
+                // no final round was asked: then the result is unused).
+                stopping.final_result = Some(text);
+            }
+            return self.advance_stop(now, out);
+        }
+        self.schedule_next(now, out);
+    }
+
+    fn schedule_next(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let step = if self.failures_in_a_row > 0 {
+            schedule::backoff(self.cfg.interval, self.cfg.max_backoff, self.failures_in_a_row)
+        } else if std::mem::take(&mut self.spread_pending) {
+            schedule::first_offset(self.cfg.kv, self.cfg.interval)
+        } else {
+            self.cfg.interval
+        };
+        let due = schedule::next_due(self.next_due.unwrap_or(now), step, now);
+        self.next_due = Some(due);
+        self.arm(due, out);
+    }
+
+    fn advance_stop(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let kv = self.cfg.kv;
+        let Some(stopping) = self.stopping.as_mut() else {
+            return;
+        };
+        if stopping.final_round_pending && !self.closed {
+            stopping.final_round_pending = false;
+            self.start_round(now, out);
+        } else {
+            if stopping.final_round_pending {
+                // Closing already (a poisoned dir): the final round asked
+                // for cannot run, and the stop must say so.
+                stopping.final_round_pending = false;
+                stopping.final_result = Some(Err(Error::BackupStopped { kv }.to_string()));
+            }
+            self.close(out);
+        }
+    }
+
+    /// Cancels the jobs and closes the session (after every metadata write
+    /// queued before it); the actor stops once no job of it is out.
+    fn close(&mut self, out: &mut Vec<Action>) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        out.push(Action::Close);
+    }
+
+    /// A linker or prune job came back after `close`.
+    fn job_back_after_close(&mut self, out: &mut Vec<Action>) {
+        self.phase = Phase::Idle;
+        if self.session_closed {
+            self.end(out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    fn cfg() -> LifecycleConfig {
+        LifecycleConfig {
+            kv: KvId(3),
+            interval: 10 * SEC,
+            max_backoff: 60 * SEC,
+            report_empty_rounds: true,
+            first_delay: Duration::ZERO,
+            prune_every: None,
+        }
+    }
+
+    /// A lifecycle and its fake clock.
+    struct Run {
+        lc: Lifecycle,
+        t0: Instant,
+        now: Instant,
+    }
+
+    impl Run {
+        fn new(cfg: LifecycleConfig) -> Run {
+            let t0 = Instant::now();
+            Run {
+                lc: Lifecycle::new(cfg),
+                t0,
+                now: t0,
+            }
+        }
+
+        /// Moves the clock to `t0 + at`.
+        fn at(&mut self, at: Duration) -> &mut Self {
+            self.now = self.t0 + at;
+            self
+        }
+
+        fn send(&mut self, event: Event) -> Vec<Action> {
+            self.lc.handle(event, self.now).expect("a possible event")
+        }
+
+        /// Shorthand for the actions' kinds, ticks as seconds after t0.
+        fn kinds(&mut self, event: Event) -> Vec<String> {
+            let t0 = self.t0;
+            self.send(event)
+                .iter()
+                .map(|a| match a {
+                    Action::Link { round } => format!("link {round}"),
+                    Action::CallBack => "call back".into(),
+                    Action::Prune => "prune".into(),
+                    Action::ArmTick { at } => format!("tick at {:.1}", (*at - t0).as_secs_f64()),
+                    Action::CancelTick => "cancel tick".into(),
+                    Action::RoundEnded { result: Ok(()), .. } => "round ok".into(),
+                    Action::RoundEnded { result: Err(_), .. } => "round failed".into(),
+                    Action::QuietRound => "quiet".into(),
+                    Action::Close => "close".into(),
+                    Action::StopActor => "stop actor".into(),
+                })
+                .collect()
+        }
+
+        /// Runs one whole round from a tick (or from open) to its end.
+        fn round_ok(&mut self) -> Vec<String> {
+            let mut seen = self.kinds(Event::Linked(LinkOutcome::Linked { to_report: true }));
+            assert_eq!(seen, ["call back"]);
+            seen = self.kinds(Event::Called(Ok(())));
+            seen
+        }
+    }
+
+    fn linked() -> Event {
+        Event::Linked(LinkOutcome::Linked { to_report: true })
+    }
+
+    fn failed() -> Event {
+        Event::Linked(LinkOutcome::Failed(Error::ComponentStopped))
+    }
+
+    fn poisoned() -> Error {
+        Error::BackupDirPoisoned {
+            path: PathBuf::from("/b/3"),
+        }
+    }
+
+    #[test]
+    fn the_first_round_runs_at_open_and_the_second_at_the_stores_offset() {
+        let mut r = Run::new(cfg());
+        assert_eq!(r.kinds(Event::Opened), ["link 1"]);
+        let offset = schedule::first_offset(KvId(3), 10 * SEC).as_secs_f64();
+        assert_eq!(r.round_ok(), ["round ok", &format!("tick at {offset:.1}")]);
+    }
+
+    #[test]
+    fn a_tick_cannot_come_during_a_round_so_rounds_never_overlap() {
+        let mut r = Run::new(cfg());
+        r.send(Event::Opened);
+        let err = r.lc.handle(Event::Tick { unchanged: false }, r.now).unwrap_err();
+        assert_eq!((err.event, err.phase), ("tick", Phase::Linking));
+        assert_eq!(
+            r.lc.phase(),
+            Phase::Linking,
+            "an impossible event changes nothing"
+        );
+        r.send(linked());
+        assert!(r.lc.handle(Event::Tick { unchanged: false }, r.now).is_err());
+        r.send(Event::Called(Ok(())));
+        assert_eq!(r.kinds(Event::Tick { unchanged: false }), ["link 2"]);
+        assert!(
+            r.lc.handle(Event::Tick { unchanged: false }, r.now).is_err(),
+            "one tick per arm"
+        );
+    }
+
+    #[test]
+    fn a_late_round_is_followed_by_one_round_at_once_not_a_burst() {
+        let mut r = Run::new(LifecycleConfig { kv: KvId(0), ..cfg() });
+        r.send(Event::Opened);
+        r.round_ok(); // second round at the offset
+        let offset = schedule::first_offset(KvId(0), 10 * SEC);
+        r.at(offset);
+        r.send(Event::Tick { unchanged: false });
+        // The callback blocked for 95 s: nine intervals were missed.
+        r.at(offset + 95 * SEC);
+        r.send(linked());
+        let ended = r.kinds(Event::Called(Ok(())));
+        let now = (offset + 95 * SEC).as_secs_f64();
+        assert_eq!(
+            ended,
+            ["round ok", &format!("tick at {now:.1}")],
+            "one round at once"
+        );
+        r.send(Event::Tick { unchanged: false });
+        r.send(linked());
+        let next = r.kinds(Event::Called(Ok(())));
+        assert_eq!(
+            next[1],
+            format!("tick at {:.1}", now + 10.0),
+            "then the interval again"
+        );
+    }
+
+    #[test]
+    fn failed_rounds_back_off_doubling_to_the_cap_and_a_success_resets() {
+        let mut r = Run::new(cfg());
+        r.send(Event::Opened);
+        let mut waits = Vec::new();
+        let mut t = Duration::ZERO;
+        for _ in 0..5 {
+            let acts = r.send(failed());
+            let Some(Action::ArmTick { at }) = acts.last() else {
+                panic!("{acts:?}")
+            };
+            waits.push((*at - (r.t0 + t)).as_secs());
+            t = *at - r.t0;
+            r.at(t);
+            r.send(Event::Tick { unchanged: true });
+        }
+        assert_eq!(waits, [10, 20, 40, 60, 60]);
+        assert_eq!(r.lc.failures_in_a_row(), 5);
+        r.round_ok();
+        assert_eq!(r.lc.failures_in_a_row(), 0);
+    }
+
+    #[test]
+    fn a_failing_store_is_never_quiet_so_its_files_are_retried() {
+        let mut r = Run::new(LifecycleConfig {
+            report_empty_rounds: false,
+            ..cfg()
+        });
+        r.send(Event::Opened);
+        r.send(failed());
+        assert_eq!(r.kinds(Event::Tick { unchanged: true }), ["link 2"]);
+    }
+
+    #[test]
+    fn an_unchanged_store_has_quiet_rounds_only_when_empty_rounds_are_not_reported() {
+        let mut quiet = Run::new(LifecycleConfig {
+            report_empty_rounds: false,
+            ..cfg()
+        });
+        quiet.send(Event::Opened);
+        quiet.round_ok();
+        let acts = quiet.kinds(Event::Tick { unchanged: true });
+        assert_eq!(acts[0], "quiet");
+        assert!(acts[1].starts_with("tick at"));
+        // A linked round with nothing to report ends without a callback too.
+        quiet.send(Event::Tick { unchanged: false });
+        assert_eq!(
+            quiet.kinds(Event::Linked(LinkOutcome::Linked { to_report: false }))[0],
+            "quiet"
+        );
+
+        let mut reported = Run::new(cfg());
+        reported.send(Event::Opened);
+        reported.round_ok();
+        assert_eq!(reported.kinds(Event::Tick { unchanged: true }), ["link 2"]);
+    }
+
+    #[test]
+    fn a_stop_with_final_round_that_comes_while_linking_runs_one_more_round_after_it() {
+        let mut r = Run::new(cfg());
+        r.send(Event::Opened);
+        assert!(
+            r.kinds(Event::Stop { final_round: true }).is_empty(),
+            "waits for the round"
+        );
+        r.send(linked());
+        assert_eq!(r.kinds(Event::Called(Ok(()))), ["round ok", "link 2"]);
+        assert_eq!(
+            r.kinds(linked()),
+            ["call back"],
+            "a final round always calls back"
+        );
+        assert_eq!(r.kinds(Event::Called(Ok(()))), ["round ok", "close"]);
+        assert_eq!(r.kinds(Event::SessionClosed), ["stop actor"]);
+        assert_eq!(r.lc.final_failure(), None);
+        assert!(
+            r.lc.handle(Event::Opened, r.now).is_err(),
+            "nothing after the end"
+        );
+    }
+
+    #[test]
+    fn a_failed_final_round_is_what_the_stop_is_told() {
+        let mut r = Run::new(cfg());
+        r.send(Event::Opened);
+        r.round_ok();
+        assert_eq!(
+            r.kinds(Event::Stop { final_round: true }),
+            ["cancel tick", "link 2"]
+        );
+        r.send(linked());
+        assert_eq!(r.kinds(Event::Called(Err(poisoned()))), ["round failed", "close"]);
+        assert!(r.lc.final_failure().unwrap().contains("fsync fail"));
+    }
+
+    #[test]
+    fn a_stop_without_final_round_does_not_wait_for_a_callback_in_flight() {
+        let mut r = Run::new(cfg());
+        r.send(Event::Opened);
+        r.send(linked());
+        assert_eq!(r.kinds(Event::Stop { final_round: false }), ["close"]);
+        assert_eq!(r.kinds(Event::SessionClosed), ["stop actor"]);
+    }
+
+    #[test]
+    fn the_actor_stops_only_after_its_linker_job_is_back() {
+        let mut r = Run::new(cfg());
+        r.send(Event::Opened); // linking
+        assert_eq!(r.kinds(Event::Stop { final_round: false }), ["close"]);
+        assert!(r.kinds(Event::SessionClosed).is_empty(), "the job holds the dir");
+        assert_eq!(r.kinds(linked()), ["stop actor"], "no callback after close");
+    }
+
+    #[test]
+    fn a_later_stop_without_final_round_abandons_the_final_round() {
+        let mut r = Run::new(cfg());
+        r.send(Event::Opened);
+        r.send(Event::Stop { final_round: true });
+        assert_eq!(r.kinds(Event::Stop { final_round: false }), ["close"]);
+        assert_eq!(r.kinds(linked()), Vec::<String>::new());
+        assert_eq!(
+            r.lc.final_failure(),
+            None,
+            "not asked any more: nothing to report"
+        );
+    }
+
+    #[test]
+    fn a_poisoned_dir_closes_the_store_for_a_restart_and_runs_no_more_rounds() {
+        let mut r = Run::new(cfg());
+        r.send(Event::Opened);
+        r.send(linked());
+        assert_eq!(r.kinds(Event::Called(Err(poisoned()))), ["round failed", "close"]);
+        assert!(r.lc.is_closed());
+        assert!(
+            r.lc.handle(Event::Tick { unchanged: false }, r.now).is_err(),
+            "no tick armed"
+        );
+        // A stop with final round then cannot run one, and says so.
+        assert!(r.kinds(Event::Stop { final_round: true }).is_empty());
+        assert!(r.lc.final_failure().unwrap().contains("was stopped"));
+        assert_eq!(r.kinds(Event::SessionClosed), ["stop actor"]);
+    }
+
+    #[test]
+    fn a_restart_waits_its_backoff_before_the_first_round() {
+        let mut r = Run::new(LifecycleConfig {
+            first_delay: 4 * SEC,
+            ..cfg()
+        });
+        assert_eq!(r.kinds(Event::Opened), ["tick at 4.0"]);
+        r.at(4 * SEC);
+        assert_eq!(r.kinds(Event::Tick { unchanged: false }), ["link 1"]);
+    }
+
+    #[test]
+    fn a_stop_during_open_takes_effect_once_open() {
+        let mut r = Run::new(cfg());
+        assert!(r.kinds(Event::Stop { final_round: true }).is_empty());
+        assert_eq!(r.kinds(Event::Opened), ["link 1"], "the final round");
+        let mut f = Run::new(cfg());
+        assert_eq!(f.kinds(Event::OpenFailed), ["stop actor"]);
+    }
+
+    #[test]
+    fn a_prune_runs_after_a_successful_round_when_due_and_not_while_stopping() {
+        let mut r = Run::new(LifecycleConfig {
+            prune_every: Some(30 * SEC),
+            ..cfg()
+        });
+        r.send(Event::Opened);
+        r.send(linked());
+        assert_eq!(r.kinds(Event::Called(Ok(()))), ["prune"]);
+        assert_eq!(r.kinds(Event::Pruned(Ok(())))[0], "round ok");
+        // Not due again before 30 s.
+        r.at(10 * SEC);
+        r.send(Event::Tick { unchanged: false });
+        r.send(linked());
+        assert_eq!(r.kinds(Event::Called(Ok(())))[0], "round ok");
+        // A prune that could not be sent is tried after the next round.
+        r.at(30 * SEC);
+        r.send(Event::Tick { unchanged: false });
+        r.send(linked());
+        assert_eq!(r.kinds(Event::Called(Ok(()))), ["prune"]);
+        assert_eq!(r.kinds(Event::PruneNotStarted)[0], "round ok");
+        r.at(31 * SEC);
+        r.send(Event::Tick { unchanged: false });
+        r.send(linked());
+        assert_eq!(r.kinds(Event::Called(Ok(()))), ["prune"]);
+        r.send(Event::Pruned(Ok(())));
+        // A stopping store ends without one.
+        r.at(70 * SEC);
+        r.send(Event::Tick { unchanged: false });
+        r.send(Event::Stop { final_round: true });
+        r.send(linked());
+        assert_eq!(
+            r.kinds(Event::Called(Ok(()))),
+            ["round ok", "link 6"],
+            "the final round, no prune"
+        );
+    }
+
+    #[test]
+    fn a_prune_whose_dir_fsync_failed_closes_the_store() {
+        let mut r = Run::new(LifecycleConfig {
+            prune_every: Some(SEC),
+            ..cfg()
+        });
+        r.send(Event::Opened);
+        r.send(linked());
+        r.send(Event::Called(Ok(())));
+        assert_eq!(r.kinds(Event::Pruned(Err(poisoned()))), ["round failed", "close"]);
+    }
+
+    #[test]
+    fn a_stop_during_a_prune_waits_for_the_prune_to_come_back() {
+        let mut r = Run::new(LifecycleConfig {
+            prune_every: Some(SEC),
+            ..cfg()
+        });
+        r.send(Event::Opened);
+        r.send(linked());
+        r.send(Event::Called(Ok(())));
+        assert_eq!(r.kinds(Event::Stop { final_round: false }), ["close"]);
+        assert!(r.kinds(Event::SessionClosed).is_empty());
+        assert_eq!(r.kinds(Event::Pruned(Ok(()))), ["stop actor"]);
+    }
+
+    #[test]
+    fn events_out_of_place_are_impossible_and_change_nothing() {
+        let mut r = Run::new(cfg());
+        for event in [
+            linked(),
+            Event::Called(Ok(())),
+            Event::Pruned(Ok(())),
+            Event::SessionClosed,
+        ] {
+            assert!(r.lc.handle(event, r.now).is_err());
+        }
+        assert_eq!(r.lc.phase(), Phase::Opening);
+        r.send(Event::Opened);
+        let err = r.lc.handle(Event::Opened, r.now).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "KV store 3: event `opened` cannot come while Linking"
+        );
+    }
+}
