@@ -2,27 +2,27 @@
 //! state, status, shutdown), owns the per-store `BackupActor`s and routes to
 //! them.
 //!
-//! Per store it keeps one [`Store`] while the store runs or drains. Every
-//! control message changes it at once, in arrival order, so after any burst
-//! of vBucket state messages exactly the stores whose last state was
-//! `Active` are running. A store's starts never overlap: a start that comes
-//! while the previous one drains waits for it to end (and a stop that comes
-//! meanwhile cancels the waiting start). A running store whose actor ends on
-//! its own is restarted, after a backoff, and the restart is counted.
+//! What happens to each store is decided by its table ([`stores`], a sans-IO
+//! state machine): every control message and every actor's end goes in, and
+//! the supervisor carries out the orders that come out (spawn, stop, answer,
+//! hook, forget). The rules (arrival order holds, starts never overlap, a
+//! failed store restarts after a backoff, an intended stop never restarts)
+//! are stated and unit-tested there.
+
+mod stores;
 
 use std::collections::{BTreeMap, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, Path};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use crate::backup::schedule;
 use crate::backup::state::Unacked;
 use crate::backup::{BackupActor, BackupSpec};
-use crate::callback::{BackupCallback, CallbackFactory, CallbackRunner};
+use crate::callback::{CallbackFactory, CallbackRunner};
 use crate::config::{check_interval, Config};
 use crate::engine::{Engine, KvId};
 use crate::error::panic_message;
@@ -38,61 +38,10 @@ use crate::replication::queue::Replica;
 use crate::replication::RemoteUrl;
 use crate::replication::Uploader;
 use crate::status::{Status, StoreCounters};
+use stores::{Order, Plan, Stores, VbucketMove};
 
-/// What a start asks for.
-#[derive(Clone)]
-struct Plan {
-    dir: PathBuf,
-    callback: Arc<dyn BackupCallback>,
-    interval: Duration,
-    /// Where the backup dir is replicated to, if anywhere.
-    remote: Option<Arc<RemoteUrl>>,
-}
-
-/// A start waiting for the previous start of its store to end.
-struct Queued {
-    plan: Plan,
-    waiters: Vec<oneshot::Sender<Result<()>>>,
-}
-
-enum Phase {
-    /// Rounds run. `opened` once the dir is open (before that, an end is a
-    /// failed start, not a failure to restart from).
-    Running { opened: bool },
-    /// Stopping; `next` starts when the actor has ended.
-    Draining { next: Option<Queued> },
-}
-
-/// What a new start of a store takes over from the previous one.
-struct Carry {
-    runner: CallbackRunner,
-    unacked: Unacked,
-    restarts_in_a_row: u32,
-    /// Wait before the first round (a restart's backoff).
-    first_delay: Duration,
-}
-
-impl Carry {
-    fn fresh(runner: CallbackRunner, unacked: Unacked) -> Self {
-        Carry {
-            runner,
-            unacked,
-            restarts_in_a_row: 0,
-            first_delay: Duration::ZERO,
-        }
-    }
-}
-
-/// One store that runs or drains.
-struct Store {
-    generation: u64,
-    addr: Addr<BackupActor>,
-    plan: Plan,
-    phase: Phase,
-    runner: CallbackRunner,
-    /// Restarts after failures in a row, for the restart backoff.
-    restarts_in_a_row: u32,
-}
+/// Who waits for a start or a stop.
+type Waiter = oneshot::Sender<Result<()>>;
 
 /// Routes control messages to one `BackupActor` per running KV store. Start
 /// it through [`ContinuousBackup::start`](crate::ContinuousBackup::start).
@@ -103,14 +52,17 @@ pub struct Supervisor {
     linker: Addr<LinkerActor>,
     /// One thread each; a backup dir always goes to the same one.
     metadata: Vec<Addr<MetadataActor>>,
-    stores: HashMap<KvId, Store>,
-    /// Stores not running now: their callback thread (a callback of the
-    /// last start may still run on it) and their unreported files, for the
-    /// next start.
-    resting: HashMap<KvId, (CallbackRunner, Unacked)>,
+    /// Which stores run or drain, and what comes next for each.
+    table: Stores<Waiter>,
+    /// The actor of each store in the table.
+    actors: HashMap<KvId, Addr<BackupActor>>,
+    /// Each store's callback thread, shared by all its starts: a callback of
+    /// the last start may still run on it when the next one starts.
+    runners: HashMap<KvId, CallbackRunner>,
+    /// Files of stores without an actor now that no round reported, for
+    /// the next start.
+    unacked: HashMap<KvId, Unacked>,
     counters: BTreeMap<KvId, Arc<StoreCounters>>,
-    next_generation: u64,
-    shutting_down: bool,
     uploader: Uploader,
     /// The component's retention (`Config::retention`), if on.
     prune: Option<PruneSchedule>,
@@ -125,7 +77,7 @@ fn ready(res: Result<()>) -> Reply {
     Box::pin(fut::ready(res))
 }
 
-/// Waits for a start's outcome.
+/// Waits for a start's or stop's outcome.
 async fn outcome(rx: oneshot::Receiver<Result<()>>) -> Result<()> {
     rx.await.unwrap_or(Err(Error::ComponentStopped))
 }
@@ -150,17 +102,17 @@ impl Supervisor {
         prune: Option<PruneSchedule>,
     ) -> Self {
         Supervisor {
+            table: Stores::new(config.max_backoff),
             prune,
             engine,
             config,
             factory,
             linker,
             metadata,
-            stores: HashMap::new(),
-            resting: HashMap::new(),
+            actors: HashMap::new(),
+            runners: HashMap::new(),
+            unacked: HashMap::new(),
             counters: BTreeMap::new(),
-            next_generation: 1,
-            shutting_down: false,
             uploader,
             replicas: HashMap::new(),
         }
@@ -175,7 +127,7 @@ impl Supervisor {
                 reason,
             })
         };
-        if self.shutting_down {
+        if self.table.is_shutting_down() {
             return Err(Error::ComponentStopped);
         }
         if !dir.is_absolute() {
@@ -194,90 +146,121 @@ impl Supervisor {
             // Opens the client (no network yet): bad options fail the start.
             self.uploader.client(remote)?;
         }
-        let holder = self
-            .stores
-            .iter()
-            .find(|(id, s)| **id != kv && Self::dirs_of(s).any(|d| d == dir));
-        if let Some((holder, _)) = holder {
+        if let Some(holder) = self.table.holder_of(dir, kv) {
             return Err(Error::BackupDirInUse {
                 path: dir.to_path_buf(),
-                holder: *holder,
+                holder,
             });
         }
         Ok(())
-    }
-
-    /// The dirs a store uses or is about to use.
-    fn dirs_of(store: &Store) -> impl Iterator<Item = &Path> {
-        let next = match &store.phase {
-            Phase::Draining { next: Some(q) } => Some(q.plan.dir.as_path()),
-            _ => None,
-        };
-        std::iter::once(store.plan.dir.as_path()).chain(next)
     }
 
     fn start_store(&mut self, kv: KvId, plan: Plan, ctx: &mut Context<Self>) -> Reply {
         if let Err(e) = self.check_start(kv, &plan) {
             return ready(Err(e));
         }
-        let Some(store) = self.stores.get_mut(&kv) else {
-            let (runner, unacked) = match self.resting.remove(&kv) {
-                Some(rest) => rest,
-                None => match CallbackRunner::start(kv) {
-                    Ok(runner) => (runner, Unacked::default()),
-                    Err(e) => return ready(Err(e)),
-                },
+        if !self.runners.contains_key(&kv) {
+            match CallbackRunner::start(kv) {
+                Ok(runner) => self.runners.insert(kv, runner),
+                Err(e) => return ready(Err(e)),
             };
-            let started = self.spawn(kv, plan, Carry::fresh(runner, unacked), ctx);
-            return self.await_start(kv, started);
-        };
-        match &mut store.phase {
-            Phase::Running { .. } if store.plan.dir == plan.dir => ready(Ok(())),
-            Phase::Running { .. } => ready(Err(Error::AlreadyRunning {
-                kv,
-                dir: store.plan.dir.clone(),
-            })),
-            Phase::Draining { next: Some(q) } if q.plan.dir != plan.dir => {
-                ready(Err(Error::AlreadyRunning {
+        }
+        let (tx, rx) = oneshot::channel();
+        let orders = self.table.start(kv, plan, tx);
+        self.carry_out(orders, ctx);
+        Box::pin(outcome(rx).into_actor(self))
+    }
+
+    fn stop_store(&mut self, kv: KvId, final_round: bool, ctx: &mut Context<Self>) -> Reply {
+        let (tx, rx) = oneshot::channel();
+        let orders = self.table.stop(kv, final_round, tx);
+        self.carry_out(orders, ctx);
+        Box::pin(outcome(rx).into_actor(self))
+    }
+
+    /// Carries out what the table decided.
+    fn carry_out(&mut self, orders: Vec<Order<Waiter>>, ctx: &mut Context<Self>) {
+        for order in orders {
+            match order {
+                Order::Spawn {
                     kv,
-                    dir: q.plan.dir.clone(),
-                }))
-            }
-            Phase::Draining { next } => {
-                let (tx, rx) = oneshot::channel();
-                next.get_or_insert_with(|| Queued {
+                    generation,
                     plan,
-                    waiters: Vec::new(),
-                })
-                .waiters
-                .push(tx);
-                Box::pin(outcome(rx).into_actor(self))
+                    first_delay,
+                } => self.spawn(kv, generation, plan, first_delay, ctx),
+                Order::Stop {
+                    kv,
+                    final_round,
+                    waiter,
+                    reply_final,
+                } => {
+                    let Some(addr) = self.actors.get(&kv) else {
+                        // Resting already (its hook runs): stopped.
+                        if let Some(waiter) = waiter {
+                            let _ = waiter.send(Ok(()));
+                        }
+                        continue;
+                    };
+                    let stopped = addr.send(StopStore { final_round });
+                    async move {
+                        // A mailbox error means the actor is already gone: stopped.
+                        let res = stopped.await.unwrap_or(Ok(()));
+                        if let Some(waiter) = waiter {
+                            let _ = waiter.send(if reply_final { res } else { Ok(()) });
+                        }
+                    }
+                    .into_actor(self)
+                    .spawn(ctx);
+                }
+                Order::Answer { kv, waiters, result } => answer(waiters, kv, result),
+                Order::Restarting { kv, wait } => {
+                    tracing::error!(kv_store = kv.0, ?wait, "backup actor failed; restarting it");
+                    if let Some(c) = self.counters.get(&kv) {
+                        StoreCounters::add(&c.restarts, 1);
+                    }
+                }
+                Order::Hook { kv, generation } => {
+                    // The store stays in the table (draining) until the hook
+                    // returns: a start that comes meanwhile is queued behind
+                    // it, so the hook never overtakes the next start's first
+                    // round (it would mark the new backup inactive).
+                    self.linker
+                        .send(BackupStoppedHook { kv })
+                        .into_actor(self)
+                        .map(move |_, act, ctx| {
+                            let orders = act.table.rested(kv, generation);
+                            act.carry_out(orders, ctx);
+                        })
+                        .spawn(ctx);
+                }
+                Order::Forget { kv } => {
+                    self.actors.remove(&kv);
+                }
             }
         }
     }
 
-    /// Starts a new generation of `kv` as a running store; returns the
-    /// generation and a receiver told whether its dir opened.
+    /// Starts the backup actor of `generation` of `kv`, with what the
+    /// store's last start left unreported.
     fn spawn(
         &mut self,
         kv: KvId,
+        generation: u64,
         plan: Plan,
-        carry: Carry,
+        first_delay: Duration,
         ctx: &mut Context<Self>,
-    ) -> (u64, oneshot::Receiver<Result<()>>) {
-        let Carry {
-            runner,
-            unacked,
-            restarts_in_a_row,
-            first_delay,
-        } = carry;
-        let generation = self.next_generation;
-        self.next_generation += 1;
+    ) {
         let (on_started, started) = oneshot::channel();
         let replica = plan
             .remote
             .as_ref()
             .and_then(|remote| self.replica(kv, &plan.dir, remote));
+        let Some(runner) = self.runners.get(&kv).cloned() else {
+            // start_store makes the runner before a first spawn.
+            let _ = on_started.send(Err(Error::ComponentStopped));
+            tracing::error!(kv_store = kv.0, "no callback thread for a spawned store");
+            return;
+        };
         let spec = BackupSpec {
             kv,
             generation,
@@ -289,27 +272,22 @@ impl Supervisor {
             metadata: self.metadata_for(&plan.dir),
             supervisor: ctx.address().recipient(),
             counters: Arc::clone(self.counters.entry(kv).or_default()),
-            runner: runner.clone(),
-            unacked,
+            runner,
+            unacked: self.unacked.remove(&kv).unwrap_or_default(),
             first_delay,
             engine: Arc::clone(&self.engine),
             report_empty_rounds: self.config.report_empty_rounds,
             replica,
             prune: self.prune.clone(),
         };
-        let addr = BackupActor::new(spec, on_started).start();
-        self.stores.insert(
-            kv,
-            Store {
-                generation,
-                addr,
-                plan,
-                phase: Phase::Running { opened: false },
-                runner,
-                restarts_in_a_row,
-            },
-        );
-        (generation, started)
+        self.actors.insert(kv, BackupActor::new(spec, on_started).start());
+        outcome(started)
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                let orders = act.table.opened(kv, generation, res);
+                act.carry_out(orders, ctx);
+            })
+            .spawn(ctx);
     }
 
     /// The upload queue of `kv` replicating `dir` to `remote`: the one
@@ -336,150 +314,6 @@ impl Supervisor {
                 // Checked at start (check_start), so only a stopping system.
                 tracing::error!(kv_store = kv.0, error = %e, "cannot replicate");
                 None
-            }
-        }
-    }
-
-    /// Replies with the start's outcome; marks the store opened, or forgets
-    /// it if its dir could not be opened.
-    fn await_start(
-        &mut self,
-        kv: KvId,
-        (generation, started): (u64, oneshot::Receiver<Result<()>>),
-    ) -> Reply {
-        Box::pin(outcome(started).into_actor(self).map(move |res, act, _| {
-            if let Some(store) = act.stores.get_mut(&kv).filter(|s| s.generation == generation) {
-                if let Phase::Running { opened } = &mut store.phase {
-                    *opened = res.is_ok();
-                }
-            }
-            res
-        }))
-    }
-
-    fn stop_store(&mut self, kv: KvId, final_round: bool) -> Reply {
-        let Some(store) = self.stores.get_mut(&kv) else {
-            return ready(Err(Error::NotRunning { kv }));
-        };
-        match &mut store.phase {
-            Phase::Running { .. } => {
-                store.phase = Phase::Draining { next: None };
-                let stopped = store.addr.send(StopStore { final_round });
-                // A mailbox error means the actor is already gone: stopped.
-                Box::pin(async move { stopped.await.unwrap_or(Ok(())) }.into_actor(self))
-            }
-            Phase::Draining { next } => {
-                if let Some(queued) = next.take() {
-                    // The later stop wins over a start that never ran.
-                    for waiter in queued.waiters {
-                        let _ = waiter.send(Ok(()));
-                    }
-                    return ready(Ok(()));
-                }
-                // Stopping already: abandon its final round, wait for the end.
-                let stopped = store.addr.send(StopStore { final_round: false });
-                Box::pin(async move { stopped.await.map(drop).or(Ok(())) }.into_actor(self))
-            }
-        }
-    }
-
-    /// A store's actor ended: start what waits, restart what failed, or
-    /// forget the store.
-    fn ended(&mut self, msg: BackupEnded, ctx: &mut Context<Self>) {
-        let kv = msg.kv;
-        let Some(store) = self
-            .stores
-            .get_mut(&kv)
-            .filter(|s| s.generation == msg.generation)
-        else {
-            return;
-        };
-        let runner = store.runner.clone();
-        match &mut store.phase {
-            Phase::Draining { next } => match next.take() {
-                Some(queued) if !self.shutting_down => {
-                    self.start_queued(kv, queued, Carry::fresh(runner, msg.unacked), ctx)
-                }
-                _ => self.rest(kv, msg.unacked, ctx),
-            },
-            Phase::Running { opened: true } if !self.shutting_down => {
-                // Failed on its own: restart it from what is in the backup
-                // dir (and what it had not reported), its first round after
-                // a backoff that grows while restarts keep coming.
-                let restarts = store.restarts_in_a_row + 1;
-                let wait = schedule::backoff(
-                    store.plan.interval.min(Duration::from_secs(1)),
-                    self.config.max_backoff,
-                    restarts,
-                );
-                let plan = store.plan.clone();
-                tracing::error!(kv_store = kv.0, ?wait, "backup actor failed; restarting it");
-                if let Some(c) = self.counters.get(&kv) {
-                    StoreCounters::add(&c.restarts, 1);
-                }
-                let carry = Carry {
-                    runner,
-                    unacked: msg.unacked,
-                    restarts_in_a_row: restarts,
-                    first_delay: wait,
-                };
-                let started = self.spawn(kv, plan, carry, ctx);
-                self.await_start(kv, started).map(|_, _, _| ()).spawn(ctx);
-            }
-            // A start whose dir did not open, or the end of a shutdown.
-            Phase::Running { .. } => self.rest(kv, msg.unacked, ctx),
-        }
-    }
-
-    /// Moves an ended store to `resting`, and tells the engine.
-    ///
-    /// The store stays draining until the engine's `backup_stopped` has
-    /// returned: a start that comes meanwhile is queued behind it, so the
-    /// hook can never overtake the next start's first round (it would mark
-    /// the new backup inactive).
-    fn rest(&mut self, kv: KvId, unacked: Unacked, ctx: &mut Context<Self>) {
-        let Some(store) = self.stores.get_mut(&kv) else {
-            return;
-        };
-        store.phase = Phase::Draining { next: None };
-        let generation = store.generation;
-        self.linker
-            .send(BackupStoppedHook { kv })
-            .into_actor(self)
-            .map(move |_, act, ctx| act.rested(kv, generation, unacked, ctx))
-            .spawn(ctx);
-    }
-
-    /// Starts the start that waited for the store's previous one to end, and
-    /// tells its waiters how it went.
-    fn start_queued(&mut self, kv: KvId, queued: Queued, carry: Carry, ctx: &mut Context<Self>) {
-        let started = self.spawn(kv, queued.plan, carry, ctx);
-        self.await_start(kv, started)
-            .map(move |res, _, _| answer(queued.waiters, kv, res))
-            .spawn(ctx);
-    }
-
-    /// The engine was told the store's backup stopped: start what was
-    /// queued meanwhile, or forget the store.
-    fn rested(&mut self, kv: KvId, generation: u64, unacked: Unacked, ctx: &mut Context<Self>) {
-        let Some(store) = self.stores.get_mut(&kv).filter(|s| s.generation == generation) else {
-            return;
-        };
-        let runner = store.runner.clone();
-        let queued = match &mut store.phase {
-            Phase::Draining { next } => next.take(),
-            Phase::Running { .. } => None,
-        };
-        match queued {
-            Some(queued) if !self.shutting_down => {
-                self.start_queued(kv, queued, Carry::fresh(runner, unacked), ctx)
-            }
-            queued => {
-                for waiter in queued.into_iter().flat_map(|q| q.waiters) {
-                    let _ = waiter.send(Err(Error::ComponentStopped));
-                }
-                self.stores.remove(&kv);
-                self.resting.insert(kv, (runner, unacked));
             }
         }
     }
@@ -512,9 +346,9 @@ impl Supervisor {
     }
 }
 
-/// Tells every waiter of a queued start its outcome (the first gets the
-/// error itself, the others its text).
-fn answer(waiters: Vec<oneshot::Sender<Result<()>>>, kv: KvId, res: Result<()>) {
+/// Tells every waiter of a start its outcome (the first gets the error
+/// itself, the others its text).
+fn answer(waiters: Vec<Waiter>, kv: KvId, res: Result<()>) {
     let reason = res.as_ref().err().map(ToString::to_string);
     let mut res = Some(res);
     for waiter in waiters {
@@ -561,8 +395,8 @@ impl Handler<StartBackup> for Supervisor {
 impl Handler<StopBackup> for Supervisor {
     type Result = Reply;
 
-    fn handle(&mut self, msg: StopBackup, _: &mut Context<Self>) -> Reply {
-        self.stop_store(msg.kv, msg.final_round)
+    fn handle(&mut self, msg: StopBackup, ctx: &mut Context<Self>) -> Reply {
+        self.stop_store(msg.kv, msg.final_round, ctx)
     }
 }
 
@@ -571,19 +405,13 @@ impl Handler<SetVbucketState> for Supervisor {
 
     fn handle(&mut self, msg: SetVbucketState, ctx: &mut Context<Self>) -> Reply {
         let kv = msg.kv;
-        let phase = self.stores.get(&kv).map(|s| &s.phase);
-        let active = msg.state == VbucketState::Active;
-        match phase {
-            // Already running, or about to: a repeat.
-            Some(Phase::Running { .. }) | Some(Phase::Draining { next: Some(_) }) if active => ready(Ok(())),
-            _ if active => match self.vbucket_plan(kv) {
+        match self.table.vbucket(kv, msg.state == VbucketState::Active) {
+            VbucketMove::Nothing => ready(Ok(())),
+            VbucketMove::Start => match self.vbucket_plan(kv) {
                 Ok(plan) => self.start_store(kv, plan, ctx),
                 Err(e) => ready(Err(e)),
             },
-            Some(Phase::Running { .. }) | Some(Phase::Draining { next: Some(_) }) => {
-                self.stop_store(kv, false)
-            }
-            _ => ready(Ok(())),
+            VbucketMove::Stop => self.stop_store(kv, false, ctx),
         }
     }
 }
@@ -596,8 +424,7 @@ impl Handler<GetStatus> for Supervisor {
             .counters
             .iter()
             .map(|(kv, c)| {
-                let running = matches!(self.stores.get(kv).map(|s| &s.phase), Some(Phase::Running { .. }));
-                let mut status = c.snapshot(*kv, running);
+                let mut status = c.snapshot(*kv, self.table.is_running(*kv));
                 status.replication = self.replicas.get(kv).map(|r| r.status());
                 status
             })
@@ -610,17 +437,17 @@ impl Handler<Shutdown> for Supervisor {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) -> Self::Result {
-        self.shutting_down = true;
         let mut stops = Vec::new();
-        for store in self.stores.values_mut() {
-            if let Phase::Draining { next } = &mut store.phase {
-                for waiter in next.take().into_iter().flat_map(|q| q.waiters) {
-                    let _ = waiter.send(Err(Error::ComponentStopped));
+        for order in self.table.shutdown() {
+            match order {
+                Order::Stop { kv, final_round, .. } => {
+                    if let Some(addr) = self.actors.get(&kv) {
+                        stops.push(addr.send(StopStore { final_round }));
+                    }
                 }
+                Order::Answer { kv, waiters, result } => answer(waiters, kv, result),
+                _ => {} // shutdown only stops and refuses
             }
-            store.phase = Phase::Draining { next: None };
-            // Also to stores already stopping: abandon their final rounds.
-            stops.push(store.addr.send(StopStore { final_round: false }));
         }
         tracing::info!(stores = stops.len(), "shutting down");
         let replicas: Vec<Arc<Replica>> = self.replicas.values().cloned().collect();
@@ -661,6 +488,13 @@ impl Handler<BackupEnded> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: BackupEnded, ctx: &mut Context<Self>) {
-        self.ended(msg, ctx);
+        if !self.table.is_current(msg.kv, msg.generation) {
+            return;
+        }
+        // The actor is gone: what it left unreported waits for the next start.
+        self.actors.remove(&msg.kv);
+        self.unacked.insert(msg.kv, msg.unacked);
+        let orders = self.table.ended(msg.kv, msg.generation);
+        self.carry_out(orders, ctx);
     }
 }
