@@ -11,7 +11,7 @@
 //!   the process with `SIGKILL` the `k`th time (default 1st) execution passes
 //!   the named point; the crash tests run a child process with it set.
 //!
-//! - [`power`]: the power-loss model. A [`power::Recorder`] journals every
+//! - [`power`]: the power-loss model. Its recorder journals every
 //!   durable file-system operation the component makes under a root, and
 //!   computes from the journal what a machine losing power at any point
 //!   would have kept; [`omit_fsync`] removes one kind of fsync, to show

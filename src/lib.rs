@@ -7,8 +7,10 @@
 //! store's backup dir at once and then, every interval, the files that are
 //! new; a callback is told of each round's files and gets a
 //! [`MetadataWriter`] that stores `metadata.<n>.dat` records durably. Nothing
-//! in a backup dir is ever deleted or overwritten, so the dir plus its
-//! metadata is a replayable history of the store.
+//! in a backup dir is overwritten, and nothing is deleted unless a retention
+//! ([`Config::retention`], `cbk prune`) lets go of restore points older than
+//! its window, so the dir plus its metadata is a replayable history of the
+//! store.
 //!
 //! ```
 //! use std::sync::Arc;

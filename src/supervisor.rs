@@ -159,9 +159,9 @@ impl Supervisor {
         if let Err(e) = self.check_start(kv, &plan) {
             return ready(Err(e));
         }
-        if !self.runners.contains_key(&kv) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.runners.entry(kv) {
             match CallbackRunner::start(kv) {
-                Ok(runner) => self.runners.insert(kv, runner),
+                Ok(runner) => slot.insert(runner),
                 Err(e) => return ready(Err(e)),
             };
         }
