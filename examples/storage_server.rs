@@ -74,6 +74,12 @@ struct Args {
     /// How long shutdown waits for pending uploads, in seconds.
     #[arg(long, default_value_t = 60)]
     drain_seconds: u64,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` while the writer
+    /// runs (e.g. `127.0.0.1:9091`; port 0 picks a free one). The bound
+    /// address is printed first.
+    #[cfg(feature = "prometheus")]
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 fn parse_option(text: &str) -> Result<(String, String), String> {
@@ -220,6 +226,46 @@ fn write_load(engine: Arc<dyn Store>, stores: u16, stop: Arc<AtomicBool>) -> con
     Ok(ops)
 }
 
+/// Serves the component's metrics at `http://addr/metrics` (OpenMetrics
+/// text) from one actix-web worker, in the running actix System; prints the
+/// bound address.
+#[cfg(feature = "prometheus")]
+fn serve_metrics(
+    backup: &ContinuousBackup,
+    addr: std::net::SocketAddr,
+) -> std::io::Result<actix_web::dev::ServerHandle> {
+    use actix_web::{web, App, HttpResponse, HttpServer};
+    use prometheus_client::registry::Registry;
+
+    async fn scrape(registry: web::Data<Registry>) -> HttpResponse {
+        let mut body = String::new();
+        match prometheus_client::encoding::text::encode(&mut body, &registry) {
+            Ok(()) => HttpResponse::Ok()
+                .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+                .body(body),
+            Err(e) => HttpResponse::InternalServerError().body(e.to_string()),
+        }
+    }
+
+    let mut registry = Registry::default();
+    backup.register_metrics(&mut registry);
+    let registry = web::Data::new(registry);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(registry.clone())
+            .route("/metrics", web::get().to(scrape))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .bind(addr)?;
+    println!("metrics on http://{}/metrics", server.addrs()[0]);
+    let server = server.run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    Ok(handle)
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -299,6 +345,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let ops = actix::System::new().block_on(async {
         let backup = ContinuousBackup::start(engine.clone() as Arc<dyn Engine>, config, Some(factory))?;
+        #[cfg(feature = "prometheus")]
+        let metrics = args.metrics.map(|addr| serve_metrics(&backup, addr)).transpose()?;
         for kv in 0..stores {
             engine.create(KvId(kv))?;
             backup.set_vbucket_state(KvId(kv), VbucketState::Active).await?;
@@ -330,6 +378,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             backup.stop_backup(KvId(kv), true).await?;
         }
         backup.shutdown().await?;
+        #[cfg(feature = "prometheus")]
+        if let Some(server) = metrics {
+            server.stop(true).await;
+        }
         // After the shutdown, which waited for pending uploads.
         let status = backup.status().await?;
         let failed: u64 = status.stores.iter().map(|s| s.failed_rounds).sum();

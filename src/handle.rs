@@ -15,8 +15,8 @@ use crate::messages::{GetStatus, SetVbucketState, Shutdown, StartBackup, StopBac
 use crate::metadata::{MetadataActor, ParentSyncs};
 use crate::pruner::PruneSchedule;
 use crate::replication::Uploader;
-use crate::status::Status;
-use crate::supervisor::Supervisor;
+use crate::status::{Board, Status};
+use crate::supervisor::{Parts, Supervisor};
 
 /// The running component. Cheap to clone; every method is a message to the
 /// [`Supervisor`], so the plain actix messages of [`crate::messages`] sent to
@@ -24,6 +24,9 @@ use crate::supervisor::Supervisor;
 #[derive(Clone)]
 pub struct ContinuousBackup {
     addr: Addr<Supervisor>,
+    /// What the supervisor counts, read by metrics scrapes.
+    #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
+    board: Board,
 }
 
 impl ContinuousBackup {
@@ -49,8 +52,19 @@ impl ContinuousBackup {
             .collect();
         let uploader = Uploader::new(config.replication.clone());
         let prune = PruneSchedule::start(&config);
-        let addr = Supervisor::new(engine, config, factory, linker, metadata, uploader, prune).start();
-        Ok(ContinuousBackup { addr })
+        let board = Board::default();
+        let parts = Parts {
+            linker,
+            metadata,
+            uploader,
+            prune,
+            board: board.clone(),
+        };
+        let supervisor = Supervisor::new(engine, config, factory, parts);
+        Ok(ContinuousBackup {
+            addr: supervisor.start(),
+            board,
+        })
     }
 
     /// The supervisor's address, for sending the messages directly.
@@ -120,6 +134,23 @@ impl ContinuousBackup {
             .send(GetStatus)
             .await
             .map_err(|_| Error::ComponentStopped)
+    }
+
+    /// Registers the component's metrics into the host's `registry`
+    /// (nothing global): a collector that reads the live counters at scrape
+    /// time, totals over every store the component has seen. See
+    /// [`crate::metrics`] for the names.
+    #[cfg(feature = "prometheus")]
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        crate::metrics::register(self.board.clone(), crate::metrics::Labels::Totals, registry);
+    }
+
+    /// As [`register_metrics`](Self::register_metrics), with one series
+    /// per store (label `kv_store`) instead of totals: 1024 stores make
+    /// about 20,000 series, so only if the host wants them.
+    #[cfg(feature = "prometheus")]
+    pub fn register_metrics_per_store(&self, registry: &mut prometheus_client::registry::Registry) {
+        crate::metrics::register(self.board.clone(), crate::metrics::Labels::PerStore, registry);
     }
 
     /// Stops every store; returns when their metadata writers are closed

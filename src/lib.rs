@@ -65,6 +65,8 @@ pub mod lsm;
 pub mod manifest;
 pub mod messages;
 mod metadata;
+#[cfg(feature = "prometheus")]
+pub mod metrics;
 mod pin;
 mod pruner;
 mod record;

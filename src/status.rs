@@ -1,18 +1,97 @@
 //! Per-store counters and the status report built from them.
 //!
 //! Counters are atomics shared by the actors that move them (backup actor,
-//! metadata actor) and read by the supervisor, so a status query needs no
-//! round trip through 1024 mailboxes.
+//! metadata actor) and read through the [`Board`], so a status query or a
+//! metrics scrape needs no round trip through 1024 mailboxes.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::KvId;
+use crate::replication::queue::Replica;
 use crate::replication::ReplicationStatus;
+
+/// Every store's counters and upload queue: the supervisor adds them, the
+/// status and the metrics collector read them. Cheap to clone (one `Arc`).
+#[derive(Clone, Default)]
+pub(crate) struct Board(Arc<Mutex<BTreeMap<KvId, BoardEntry>>>);
+
+#[derive(Clone, Default)]
+struct BoardEntry {
+    counters: Arc<StoreCounters>,
+    /// Kept while its uploads drain, also after a stop.
+    replica: Option<Arc<Replica>>,
+}
+
+/// One store as the board has it.
+pub(crate) struct BoardRow {
+    pub kv: KvId,
+    pub counters: Arc<StoreCounters>,
+    pub replica: Option<Arc<Replica>>,
+}
+
+impl std::fmt::Debug for Board {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Board")
+            .field("stores", &self.0.lock().len())
+            .finish()
+    }
+}
+
+impl Board {
+    /// The counters of `kv`, made on first use.
+    pub fn counters(&self, kv: KvId) -> Arc<StoreCounters> {
+        Arc::clone(&self.0.lock().entry(kv).or_default().counters)
+    }
+
+    /// The upload queue of `kv`, if it was ever replicated.
+    pub fn replica(&self, kv: KvId) -> Option<Arc<Replica>> {
+        self.0.lock().get(&kv).and_then(|e| e.replica.clone())
+    }
+
+    /// Records `kv`'s upload queue (replacing one it had).
+    pub fn set_replica(&self, kv: KvId, replica: Arc<Replica>) {
+        self.0.lock().entry(kv).or_default().replica = Some(replica);
+    }
+
+    /// Every upload queue.
+    pub fn replicas(&self) -> Vec<Arc<Replica>> {
+        self.0.lock().values().filter_map(|e| e.replica.clone()).collect()
+    }
+
+    /// Every store, by id; the lock is held only to clone the `Arc`s.
+    pub fn rows(&self) -> Vec<BoardRow> {
+        self.0
+            .lock()
+            .iter()
+            .map(|(kv, e)| BoardRow {
+                kv: *kv,
+                counters: Arc::clone(&e.counters),
+                replica: e.replica.clone(),
+            })
+            .collect()
+    }
+
+    /// The status of every store; `running` says whose rounds run.
+    pub fn status(&self, running: impl Fn(KvId) -> bool) -> Status {
+        let stores = self
+            .rows()
+            .into_iter()
+            .map(|row| {
+                let mut status = row.counters.snapshot(row.kv, running(row.kv));
+                status.replication = row.replica.map(|r| r.status());
+                status
+            })
+            .collect();
+        Status { stores }
+    }
+}
 
 /// Live counters of one KV store's backup, kept across stop and start.
 #[derive(Debug, Default)]

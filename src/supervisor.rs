@@ -11,7 +11,7 @@
 
 mod stores;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Component, Path};
 use std::sync::Arc;
@@ -37,7 +37,7 @@ use crate::pruner::PruneSchedule;
 use crate::replication::queue::Replica;
 use crate::replication::RemoteUrl;
 use crate::replication::Uploader;
-use crate::status::{Status, StoreCounters};
+use crate::status::{Board, StoreCounters};
 use stores::{Order, Plan, Stores, VbucketMove};
 
 /// Who waits for a start or a stop.
@@ -62,13 +62,21 @@ pub struct Supervisor {
     /// Files of stores without an actor now that no round reported, for
     /// the next start.
     unacked: HashMap<KvId, Unacked>,
-    counters: BTreeMap<KvId, Arc<StoreCounters>>,
+    /// Every store's counters and upload queue (kept while its uploads
+    /// drain, also after a stop), shared with the status and metrics readers.
+    board: Board,
     uploader: Uploader,
     /// The component's retention (`Config::retention`), if on.
     prune: Option<PruneSchedule>,
-    /// Upload queues of replicated stores, kept while their uploads drain
-    /// (also after a stop).
-    replicas: HashMap<KvId, Arc<Replica>>,
+}
+
+/// The other actors and shared state a supervisor is started with.
+pub(crate) struct Parts {
+    pub linker: Addr<LinkerActor>,
+    pub metadata: Vec<Addr<MetadataActor>>,
+    pub uploader: Uploader,
+    pub prune: Option<PruneSchedule>,
+    pub board: Board,
 }
 
 type Reply = ResponseActFuture<Supervisor, Result<()>>;
@@ -96,11 +104,15 @@ impl Supervisor {
         engine: Arc<dyn Engine>,
         config: Config,
         factory: Option<CallbackFactory>,
-        linker: Addr<LinkerActor>,
-        metadata: Vec<Addr<MetadataActor>>,
-        uploader: Uploader,
-        prune: Option<PruneSchedule>,
+        parts: Parts,
     ) -> Self {
+        let Parts {
+            linker,
+            metadata,
+            uploader,
+            prune,
+            board,
+        } = parts;
         Supervisor {
             table: Stores::new(config.max_backoff),
             prune,
@@ -112,9 +124,8 @@ impl Supervisor {
             actors: HashMap::new(),
             runners: HashMap::new(),
             unacked: HashMap::new(),
-            counters: BTreeMap::new(),
+            board,
             uploader,
-            replicas: HashMap::new(),
         }
     }
 
@@ -215,9 +226,7 @@ impl Supervisor {
                 Order::Answer { kv, waiters, result } => answer(waiters, kv, result),
                 Order::Restarting { kv, wait } => {
                     tracing::error!(kv_store = kv.0, ?wait, "backup actor failed; restarting it");
-                    if let Some(c) = self.counters.get(&kv) {
-                        StoreCounters::add(&c.restarts, 1);
-                    }
+                    StoreCounters::add(&self.board.counters(kv).restarts, 1);
                 }
                 Order::Hook { kv, generation } => {
                     // The store stays in the table (draining) until the hook
@@ -271,7 +280,7 @@ impl Supervisor {
             linker: self.linker.clone(),
             metadata: self.metadata_for(&plan.dir),
             supervisor: ctx.address().recipient(),
-            counters: Arc::clone(self.counters.entry(kv).or_default()),
+            counters: self.board.counters(kv),
             runner,
             unacked: self.unacked.remove(&kv).unwrap_or_default(),
             first_delay,
@@ -296,10 +305,10 @@ impl Supervisor {
     /// replication were never queued. A replica of another dir or remote
     /// is retired (ends once its task takes its next step).
     fn replica(&mut self, kv: KvId, dir: &Path, remote: &RemoteUrl) -> Option<Arc<Replica>> {
-        if let Some(replica) = self.replicas.get(&kv) {
+        if let Some(replica) = self.board.replica(kv) {
             if replica.local == dir && replica.remote == *remote {
                 replica.ask_rescan();
-                return Some(Arc::clone(replica));
+                return Some(replica);
             }
             replica.retire();
         }
@@ -307,7 +316,7 @@ impl Supervisor {
         let replica = Arc::new(Replica::new(kv, dir.to_path_buf(), remote.clone(), capacity));
         match self.uploader.replicate(Arc::clone(&replica)) {
             Ok(()) => {
-                self.replicas.insert(kv, Arc::clone(&replica));
+                self.board.set_replica(kv, Arc::clone(&replica));
                 Some(replica)
             }
             Err(e) => {
@@ -420,16 +429,7 @@ impl Handler<GetStatus> for Supervisor {
     type Result = MessageResult<GetStatus>;
 
     fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
-        let stores = self
-            .counters
-            .iter()
-            .map(|(kv, c)| {
-                let mut status = c.snapshot(*kv, self.table.is_running(*kv));
-                status.replication = self.replicas.get(kv).map(|r| r.status());
-                status
-            })
-            .collect();
-        MessageResult(Status { stores })
+        MessageResult(self.board.status(|kv| self.table.is_running(kv)))
     }
 }
 
@@ -450,7 +450,7 @@ impl Handler<Shutdown> for Supervisor {
             }
         }
         tracing::info!(stores = stops.len(), "shutting down");
-        let replicas: Vec<Arc<Replica>> = self.replicas.values().cloned().collect();
+        let replicas = self.board.replicas();
         let drain = self.config.replication.drain_timeout;
         let uploader = self.uploader.arbiter();
         Box::pin(async move {
