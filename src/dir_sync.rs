@@ -14,6 +14,11 @@
 //! A failed fsync fails every caller waiting for it and every later one: the
 //! kernel may have dropped the dirty entries, and a later fsync that succeeds
 //! proves nothing ("fsyncgate"). The owner replaces a failed group.
+//!
+//! Also the crate's two path-based durable steps, for dirs it does not hold
+//! open (engine data dirs, restore targets): [`sync_dir`] and
+//! [`write_file_durably`]. A backup dir's own writes go through its
+//! descriptor instead (`fs::BackupDir`), with its poisoning.
 
 use std::path::{Path, PathBuf};
 
@@ -135,11 +140,111 @@ pub(crate) fn sync_dir(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether [`write_file_durably`] may replace a file already at `dest`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Existing {
+    /// No: a file there is an error (`AlreadyExists`), nothing is
+    /// overwritten, and the temp file must not exist either.
+    Refuse,
+    /// Yes, atomically (a stale temp file of an earlier crash is reused).
+    #[cfg_attr(
+        not(feature = "lsm-tree"),
+        allow(dead_code, reason = "the lsm-tree adapter's facts")
+    )]
+    Replace,
+}
+
+/// Writes the file `dest` durably: `tmp` (the writer's own name in the same
+/// dir) is filled by `fill` through a 256 KiB buffer and fsynced, renamed to
+/// `dest` (never over an existing file with [`Existing::Refuse`]), and the
+/// dir is fsynced. Only when this returns Ok is the file durable; on any
+/// failure `tmp` is removed and `dest` is as it was.
+pub(crate) fn write_file_durably<T>(
+    tmp: &Path,
+    dest: &Path,
+    existing: Existing,
+    fill: impl FnOnce(&mut io::BufWriter<std::fs::File>) -> io::Result<T>,
+) -> Result<T> {
+    let result = write_then_rename(tmp, dest, existing, fill);
+    if result.is_err() {
+        let _ = std::fs::remove_file(tmp);
+    }
+    result
+}
+
+fn write_then_rename<T>(
+    tmp: &Path,
+    dest: &Path,
+    existing: Existing,
+    fill: impl FnOnce(&mut io::BufWriter<std::fs::File>) -> io::Result<T>,
+) -> Result<T> {
+    let file = match existing {
+        Existing::Refuse => std::fs::File::create_new(tmp),
+        Existing::Replace => std::fs::File::create(tmp),
+    }
+    .map_err(|e| Error::io("create", tmp, e))?;
+    let mut w = io::BufWriter::with_capacity(256 * 1024, file);
+    let out = fill(&mut w).map_err(|e| Error::io("write", tmp, e))?;
+    let file = w
+        .into_inner()
+        .map_err(|e| Error::io("write", tmp, e.into_error()))?;
+    file.sync_all().map_err(|e| Error::io("fsync", tmp, e))?;
+    drop(file);
+    let flags = match existing {
+        Existing::Refuse => rustix::fs::RenameFlags::NOREPLACE,
+        Existing::Replace => rustix::fs::RenameFlags::empty(),
+    };
+    rustix::fs::renameat_with(rustix::fs::CWD, tmp, rustix::fs::CWD, dest, flags).map_err(|e| match e {
+        rustix::io::Errno::EXIST => Error::io(
+            "rename",
+            dest,
+            io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "the file already exists; nothing was overwritten",
+            ),
+        ),
+        e => Error::io("rename", tmp, e.into()),
+    })?;
+    if let Some(dir) = dest.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use crate::faults::{self, FsOp};
+    use std::io::Write;
     use std::sync::Arc;
+
+    #[test]
+    fn a_durable_write_never_overwrites_unless_asked_and_leaves_no_temp() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (temp, dest) = (tmp.path().join(".t"), tmp.path().join("f"));
+        write_file_durably(&temp, &dest, Existing::Refuse, |w| w.write_all(b"one")).unwrap();
+        let refused = write_file_durably(&temp, &dest, Existing::Refuse, |w| w.write_all(b"two"));
+        assert!(
+            matches!(refused, Err(Error::Io { ref source, .. }) if source.kind() == io::ErrorKind::AlreadyExists)
+        );
+        assert_eq!(std::fs::read(&dest).unwrap(), b"one", "nothing overwritten");
+        assert!(!temp.exists(), "the temp file is removed on failure");
+        std::fs::write(&temp, b"stale").unwrap();
+        write_file_durably(&temp, &dest, Existing::Replace, |w| w.write_all(b"three")).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"three");
+        assert!(!temp.exists());
+        let failed = write_file_durably(&temp, &dest, Existing::Replace, |_| {
+            Err::<(), _>(io::Error::other("full"))
+        });
+        assert!(failed.is_err());
+        assert_eq!(
+            std::fs::read(&dest).unwrap(),
+            b"three",
+            "a failed write leaves the old file"
+        );
+        assert!(!temp.exists());
+    }
 
     #[test]
     fn a_ticket_is_served_by_an_fsync_started_after_it() {

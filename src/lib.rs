@@ -44,6 +44,7 @@
 
 #![warn(missing_docs)]
 
+mod backoff;
 mod backup;
 mod backup_file;
 mod callback;

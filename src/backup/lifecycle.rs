@@ -26,6 +26,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::backoff::backoff;
 use crate::backup::schedule;
 use crate::engine::KvId;
 use crate::error::Error;
@@ -405,7 +406,7 @@ impl Lifecycle {
 
     fn schedule_next(&mut self, now: Instant, out: &mut Vec<Action>) {
         let step = if self.failures_in_a_row > 0 {
-            schedule::backoff(self.cfg.interval, self.cfg.max_backoff, self.failures_in_a_row)
+            backoff(self.cfg.interval, self.cfg.max_backoff, self.failures_in_a_row)
         } else if std::mem::take(&mut self.spread_pending) {
             schedule::first_offset(self.cfg.kv, self.cfg.interval)
         } else {

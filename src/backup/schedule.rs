@@ -27,15 +27,6 @@ pub(crate) fn next_due(prev_due: Instant, step: Duration, now: Instant) -> Insta
 /// to it by `Config::validate`).
 pub(crate) const MAX_STEP: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// The wait after `failures` failed rounds in a row: the interval, doubled
-/// for each further failure, at most `max_backoff` (never below the
-/// interval). A store that keeps failing retries ever more slowly instead of
-/// spinning; one success returns it to the interval.
-pub(crate) fn backoff(interval: Duration, max_backoff: Duration, failures: u32) -> Duration {
-    let factor = 1u32 << failures.saturating_sub(1).min(20);
-    interval.saturating_mul(factor).min(max_backoff.max(interval))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,15 +55,6 @@ mod tests {
         let due = next_due(t0, step, now);
         assert_eq!(due, now, "one round at once");
         assert_eq!(next_due(due, step, now), now + step, "then back to the interval");
-    }
-
-    #[test]
-    fn backoff_doubles_from_the_interval_up_to_its_cap() {
-        let (i, cap) = (Duration::from_secs(1), Duration::from_secs(10));
-        let waits: Vec<u64> = (1..=6).map(|f| backoff(i, cap, f).as_secs()).collect();
-        assert_eq!(waits, vec![1, 2, 4, 8, 10, 10]);
-        assert_eq!(backoff(i, Duration::ZERO, 3), i, "never below the interval");
-        assert_eq!(backoff(i, cap, u32::MAX), cap, "no overflow");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::dir_sync::{write_file_durably, Existing};
 use crate::engine::Holds;
 use crate::error::{Error, Result};
 
@@ -92,11 +93,6 @@ impl Facts {
             path: path.clone(),
             reason: format!("cannot encode: {e}"),
         })?;
-        let mut file = std::fs::File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-        file.write_all(&bytes).map_err(|e| Error::io("write", &tmp, e))?;
-        file.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
-        drop(file);
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io("rename", &tmp, e))?;
-        crate::fs::sync_dir(dir)
+        write_file_durably(&tmp, &path, Existing::Replace, |w| w.write_all(&bytes))
     }
 }

@@ -45,10 +45,12 @@
 //! [`Error::Corrupt`] (or [`Error::SeqnoOutOfRange`] for a seqno above
 //! 2^48-1) naming the file and what is wrong.
 
-use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::fs;
+use std::io::{self, Write};
 use std::path::Path;
 
+pub(crate) use crate::dir_sync::sync_dir;
+use crate::dir_sync::{write_file_durably, Existing};
 use crate::engine::check_seqno;
 use crate::error::{Error, Result};
 
@@ -458,49 +460,12 @@ pub fn write_index_file(
     high: u64,
     records: &[RecordRef<'_>],
 ) -> Result<Written> {
-    let result = write_durably(tmp, dest, low, high, records);
-    if result.is_err() {
-        let _ = fs::remove_file(tmp);
-    }
-    result
-}
-
-fn write_durably(tmp: &Path, dest: &Path, low: u64, high: u64, records: &[RecordRef<'_>]) -> Result<Written> {
     check_seqno(dest, low)?;
     check_seqno(dest, high)?;
-    let file = File::create_new(tmp).map_err(|e| Error::io("create", tmp, e))?;
-    let mut w = BufWriter::with_capacity(256 * 1024, file);
-    let written = encode(&mut w, low, high, records).map_err(|e| Error::io("write", tmp, e))?;
-    let file = w
-        .into_inner()
-        .map_err(|e| Error::io("write", tmp, e.into_error()))?;
-    file.sync_all().map_err(|e| Error::io("fsync", tmp, e))?;
-    drop(file);
     // Numbers are never reused while a file of that number exists, and only
     // the store's flush or compaction, which are serialized, write into its
     // dir: a file already there is a bug, never overwritten.
-    rustix::fs::renameat_with(
-        rustix::fs::CWD,
-        tmp,
-        rustix::fs::CWD,
-        dest,
-        rustix::fs::RenameFlags::NOREPLACE,
-    )
-    .map_err(|e| match e {
-        rustix::io::Errno::EXIST => Error::io(
-            "rename",
-            dest,
-            io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                "the file already exists; nothing was overwritten",
-            ),
-        ),
-        e => Error::io("rename", tmp, e.into()),
-    })?;
-    if let Some(dir) = dest.parent() {
-        sync_dir(dir)?;
-    }
-    Ok(written)
+    write_file_durably(tmp, dest, Existing::Refuse, |w| encode(w, low, high, records))
 }
 
 /// Writes `records` durably as the file `name` in `dir`, covering
@@ -533,14 +498,6 @@ pub fn write_index_file_durably(
     let refs: Vec<RecordRef<'_>> = records.iter().map(RecordRef::from).collect();
     let written = write_index_file(&dir.join(format!(".tmp-{name}")), &dest, low, high, &refs)?;
     Ok(written.len)
-}
-
-/// Fsyncs a directory, making the entries created, renamed or removed in it
-/// durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("fsync dir", dir, e))
 }
 
 /// Name of the seqno-index file numbered `number`: 12 zero-padded decimal

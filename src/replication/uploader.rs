@@ -392,11 +392,7 @@ impl Task {
 
     fn backoff(&self) -> Duration {
         let config = &self.shared.config;
-        let doublings = self.failures.saturating_sub(1).min(30);
-        config
-            .retry_initial
-            .saturating_mul(1 << doublings)
-            .min(config.retry_max)
+        crate::backoff::backoff(config.retry_initial, config.retry_max, self.failures)
     }
 
     /// Lists the backup dir and the remote dir; returns what is to upload

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backup::schedule;
+use crate::backoff::backoff;
 use crate::callback::BackupCallback;
 use crate::engine::KvId;
 use crate::error::{Error, Result};
@@ -291,7 +291,7 @@ impl<W> Stores<W> {
                 // dir, its first round after a backoff that grows while
                 // restarts keep coming.
                 let restarts = store.restarts_in_a_row.saturating_add(1);
-                let wait = schedule::backoff(
+                let wait = backoff(
                     store.plan.interval.min(Duration::from_secs(1)),
                     max_backoff,
                     restarts,
