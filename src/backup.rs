@@ -171,9 +171,11 @@ impl BackupActor {
     fn send_links(&mut self, round: u64, ctx: &mut Context<Self>) {
         let span = tracing::info_span!(parent: &self.span, "round", round);
         self.round_span = span.clone();
-        let (Some((dir, _)), Some(rounds), Some(links)) = (&self.opened, &self.rounds, self.links.take())
-        else {
-            return self.shell_broken("a round started without an open dir or its link set");
+        let (Some((dir, _)), Some(rounds)) = (&self.opened, &self.rounds) else {
+            return self.shell_broken("a round started without an open dir");
+        };
+        let Some(links) = self.links.take() else {
+            return self.shell_broken("a round started while its link set was away");
         };
         let msg = LinkRound {
             kv: self.spec.kv,
@@ -379,7 +381,7 @@ impl BackupActor {
             Err(e) => {
                 StoreCounters::add(&c.failed_rounds, 1);
                 self.round_span.in_scope(|| {
-                    tracing::error!(error = %e, "backup round failed; a later round retries");
+                    tracing::error!(error = %e, round = self.life.round(), "backup round failed; a later round retries");
                 });
                 last.error = Some(e.to_string());
             }
@@ -500,6 +502,7 @@ impl Actor for BackupActor {
         self.spec.supervisor.do_send(BackupEnded {
             kv: self.spec.kv,
             generation: self.spec.generation,
+            opened: self.rounds.is_some(),
             unacked: std::mem::take(&mut self.spec.unacked),
         });
     }

@@ -164,6 +164,9 @@ pub(crate) struct StopStore {
 pub(crate) struct BackupEnded {
     pub kv: KvId,
     pub generation: u64,
+    /// Whether its dir had opened (told here too: the end may be handled
+    /// before the start's outcome).
+    pub opened: bool,
     pub unacked: Unacked,
 }
 

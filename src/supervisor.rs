@@ -224,6 +224,7 @@ impl Supervisor {
                     .spawn(ctx);
                 }
                 Order::Answer { kv, waiters, result } => answer(waiters, kv, result),
+                Order::Refuse { waiters } => refuse(waiters),
                 Order::Restarting { kv, wait } => {
                     tracing::error!(kv_store = kv.0, ?wait, "backup actor failed; restarting it");
                     StoreCounters::add(&self.board.counters(kv).restarts, 1);
@@ -264,11 +265,18 @@ impl Supervisor {
             .remote
             .as_ref()
             .and_then(|remote| self.replica(kv, &plan.dir, remote));
-        let Some(runner) = self.runners.get(&kv).cloned() else {
-            // start_store makes the runner before a first spawn.
-            let _ = on_started.send(Err(Error::ComponentStopped));
-            tracing::error!(kv_store = kv.0, "no callback thread for a spawned store");
-            return;
+        let runner = match self.runners.get(&kv) {
+            Some(runner) => runner.clone(),
+            // start_store makes it before a first spawn; made here if not.
+            None => match CallbackRunner::start(kv) {
+                Ok(runner) => self.runners.entry(kv).or_insert(runner).clone(),
+                Err(e) => {
+                    // No actor: the start fails and the store ends at once.
+                    let mut orders = self.table.opened(kv, generation, Err(e));
+                    orders.extend(self.table.ended(kv, generation, false));
+                    return self.carry_out(orders, ctx);
+                }
+            },
         };
         let spec = BackupSpec {
             kv,
@@ -352,6 +360,13 @@ impl Supervisor {
             interval: self.config.interval,
             remote,
         })
+    }
+}
+
+/// Tells each waiter of a queued start that it never runs.
+fn refuse(waiters: Vec<Waiter>) {
+    for waiter in waiters {
+        let _ = waiter.send(Err(Error::ComponentStopped));
     }
 }
 
@@ -445,7 +460,7 @@ impl Handler<Shutdown> for Supervisor {
                         stops.push(addr.send(StopStore { final_round }));
                     }
                 }
-                Order::Answer { kv, waiters, result } => answer(waiters, kv, result),
+                Order::Refuse { waiters } => refuse(waiters),
                 _ => {} // shutdown only stops and refuses
             }
         }
@@ -489,12 +504,19 @@ impl Handler<BackupEnded> for Supervisor {
 
     fn handle(&mut self, msg: BackupEnded, ctx: &mut Context<Self>) {
         if !self.table.is_current(msg.kv, msg.generation) {
+            // Generations end once, and only the current one can: a bug.
+            StoreCounters::add(&self.board.counters(msg.kv).impossible_events, 1);
+            tracing::error!(
+                kv_store = msg.kv.0,
+                generation = msg.generation,
+                "end of a store generation that is not current; ignored"
+            );
             return;
         }
         // The actor is gone: what it left unreported waits for the next start.
         self.actors.remove(&msg.kv);
         self.unacked.insert(msg.kv, msg.unacked);
-        let orders = self.table.ended(msg.kv, msg.generation);
+        let orders = self.table.ended(msg.kv, msg.generation, msg.opened);
         self.carry_out(orders, ctx);
     }
 }

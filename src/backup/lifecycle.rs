@@ -261,7 +261,13 @@ impl Lifecycle {
             }
             (Phase::Idle, Event::Tick { unchanged }) if self.tick_armed => {
                 self.tick_armed = false;
-                let quiet = unchanged && !self.cfg.report_empty_rounds && self.failures_in_a_row == 0;
+                // The first round of a start is never quiet: it lists the
+                // whole snapshot, reports what an earlier start left
+                // unreported, and writes a full manifest.
+                let quiet = unchanged
+                    && !self.cfg.report_empty_rounds
+                    && self.failures_in_a_row == 0
+                    && self.rounds_started > 0;
                 if quiet {
                     self.quiet_round(now, &mut out);
                 } else {
@@ -619,8 +625,13 @@ mod tests {
         }
         assert_eq!(waits, [10, 20, 40, 60, 60]);
         assert_eq!(r.lc.failures_in_a_row(), 5);
-        r.round_ok();
+        let ended = r.round_ok();
         assert_eq!(r.lc.failures_in_a_row(), 0);
+        // The success takes the store back to its own schedule: the offset
+        // its second round would have had, then the interval.
+        let offset = schedule::first_offset(KvId(3), 10 * SEC).as_secs_f64();
+        let t = t.as_secs_f64();
+        assert_eq!(ended, ["round ok", &format!("tick at {:.1}", t + offset)]);
     }
 
     #[test]
@@ -660,7 +671,11 @@ mod tests {
 
     #[test]
     fn a_stop_with_final_round_that_comes_while_linking_runs_one_more_round_after_it() {
-        let mut r = Run::new(cfg());
+        // Empty rounds are not reported, yet the final round calls back.
+        let mut r = Run::new(LifecycleConfig {
+            report_empty_rounds: false,
+            ..cfg()
+        });
         r.send(Event::Opened);
         assert!(
             r.kinds(Event::Stop { final_round: true }).is_empty(),
@@ -669,9 +684,9 @@ mod tests {
         r.send(linked());
         assert_eq!(r.kinds(Event::Called(Ok(()))), ["round ok", "link 2"]);
         assert_eq!(
-            r.kinds(linked()),
+            r.kinds(Event::Linked(LinkOutcome::Linked { to_report: false })),
             ["call back"],
-            "a final round always calls back"
+            "a final round always calls back, even with nothing to report"
         );
         assert_eq!(r.kinds(Event::Called(Ok(()))), ["round ok", "close"]);
         assert_eq!(r.kinds(Event::SessionClosed), ["stop actor"]);
@@ -720,12 +735,76 @@ mod tests {
         r.send(Event::Opened);
         r.send(Event::Stop { final_round: true });
         assert_eq!(r.kinds(Event::Stop { final_round: false }), ["close"]);
-        assert_eq!(r.kinds(linked()), Vec::<String>::new());
         assert_eq!(
-            r.lc.final_failure(),
-            None,
-            "not asked any more: nothing to report"
+            r.kinds(linked()),
+            Vec::<String>::new(),
+            "no final round, no callback"
         );
+        assert_eq!(r.kinds(Event::SessionClosed), ["stop actor"]);
+    }
+
+    #[test]
+    fn a_failed_final_round_is_not_reported_to_a_stop_that_did_not_ask_for_it() {
+        let mut r = Run::new(cfg());
+        r.send(Event::Opened);
+        r.round_ok();
+        r.send(Event::Stop { final_round: true }); // the final round starts
+        r.send(linked());
+        // A second stop, without final round, comes while it calls back.
+        assert!(r
+            .kinds(Event::Stop { final_round: false })
+            .contains(&"close".to_string()));
+        r.send(Event::Called(Err(Error::ComponentStopped)));
+        assert_eq!(r.lc.final_failure(), None, "not asked by every stop");
+    }
+
+    #[test]
+    fn a_final_round_asked_while_calling_back_or_pruning_follows_the_round() {
+        let mut r = Run::new(LifecycleConfig {
+            prune_every: Some(SEC),
+            ..cfg()
+        });
+        r.send(Event::Opened);
+        r.send(linked());
+        assert!(
+            r.kinds(Event::Stop { final_round: true }).is_empty(),
+            "during the callback"
+        );
+        assert_eq!(
+            r.kinds(Event::Called(Ok(()))),
+            ["round ok", "link 2"],
+            "no prune while stopping"
+        );
+
+        let mut p = Run::new(LifecycleConfig {
+            prune_every: Some(SEC),
+            ..cfg()
+        });
+        p.send(Event::Opened);
+        p.send(linked());
+        assert_eq!(p.kinds(Event::Called(Ok(()))), ["prune"]);
+        assert!(
+            p.kinds(Event::Stop { final_round: true }).is_empty(),
+            "during the prune"
+        );
+        assert_eq!(p.kinds(Event::Pruned(Ok(()))), ["round ok", "link 2"]);
+    }
+
+    #[test]
+    fn a_stop_between_rounds_cancels_the_tick() {
+        let mut r = Run::new(cfg());
+        r.send(Event::Opened);
+        r.round_ok();
+        assert_eq!(
+            r.kinds(Event::Stop { final_round: false }),
+            ["cancel tick", "close"]
+        );
+        assert!(
+            r.lc.handle(Event::Tick { unchanged: false }, r.now).is_err(),
+            "the tick is gone"
+        );
+        assert_eq!(r.kinds(Event::SessionClosed), ["stop actor"]);
+        assert!(r.lc.handle(Event::SessionClosed, r.now).is_err(), "closed once");
     }
 
     #[test]
@@ -754,6 +833,17 @@ mod tests {
         assert_eq!(r.kinds(Event::Opened), ["tick at 4.0"]);
         r.at(4 * SEC);
         assert_eq!(r.kinds(Event::Tick { unchanged: false }), ["link 1"]);
+
+        // Even when nothing looks changed and empty rounds are not
+        // reported, a start's first round runs (it lists the whole
+        // snapshot and reports what the last start left unreported).
+        let mut quiet = Run::new(LifecycleConfig {
+            first_delay: 4 * SEC,
+            report_empty_rounds: false,
+            ..cfg()
+        });
+        quiet.send(Event::Opened);
+        assert_eq!(quiet.kinds(Event::Tick { unchanged: true }), ["link 1"]);
     }
 
     #[test]

@@ -64,6 +64,9 @@ pub(crate) enum Order<W> {
         waiters: Vec<W>,
         result: Result<()>,
     },
+    /// Refuse each of `waiters` with [`Error::ComponentStopped`]: queued
+    /// starts the component will never run.
+    Refuse { waiters: Vec<W> },
     /// The store's actor failed and is started again after `wait`: log it
     /// and count the restart.
     Restarting { kv: KvId, wait: Duration },
@@ -267,21 +270,25 @@ impl<W> Stores<W> {
         }
     }
 
-    /// The actor of `generation` ended: start what waits, restart what
-    /// failed, or run the hook before the store rests.
-    pub fn ended(&mut self, kv: KvId, generation: u64) -> Vec<Order<W>> {
+    /// The actor of `generation` ended (`opened`: its dir had opened, which
+    /// this may learn before [`opened`](Self::opened)): start what waits,
+    /// restart what failed, or run the hook before the store rests.
+    pub fn ended(&mut self, kv: KvId, generation: u64, opened: bool) -> Vec<Order<W>> {
         let shutting_down = self.shutting_down;
         let max_backoff = self.max_backoff;
         let Some(store) = self.stores.get_mut(&kv).filter(|s| s.generation == generation) else {
             return Vec::new();
         };
+        if let Phase::Running { opened: known } = &mut store.phase {
+            *known |= opened;
+        }
         match &mut store.phase {
             Phase::Draining { next } => match next.take() {
                 Some(queued) if !shutting_down => {
                     self.spawn(kv, queued.plan, 0, Duration::ZERO, queued.waiters)
                 }
                 queued => {
-                    let mut orders = Self::refuse(kv, queued);
+                    let mut orders = Self::refuse(queued);
                     orders.extend(self.rest(kv));
                     orders
                 }
@@ -321,7 +328,7 @@ impl<W> Stores<W> {
             Some(queued) if !shutting_down => self.spawn(kv, queued.plan, 0, Duration::ZERO, queued.waiters),
             queued => {
                 self.stores.remove(&kv);
-                let mut orders = Self::refuse(kv, queued);
+                let mut orders = Self::refuse(queued);
                 orders.push(Order::Forget { kv });
                 orders
             }
@@ -338,7 +345,7 @@ impl<W> Stores<W> {
         for kv in kvs {
             let store = self.stores.get_mut(&kv).expect("listed above");
             if let Phase::Draining { next } = &mut store.phase {
-                orders.extend(Self::refuse(kv, next.take()));
+                orders.extend(Self::refuse(next.take()));
             }
             store.phase = Phase::Draining { next: None };
             orders.push(Order::Stop {
@@ -391,13 +398,9 @@ impl<W> Stores<W> {
     }
 
     /// Refuses a queued start (the component stops).
-    fn refuse(kv: KvId, queued: Option<Queued<W>>) -> Vec<Order<W>> {
+    fn refuse(queued: Option<Queued<W>>) -> Vec<Order<W>> {
         queued
-            .map(|q| Order::Answer {
-                kv,
-                waiters: q.waiters,
-                result: Err(Error::ComponentStopped),
-            })
+            .map(|q| Order::Refuse { waiters: q.waiters })
             .into_iter()
             .collect()
     }
@@ -450,6 +453,7 @@ mod tests {
                     Ok(()) => format!("ok to {}", waiters.join(",")),
                     Err(e) => format!("err to {}: {e}", waiters.join(",")),
                 },
+                Order::Refuse { waiters } => format!("refuse {}", waiters.join(",")),
                 Order::Restarting { wait, .. } => format!("restarting after {}s", wait.as_secs()),
                 Order::Hook { generation, .. } => format!("hook g{generation}"),
                 Order::Forget { .. } => "forget".into(),
@@ -487,7 +491,7 @@ mod tests {
         t.opened(KV, 1, Ok(()));
         let mut waits = Vec::new();
         for g in 1..=5 {
-            let orders = show(t.ended(KV, g));
+            let orders = show(t.ended(KV, g, true));
             assert!(
                 orders[1].starts_with(&format!("spawn g{} /b/7 after", g + 1)),
                 "{orders:?}"
@@ -508,6 +512,34 @@ mod tests {
     }
 
     #[test]
+    fn an_end_handled_before_the_start_outcome_still_restarts_an_opened_store() {
+        let mut t = table();
+        t.start(KV, plan("/b/7"), "a");
+        // The actor opened and failed at once; its end comes first.
+        let orders = show(t.ended(KV, 1, true));
+        assert_eq!(orders, ["restarting after 1s", "spawn g2 /b/7 after 1s"]);
+        assert_eq!(
+            show(t.opened(KV, 1, Ok(()))),
+            ["ok to a"],
+            "the start is still answered"
+        );
+    }
+
+    #[test]
+    fn a_stop_during_a_restarts_backoff_is_never_followed_by_another_restart() {
+        let mut t = table();
+        t.start(KV, plan("/b/7"), "a");
+        t.opened(KV, 1, Ok(()));
+        t.ended(KV, 1, true); // restarting as g2, still opening
+        assert_eq!(
+            show(t.stop(KV, false, "s")),
+            ["stop final=false for s reply_final=true"]
+        );
+        assert_eq!(show(t.ended(KV, 2, true)), ["hook g2"]);
+        assert_eq!(show(t.rested(KV, 2)), ["forget"]);
+    }
+
+    #[test]
     fn a_store_is_never_restarted_after_an_intended_stop() {
         let mut t = table();
         t.start(KV, plan("/b/7"), "a");
@@ -517,7 +549,7 @@ mod tests {
             ["stop final=true for s reply_final=true"]
         );
         assert!(!t.is_running(KV));
-        assert_eq!(show(t.ended(KV, 1)), ["hook g1"], "no restart");
+        assert_eq!(show(t.ended(KV, 1, true)), ["hook g1"], "no restart");
         assert_eq!(show(t.rested(KV, 1)), ["forget"]);
         assert_eq!(
             show(t.stop(KV, false, "t")),
@@ -533,7 +565,7 @@ mod tests {
             show(t.opened(KV, 1, Err(Error::ComponentStopped))),
             ["err to a: the backup component has shut down"]
         );
-        assert_eq!(show(t.ended(KV, 1)), ["hook g1"]);
+        assert_eq!(show(t.ended(KV, 1, false)), ["hook g1"]);
     }
 
     #[test]
@@ -554,7 +586,7 @@ mod tests {
             "about to run: a repeat"
         );
         assert_eq!(
-            show(t.ended(KV, 1)),
+            show(t.ended(KV, 1, true)),
             ["spawn g2 /b/7 after 0s"],
             "no hook: not stopped for good"
         );
@@ -570,7 +602,7 @@ mod tests {
         t.start(KV, plan("/b/7"), "a");
         t.opened(KV, 1, Ok(()));
         t.stop(KV, false, "s");
-        assert_eq!(show(t.ended(KV, 1)), ["hook g1"]);
+        assert_eq!(show(t.ended(KV, 1, true)), ["hook g1"]);
         assert!(t.start(KV, plan("/b/7"), "q").is_empty(), "behind the hook");
         assert_eq!(show(t.rested(KV, 1)), ["spawn g2 /b/7 after 0s"]);
     }
@@ -586,7 +618,7 @@ mod tests {
             show(t.stop(KV, true, "s3")),
             ["stop final=false for s3 reply_final=false"]
         );
-        assert_eq!(show(t.ended(KV, 1)), ["hook g1"]);
+        assert_eq!(show(t.ended(KV, 1, true)), ["hook g1"]);
     }
 
     #[test]
@@ -594,7 +626,7 @@ mod tests {
         let mut t = table();
         let mut spawned = 0;
         let mut gen = 0;
-        let mut draining = false;
+        let mut stops = 0;
         // active, replica, active, dead, active: each acted on at once.
         for active in [true, false, true, false, true] {
             let orders = match t.vbucket(KV, active) {
@@ -608,13 +640,13 @@ mod tests {
                     gen = generation;
                 }
                 if let Order::Stop { .. } = o {
-                    draining = true;
+                    stops += 1;
                 }
             }
         }
         assert_eq!(
-            (spawned, draining),
-            (1, true),
+            (spawned, stops),
+            (1, 1),
             "one actor, stopped once, the rest queued"
         );
         assert_eq!(
@@ -623,7 +655,7 @@ mod tests {
             "the last state was active"
         );
         assert_eq!(t.vbucket(KV, false), VbucketMove::Stop);
-        let orders = show(t.ended(KV, gen));
+        let orders = show(t.ended(KV, gen, true));
         assert_eq!(
             orders,
             ["spawn g2 /b/7 after 0s"],
@@ -639,16 +671,21 @@ mod tests {
         t.start(KvId(8), plan("/b/8"), "b");
         t.opened(KvId(8), 2, Ok(()));
         t.stop(KvId(8), false, "s");
-        t.start(KvId(8), plan("/b/8"), "q");
+        t.start(KvId(8), plan("/b/8"), "q1");
+        t.start(KvId(8), plan("/b/8"), "q2");
         assert_eq!(
             show(t.shutdown()),
             [
                 "stop final=false for - reply_final=false",
-                "err to q: the backup component has shut down",
+                "refuse q1,q2",
                 "stop final=false for - reply_final=false"
             ]
         );
-        assert_eq!(show(t.ended(KV, 1)), ["hook g1"], "no restart in a shutdown");
+        assert_eq!(
+            show(t.ended(KV, 1, true)),
+            ["hook g1"],
+            "no restart in a shutdown"
+        );
         assert_eq!(
             show(t.start(KV, plan("/b/7"), "late")),
             ["err to late: the backup component has shut down"]
@@ -660,8 +697,8 @@ mod tests {
         let mut t = table();
         t.start(KV, plan("/b/7"), "a");
         t.opened(KV, 1, Ok(()));
-        t.ended(KV, 1); // restarted as g2
-        assert!(t.ended(KV, 1).is_empty());
+        t.ended(KV, 1, true); // restarted as g2
+        assert!(t.ended(KV, 1, true).is_empty());
         assert!(t.rested(KV, 1).is_empty());
         assert!(t.is_current(KV, 2) && t.is_running(KV));
     }
