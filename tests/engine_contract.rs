@@ -368,7 +368,9 @@ async fn a_round_whose_generation_was_linked_does_not_read_the_list() {
 }
 
 /// An engine whose `backup_stopped` takes a while.
-struct SlowStop(RefEngine);
+/// A reference engine whose `backup_stopped` takes 200 ms; counts the
+/// hooks that returned.
+struct SlowStop(RefEngine, Arc<std::sync::atomic::AtomicUsize>);
 
 impl Engine for SlowStop {
     fn snapshot(&self, kv: KvId) -> continuous_backup::Result<Box<dyn Snapshot>> {
@@ -385,7 +387,8 @@ impl Engine for SlowStop {
     }
     fn backup_stopped(&self, kv: KvId) {
         std::thread::sleep(ms(200));
-        self.0.backup_stopped(kv)
+        self.0.backup_stopped(kv);
+        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -402,7 +405,9 @@ async fn backup_stopped_never_overtakes_the_next_start() {
         report_empty_rounds: false,
         ..Config::default()
     };
-    let backup = ContinuousBackup::start(Arc::new(SlowStop(fx.engine.clone())), config, None).unwrap();
+    let hooks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let engine = SlowStop(fx.engine.clone(), Arc::clone(&hooks));
+    let backup = ContinuousBackup::start(Arc::new(engine), config, None).unwrap();
     let dir = fx.backup_dir(KV);
     let (cb, mut rx) = recorder();
     backup
@@ -413,8 +418,14 @@ async fn backup_stopped_never_overtakes_the_next_start() {
     backup.stop_backup(KV, false).await.unwrap();
     backup.start_backup(KV, &dir, cb, Some(ms(30))).await.unwrap();
     next_round(&mut rx, Duration::from_secs(5)).await;
-    actix_rt::time::sleep(ms(300)).await; // any late hook would have run by now
-                                          // A flush compacted away before the next tick: retained for the backup.
+    // The first stop's hook has returned (a late one would land after the
+    // second start's first round, and the check below would fail).
+    eventually(Duration::from_secs(10), "the first stop's hook returned", || {
+        let hooks = Arc::clone(&hooks);
+        async move { (hooks.load(std::sync::atomic::Ordering::SeqCst) == 1).then_some(()) }
+    })
+    .await;
+    // A flush compacted away before the next tick: retained for the backup.
     let second = fx.flush_some(KV, 3);
     fx.engine.compact(KV).unwrap();
     assert_eq!(fx.engine.retained(KV).unwrap(), 1, "the backup is known active");

@@ -28,7 +28,17 @@ async fn stop_ends_rounds_and_later_flushes_are_not_linked() {
     let stopped_at = Instant::now();
 
     let late = fx.flush_some(KV, 2);
-    actix_rt::time::sleep(ms(300)).await;
+    // A barrier instead of a wait: a start of the store into another dir
+    // calls back on the store's one callback thread, after any callback
+    // the stopped start could still have queued.
+    let (barrier, mut after) = recorder();
+    let other = fx.backup_root().join("barrier");
+    backup
+        .start_backup(KV, &other, barrier, Some(ms(30)))
+        .await
+        .unwrap();
+    next_round(&mut after, Duration::from_secs(5)).await;
+    backup.stop_backup(KV, false).await.unwrap();
     while let Ok(r) = rx.try_recv() {
         assert!(r.started < stopped_at, "a round started after stop returned");
     }
@@ -122,11 +132,29 @@ async fn vbucket_flapping_ends_with_exactly_the_active_ones_running() {
         "the seed exercises both outcomes"
     );
 
-    // Only the running ones keep doing rounds.
-    actix_rt::time::sleep(ms(300)).await;
+    // Only the running ones keep doing rounds. A stop of a stopped store
+    // returns once its actor has ended (or at once, NotRunning, if it is
+    // gone): after it, no round of it can end any more.
+    let all = backup.status().await.unwrap();
+    for s in all.stores.iter().filter(|s| !expected.contains(&s.kv)) {
+        let _ = backup.stop_backup(s.kv, false).await;
+    }
     let before = backup.status().await.unwrap();
-    actix_rt::time::sleep(ms(300)).await;
-    let after = backup.status().await.unwrap();
+    let after = eventually(
+        Duration::from_secs(30),
+        "every active store did two more rounds",
+        || {
+            let (backup, expected, before) = (backup.clone(), expected.clone(), before.clone());
+            async move {
+                let now = backup.status().await.unwrap();
+                let grown = expected
+                    .iter()
+                    .all(|kv| now.store(*kv).unwrap().rounds >= before.store(*kv).unwrap().rounds + 2);
+                grown.then_some(now)
+            }
+        },
+    )
+    .await;
     for s in &after.stores {
         let was = before.store(s.kv).unwrap().rounds;
         if expected.contains(&s.kv) {

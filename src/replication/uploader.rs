@@ -893,6 +893,16 @@ mod tests {
 
     /// A replica of a temp backup dir holding `names`, uploading to
     /// `store` with `config`, its task started (call inside a System).
+    /// Waits until `done` holds, looking every 5 ms; panics naming `what`
+    /// after 60 s (an upload that never comes fails, not hangs).
+    async fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "waited 60 s for: {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     fn replicate(
         store: &Arc<Recording>,
         config: ReplicationConfig,
@@ -947,9 +957,7 @@ mod tests {
             let (replica, _dir, _uploader) = replicate(&store, ReplicationConfig::default(), &[]);
             // Let the first rescan (of an empty dir) pass, then write and
             // push as rounds and a callback do.
-            while replica.status().rescan_pending {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            wait_until("the first rescan is done", || !replica.status().rescan_pending).await;
             for name in names {
                 std::fs::write(replica.local.join(name), name.as_bytes()).unwrap();
             }
@@ -959,9 +967,7 @@ mod tests {
             replica.push_metadata(2, 14);
             replica.push_metadata(3, 14);
             replica.push_metadata(4, 14);
-            while !replica.is_drained() {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            wait_until("the queue is drained", || replica.is_drained()).await;
         });
         let done: Vec<String> = store
             .done
@@ -1102,13 +1108,9 @@ mod tests {
             let (replica, _dir, _uploader) = replicate(&store, ReplicationConfig::default(), &[]);
             // After the first rescan (a push before it is the scan's to
             // find, and it would not).
-            while replica.status().rescan_pending {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            wait_until("the first rescan is done", || !replica.status().rescan_pending).await;
             replica.push_files(&files(&["removed-by-hand.sqi"]));
-            while !replica.is_drained() {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            wait_until("the queue is drained", || replica.is_drained()).await;
             replica.status()
         });
         assert_eq!((status.upload_errors, status.pending_files), (1, 0), "{status:?}");
