@@ -1,7 +1,7 @@
 //! `BackupActor`: one per running KV store. A thin shell: when to do what
 //! is decided by the store's [`Lifecycle`] (a sans-IO state machine, in
 //! [`lifecycle`]); the actor turns what happens into its events and carries
-//! out its actions. What is linked and reported is in [`state`], the timing
+//! out its actions. What is linked and reported is in [`crate::round_state`], the timing
 //! in [`schedule`].
 //!
 //! A round: tick → `LinkRound` to the linker pool (snapshot, link, fsync dir)
@@ -11,7 +11,6 @@
 
 pub(crate) mod lifecycle;
 pub(crate) mod schedule;
-pub(crate) mod state;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -28,15 +27,36 @@ use crate::engine::{Engine, KvId, Snapshot};
 use crate::error::{Error, Result};
 use crate::fs::BackupDir;
 use crate::linker::LinkerActor;
+use crate::linker::{LinkRound, Linked, RoundLinked};
 use crate::manifest::RoundLog;
-use crate::messages::{BackupEnded, LinkRound, RoundLinked, StopStore};
 use crate::metadata::{CloseSession, MetadataActor, MetadataWriter, OpenDir, SessionId};
 use crate::pruner::{PruneSchedule, PruneStore};
 use crate::replication::queue::Replica;
 use crate::restore::PruneReport;
+use crate::round_state::{LinkSet, Unacked};
 use crate::status::StoreCounters;
 use lifecycle::{Action, Event, Lifecycle, LifecycleConfig, LinkOutcome, Phase};
-use state::{LinkSet, Unacked};
+
+/// Supervisor → backup actor, with `send`. Replies when the actor has
+/// stopped: the final round's error, if one was asked for and failed.
+#[derive(Message)]
+#[rtype(result = "Result<()>")]
+pub(crate) struct StopStore {
+    pub final_round: bool,
+}
+
+/// Backup actor → supervisor, with `do_send` from `stopped()`: the actor of
+/// this generation is gone; its unacknowledged files go to the next start.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct BackupEnded {
+    pub kv: KvId,
+    pub generation: u64,
+    /// Whether its dir had opened (told here too: the end may be handled
+    /// before the start's outcome).
+    pub opened: bool,
+    pub unacked: Unacked,
+}
 
 /// Everything a backup actor is started with.
 pub(crate) struct BackupSpec {
@@ -258,7 +278,7 @@ impl BackupActor {
     /// Counts a round's links and queues its files for reporting and, when
     /// replicated, for upload: they are durable now, and a metadata file
     /// written by this round's callback queues behind them.
-    fn count_linked(&mut self, linked: &mut crate::messages::Linked) {
+    fn count_linked(&mut self, linked: &mut Linked) {
         let c = &self.spec.counters;
         StoreCounters::add(&c.files_linked, linked.files_linked);
         StoreCounters::add(&c.bytes_linked, linked.bytes_linked);

@@ -75,6 +75,7 @@ pub mod refengine;
 pub mod replication;
 pub mod restore;
 pub mod retention;
+mod round_state;
 mod status;
 mod supervisor;
 

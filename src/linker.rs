@@ -6,16 +6,73 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use actix::{Actor, Handler, MessageResult, SyncContext};
+use actix::{Actor, Handler, Message, MessageResult, SyncContext};
 
-use crate::backup::state::LinkSet;
 use crate::callback::BackupFile;
-use crate::engine::{Engine, IndexFile, KvId};
+use crate::engine::{Engine, IndexFile, KvId, Snapshot};
 use crate::error::panic_message;
 use crate::error::{Error, Result};
 use crate::faults;
-use crate::manifest::{DeclaredFile, RoundFacts};
-use crate::messages::{BackupStoppedHook, LinkRound, Linked, RoundLinked};
+use crate::fs::BackupDir;
+use crate::manifest::{DeclaredFile, RoundFacts, RoundLog};
+use crate::round_state::LinkSet;
+
+/// Backup actor → linker pool, with `send`: take a snapshot, link what is
+/// new, fsync the dir. The link set travels with the job and comes back in
+/// the reply, so two rounds of a store cannot overlap. `cancel` is set when
+/// the store stops without a final round: the job then links nothing more.
+#[derive(Message)]
+#[rtype(result = "RoundLinked")]
+pub(crate) struct LinkRound {
+    pub kv: KvId,
+    pub dir: Arc<BackupDir>,
+    pub rounds: Arc<parking_lot::Mutex<RoundLog>>,
+    pub links: Box<LinkSet>,
+    pub cancel: Arc<AtomicBool>,
+    pub span: tracing::Span,
+}
+
+/// The linker's reply: the link set back, and what the round linked.
+pub(crate) struct RoundLinked {
+    pub links: Box<LinkSet>,
+    pub outcome: Result<Linked>,
+}
+
+/// A round's links, durable, ready to be reported.
+pub(crate) struct Linked {
+    pub snapshot: Box<dyn Snapshot>,
+    /// Files placed by this round (newly or found already there).
+    pub placed: Vec<BackupFile>,
+    pub files_linked: u64,
+    pub bytes_linked: u64,
+    pub files_copied: u64,
+    pub bytes_copied: u64,
+    /// The round manifest written (name, length), if the round wrote one.
+    pub manifest: Option<(String, u64)>,
+}
+
+impl Linked {
+    /// A round that found nothing new.
+    pub fn nothing_new(snapshot: Box<dyn Snapshot>) -> Linked {
+        Linked {
+            snapshot,
+            placed: Vec::new(),
+            files_linked: 0,
+            bytes_linked: 0,
+            files_copied: 0,
+            bytes_copied: 0,
+            manifest: None,
+        }
+    }
+}
+
+/// Supervisor → linker pool, with `do_send`, when a store stops for good
+/// (not when it restarts): tells the engine (`Engine::backup_stopped`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct BackupStoppedHook {
+    pub kv: KvId,
+}
 
 /// One thread of the linker pool.
 pub(crate) struct LinkerActor {

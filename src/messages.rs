@@ -1,5 +1,7 @@
-//! Every actix message of the component: who sends it, how, and what order it
-//! is handled in.
+//! The component's public control messages, all handled by the
+//! [`Supervisor`](crate::Supervisor): who sends them, how, and in what order
+//! they are handled. The internal messages live beside the actor that
+//! handles them (`linker.rs`, `backup.rs`, `metadata.rs`, `pruner.rs`).
 //!
 //! Public messages go to the [`Supervisor`](crate::Supervisor); the storage
 //! server sends them with `send().await` (or through
@@ -8,19 +10,15 @@
 //! is the one that holds.
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Message;
 use serde::{Deserialize, Serialize};
 
-use crate::backup::state::{LinkSet, Unacked};
-use crate::callback::{BackupCallback, BackupFile};
-use crate::engine::{KvId, Snapshot};
+use crate::callback::BackupCallback;
+use crate::engine::KvId;
 use crate::error::Result;
-use crate::fs::BackupDir;
-use crate::manifest::RoundLog;
 use crate::status::Status;
 
 /// Start backing up one KV store into `dir`: link every seqno-index file now,
@@ -97,83 +95,3 @@ pub struct GetStatus;
 #[derive(Message, Clone, Copy, Debug)]
 #[rtype(result = "()")]
 pub struct Shutdown;
-
-// ---- internal messages ----
-
-/// Backup actor → linker pool, with `send`: take a snapshot, link what is
-/// new, fsync the dir. The link set travels with the job and comes back in
-/// the reply, so two rounds of a store cannot overlap. `cancel` is set when
-/// the store stops without a final round: the job then links nothing more.
-#[derive(Message)]
-#[rtype(result = "RoundLinked")]
-pub(crate) struct LinkRound {
-    pub kv: KvId,
-    pub dir: Arc<BackupDir>,
-    pub rounds: Arc<parking_lot::Mutex<RoundLog>>,
-    pub links: Box<LinkSet>,
-    pub cancel: Arc<AtomicBool>,
-    pub span: tracing::Span,
-}
-
-/// The linker's reply: the link set back, and what the round linked.
-pub(crate) struct RoundLinked {
-    pub links: Box<LinkSet>,
-    pub outcome: Result<Linked>,
-}
-
-/// A round's links, durable, ready to be reported.
-pub(crate) struct Linked {
-    pub snapshot: Box<dyn Snapshot>,
-    /// Files placed by this round (newly or found already there).
-    pub placed: Vec<BackupFile>,
-    pub files_linked: u64,
-    pub bytes_linked: u64,
-    pub files_copied: u64,
-    pub bytes_copied: u64,
-    /// The round manifest written (name, length), if the round wrote one.
-    pub manifest: Option<(String, u64)>,
-}
-
-impl Linked {
-    /// A round that found nothing new.
-    pub fn nothing_new(snapshot: Box<dyn Snapshot>) -> Linked {
-        Linked {
-            snapshot,
-            placed: Vec::new(),
-            files_linked: 0,
-            bytes_linked: 0,
-            files_copied: 0,
-            bytes_copied: 0,
-            manifest: None,
-        }
-    }
-}
-
-/// Supervisor → backup actor, with `send`. Replies when the actor has
-/// stopped: the final round's error, if one was asked for and failed.
-#[derive(Message)]
-#[rtype(result = "Result<()>")]
-pub(crate) struct StopStore {
-    pub final_round: bool,
-}
-
-/// Backup actor → supervisor, with `do_send` from `stopped()`: the actor of
-/// this generation is gone; its unacknowledged files go to the next start.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct BackupEnded {
-    pub kv: KvId,
-    pub generation: u64,
-    /// Whether its dir had opened (told here too: the end may be handled
-    /// before the start's outcome).
-    pub opened: bool,
-    pub unacked: Unacked,
-}
-
-/// Supervisor → linker pool, with `do_send`, when a store stops for good
-/// (not when it restarts): tells the engine (`Engine::backup_stopped`).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct BackupStoppedHook {
-    pub kv: KvId,
-}

@@ -20,23 +20,20 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use crate::backup::state::Unacked;
-use crate::backup::{BackupActor, BackupSpec};
+use crate::backup::{BackupActor, BackupEnded, BackupSpec, StopStore};
 use crate::callback::{CallbackFactory, CallbackRunner};
 use crate::config::{check_interval, Config};
 use crate::engine::{Engine, KvId};
 use crate::error::panic_message;
 use crate::error::{Error, Result};
-use crate::linker::LinkerActor;
-use crate::messages::{
-    BackupEnded, BackupStoppedHook, GetStatus, SetVbucketState, Shutdown, StartBackup, StopBackup, StopStore,
-    VbucketState,
-};
+use crate::linker::{BackupStoppedHook, LinkerActor};
+use crate::messages::{GetStatus, SetVbucketState, Shutdown, StartBackup, StopBackup, VbucketState};
 use crate::metadata::MetadataActor;
 use crate::pruner::PruneSchedule;
 use crate::replication::queue::Replica;
 use crate::replication::RemoteUrl;
 use crate::replication::Uploader;
+use crate::round_state::Unacked;
 use crate::status::{Board, StoreCounters};
 use stores::{Order, Plan, Stores, VbucketMove};
 
