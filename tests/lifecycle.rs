@@ -63,9 +63,11 @@ async fn callbacks_of_a_stopped_start_and_the_next_never_overlap() {
         .start_backup(KV, fx.backup_dir(KV), cb.clone(), Some(ms(30)))
         .await
         .unwrap();
-    while calls.load(Ordering::SeqCst) == 0 {
-        actix_rt::time::sleep(ms(10)).await;
-    }
+    eventually(Duration::from_secs(10), "the first callback runs", || {
+        let calls = Arc::clone(&calls);
+        async move { (calls.load(Ordering::SeqCst) > 0).then_some(()) }
+    })
+    .await;
     backup.stop_backup(KV, false).await.unwrap();
     backup
         .start_backup(KV, fx.backup_dir(KV), cb, Some(ms(30)))
