@@ -76,7 +76,9 @@
 //!    tracked file = (growth of the F-file stores − stores × per store) /
 //!    files. The process's own accounting: allocator slack and freed
 //!    snapshot memory included. For scale, the RSS of as many parked std
-//!    threads is measured last (each store has a callback thread).
+//!    threads is measured last. Threads of the process with every store
+//!    running and idle (6 s after the last first round, when idle callback
+//!    workers have ended): `threads_idle`.
 //!
 //! The machine facts head the output, and each phase's line says how much
 //! CPU other processes took meanwhile (`/proc/stat`), since someone else's
@@ -731,6 +733,10 @@ struct Measured {
     rss: [i64; 3],
     /// RSS of one parked std thread.
     rss_thread: f64,
+    /// Threads of the process with every store running and idle.
+    threads_idle: usize,
+    /// Their names, with how many have each.
+    thread_names: std::collections::BTreeMap<String, usize>,
     failures: Vec<String>,
 }
 
@@ -824,7 +830,11 @@ async fn measure(plan: &Plan) -> Res<Measured> {
     .await?;
     wait_rounds(&backup, &probe_range, 1, timeout).await?;
     let rss2 = rss_bytes();
-    // What a parked thread costs (each store has its callback thread).
+    // Idle: callback workers that had nothing to do for 5 s have ended.
+    actix_rt::time::sleep(Duration::from_secs(6)).await;
+    let thread_names = idle_thread_names();
+    let threads_idle = thread_names.values().sum();
+    // What a parked thread costs (the callbacks used to have one per store).
     // Measured last, since glibc caches freed thread stacks.
     let rss_thread = parked_thread_rss(usize::from(plan.probe_stores))?;
     actix_rt::time::sleep(idle_interval * 2).await;
@@ -994,8 +1004,20 @@ async fn measure(plan: &Plan) -> Res<Measured> {
         metadata_cpu,
         rss: [rss0, rss1, rss2],
         rss_thread,
+        threads_idle,
+        thread_names,
         failures,
     })
+}
+
+/// This process's threads by name (`/proc/self/task/*/comm`).
+fn idle_thread_names() -> std::collections::BTreeMap<String, usize> {
+    let mut names = std::collections::BTreeMap::new();
+    for task in fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        let name = fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        *names.entry(name.trim().to_string()).or_insert(0) += 1;
+    }
+    names
 }
 
 /// RSS growth per thread of `n` std threads started and parked.
@@ -1241,6 +1263,8 @@ fn run() -> Res<bool> {
             "latency_handoff_ms_max": m.handoff[2],
             "metadata_loop_writes_per_s": meta_loop_rate,
             "rss_bytes_per_parked_thread": m.rss_thread,
+            "threads_idle": m.threads_idle,
+            "threads_idle_by_name": m.thread_names,
             "metadata_loop_before_writes_per_s": m.metadata_writes as f64 / m.metadata_loop_secs[0],
             "metadata_loop_after_writes_per_s": m.metadata_writes as f64 / m.metadata_loop_secs[1],
             "cores": cores,
@@ -1430,12 +1454,14 @@ fn run() -> Res<bool> {
         );
         println!(
             "(e) VmRSS {} MiB before any backup, {} MiB with {stores} stores running, {} MiB with {} empty \
-             stores more; for scale, a parked std thread (each store has its callback thread) costs {} bytes",
+             stores more; for scale, a parked std thread costs {} bytes; {} threads in the process with \
+             every store idle",
             rss0 >> 20,
             rss1 >> 20,
             rss2 >> 20,
             probe_stores,
             grouped(m.rss_thread),
+            m.threads_idle,
         );
         println!(
             "other processes took, of the machine: {:.0} % during the link phase, {:.0} % / {:.0} % during \

@@ -5,7 +5,8 @@
 //! in [`schedule`].
 //!
 //! A round: tick → `LinkRound` to the linker pool (snapshot, link, fsync dir)
-//! → callback on the store's callback thread (snapshot held until it returns)
+//! → callback on the callback pool, after the store's earlier calls
+//! (snapshot held until it returns)
 //! → acknowledge on success → with `Config::retention` on and a prune due,
 //! `PruneStore` to the pruner thread → the next tick armed with `run_later`.
 
@@ -70,8 +71,9 @@ pub(crate) struct BackupSpec {
     pub metadata: Addr<MetadataActor>,
     pub supervisor: Recipient<BackupEnded>,
     pub counters: Arc<StoreCounters>,
-    /// The store's callback thread, shared by every start of the store so
-    /// that callbacks of a stopping start and the next one never overlap.
+    /// The store's queue on the callback pool, the same for every start of
+    /// the store, so callbacks of a stopping start and the next one never
+    /// overlap.
     pub runner: CallbackRunner,
     /// Files an earlier start of the store linked but never got reported.
     pub unacked: Unacked,

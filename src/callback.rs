@@ -1,21 +1,23 @@
 //! What the storage server hands in to be told of each round, and the
-//! per-store thread that calls it.
+//! per-store handle that calls it on the callback pool.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use crate::callback_pool::{CallbackPool, Job};
 use crate::engine::{KvId, Snapshot};
 use crate::error::{CallbackError, Error, Result};
 use crate::metadata::MetadataWriter;
 
 pub use crate::backup_file::BackupFile;
 
-/// Called once per round of one store, on a thread of that store's own (never
-/// an actor's mailbox thread), so it may block without delaying other stores.
+/// Called once per round of one store, on a thread of the callback pool
+/// (never an actor's mailbox thread), one call of a store at a time; it may
+/// block without delaying other stores (up to `Config::callback_threads`
+/// blocked stores).
 ///
 /// `files` are the files placed in the backup dir that no successful round
 /// has reported yet; the list is empty when nothing is new. The snapshot is
@@ -75,38 +77,22 @@ pub(crate) struct CallbackOutcome {
     pub took: Duration,
 }
 
-type Job = Box<dyn FnOnce() + Send>;
-
-/// The thread that runs one store's callbacks. Clones share the thread; it
-/// ends when the last clone drops (after the call in progress, if any).
-///
-/// A thread per store, not a shared pool: a callback that blocks forever then
-/// holds only its own store, and process exit does not wait for it (it is
-/// not joined, unlike tokio's blocking pool at runtime shutdown). Every start
-/// of a store uses the same thread, so callbacks of a stopping start and of
-/// the next one run one after the other, never at once.
+/// Runs one store's callbacks on the component's [`CallbackPool`]: one at a
+/// time, in call order, whichever start of the store made them (calls of a
+/// stopping start and of the next one never overlap). Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct CallbackRunner {
     kv: KvId,
-    jobs: mpsc::Sender<Job>,
+    pool: Arc<CallbackPool>,
 }
 
 impl CallbackRunner {
-    /// Starts the store's callback thread.
-    pub fn start(kv: KvId) -> Result<Self> {
-        let (jobs, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name(format!("cbk-callback-{kv}"))
-            .spawn(move || {
-                while let Ok(job) = rx.recv() {
-                    job();
-                }
-            })
-            .map_err(|e| Error::io("start callback thread", format!("KV store {kv}"), e))?;
-        Ok(CallbackRunner { kv, jobs })
+    /// The handle of `kv` on `pool`.
+    pub fn new(kv: KvId, pool: Arc<CallbackPool>) -> Self {
+        CallbackRunner { kv, pool }
     }
 
-    /// Calls `cb` on the store's callback thread; the receiver gets the
+    /// Calls `cb` on the pool, after the store's earlier calls; the receiver gets the
     /// outcome (a panic becomes [`Error::Panicked`]). The snapshot is dropped
     /// only after the call returns.
     pub fn run(
@@ -141,9 +127,8 @@ impl CallbackRunner {
             };
             let _ = tx.send(CallbackOutcome { result, took });
         });
-        // The thread ends only when every sender is gone, so this cannot
-        // fail; if it did, the dropped `tx` fails the round.
-        let _ = self.jobs.send(job);
+        // A job the pool cannot run is dropped with `tx`: the round fails.
+        self.pool.submit(kv, job);
         rx
     }
 }

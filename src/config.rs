@@ -35,6 +35,15 @@ pub struct Config {
     /// without reuse; dirs on different threads fsync in parallel, which a
     /// journaling file system commits together. Default: 4.
     pub metadata_threads: usize,
+    /// Most threads that run callbacks. Calls of one store run one at a
+    /// time, on whichever thread is free; a blocked callback holds one
+    /// thread, and up to this many stores may block before the others
+    /// wait. Threads are started when needed and end after 5 s idle (one
+    /// is kept). Default: 64.
+    pub callback_threads: usize,
+    /// A callback running longer than this is logged (once per call) and
+    /// shows in its store's status as `callback_running_for`. Default: 60 s.
+    pub callback_watchdog: Duration,
     /// Permission bits of the backup dirs (and missing parents) the
     /// component creates; must include `0o700`. Default: `0o700`.
     pub dir_mode: u32,
@@ -77,6 +86,8 @@ impl Default for Config {
             max_backoff: Duration::from_secs(600),
             linker_threads: 2,
             metadata_threads: 4,
+            callback_threads: 64,
+            callback_watchdog: Duration::from_secs(60),
             dir_mode: 0o700,
             file_mode: 0o600,
             report_empty_rounds: true,
@@ -108,6 +119,18 @@ impl Config {
             return Err(Error::Config {
                 field: "metadata_threads",
                 reason: "must be between 1 and 64",
+            });
+        }
+        if !(1..=4096).contains(&self.callback_threads) {
+            return Err(Error::Config {
+                field: "callback_threads",
+                reason: "must be between 1 and 4096",
+            });
+        }
+        if self.callback_watchdog.is_zero() {
+            return Err(Error::Config {
+                field: "callback_watchdog",
+                reason: "must be above zero",
             });
         }
         if self.dir_mode > 0o777 || self.dir_mode & 0o700 != 0o700 {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use actix::{Actor, Addr, SyncArbiter};
 
 use crate::callback::{BackupCallback, CallbackFactory};
+use crate::callback_pool::CallbackPool;
 use crate::config::Config;
 use crate::engine::{Engine, KvId};
 use crate::error::{Error, Result};
@@ -52,13 +53,15 @@ impl ContinuousBackup {
             .collect();
         let uploader = Uploader::new(config.replication.clone());
         let prune = PruneSchedule::start(&config);
-        let board = Board::default();
+        let callbacks = CallbackPool::new(config.callback_threads, config.callback_watchdog);
+        let board = Board::with_callbacks(Arc::clone(&callbacks));
         let parts = Parts {
             linker,
             metadata,
             uploader,
             prune,
             board: board.clone(),
+            callbacks,
         };
         let supervisor = Supervisor::new(engine, config, factory, parts);
         Ok(ContinuousBackup {

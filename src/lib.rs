@@ -48,6 +48,7 @@ mod backoff;
 mod backup;
 mod backup_file;
 mod callback;
+mod callback_pool;
 mod config;
 mod dir_lock;
 mod dir_sync;

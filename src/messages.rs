@@ -48,7 +48,7 @@ pub struct StartBackup {
 /// Stop backing up one KV store. With `final_round`, one more full round runs
 /// first (waiting for one in flight), as a storage server does before it
 /// deletes a vBucket. Without it, a round in flight is abandoned (its files
-/// stay in the backup dir; a running callback finishes on its own thread).
+/// stay in the backup dir; a running callback finishes on its pool thread).
 /// Replies when the store's metadata writer is closed: writes after that
 /// fail with [`Error::BackupStopped`](crate::Error).
 #[derive(Message)]

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use crate::callback_pool::CallbackPool;
 use crate::engine::KvId;
 use crate::replication::queue::Replica;
 use crate::replication::ReplicationStatus;
@@ -20,7 +21,11 @@ use crate::replication::ReplicationStatus;
 /// Every store's counters and upload queue: the supervisor adds them, the
 /// status and the metrics collector read them. Cheap to clone (one `Arc`).
 #[derive(Clone, Default)]
-pub(crate) struct Board(Arc<Mutex<BTreeMap<KvId, BoardEntry>>>);
+pub(crate) struct Board {
+    stores: Arc<Mutex<BTreeMap<KvId, BoardEntry>>>,
+    /// Where a store's running callback is seen.
+    callbacks: Option<Arc<CallbackPool>>,
+}
 
 #[derive(Clone, Default)]
 struct BoardEntry {
@@ -39,35 +44,47 @@ pub(crate) struct BoardRow {
 impl std::fmt::Debug for Board {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Board")
-            .field("stores", &self.0.lock().len())
+            .field("stores", &self.stores.lock().len())
             .finish()
     }
 }
 
 impl Board {
+    /// A board whose status shows the callbacks running on `callbacks`.
+    pub fn with_callbacks(callbacks: Arc<CallbackPool>) -> Board {
+        Board {
+            stores: Arc::default(),
+            callbacks: Some(callbacks),
+        }
+    }
+
     /// The counters of `kv`, made on first use.
     pub fn counters(&self, kv: KvId) -> Arc<StoreCounters> {
-        Arc::clone(&self.0.lock().entry(kv).or_default().counters)
+        Arc::clone(&self.stores.lock().entry(kv).or_default().counters)
     }
 
     /// The upload queue of `kv`, if it was ever replicated.
     pub fn replica(&self, kv: KvId) -> Option<Arc<Replica>> {
-        self.0.lock().get(&kv).and_then(|e| e.replica.clone())
+        self.stores.lock().get(&kv).and_then(|e| e.replica.clone())
     }
 
     /// Records `kv`'s upload queue (replacing one it had).
     pub fn set_replica(&self, kv: KvId, replica: Arc<Replica>) {
-        self.0.lock().entry(kv).or_default().replica = Some(replica);
+        self.stores.lock().entry(kv).or_default().replica = Some(replica);
     }
 
     /// Every upload queue.
     pub fn replicas(&self) -> Vec<Arc<Replica>> {
-        self.0.lock().values().filter_map(|e| e.replica.clone()).collect()
+        self.stores
+            .lock()
+            .values()
+            .filter_map(|e| e.replica.clone())
+            .collect()
     }
 
     /// Every store, by id; the lock is held only to clone the `Arc`s.
     pub fn rows(&self) -> Vec<BoardRow> {
-        self.0
+        self.stores
             .lock()
             .iter()
             .map(|(kv, e)| BoardRow {
@@ -86,6 +103,7 @@ impl Board {
             .map(|row| {
                 let mut status = row.counters.snapshot(row.kv, running(row.kv));
                 status.replication = row.replica.map(|r| r.status());
+                status.callback_running_for = self.callbacks.as_ref().and_then(|c| c.running_for(row.kv));
                 status
             })
             .collect();
@@ -165,6 +183,7 @@ impl StoreCounters {
             last_round_duration: last.duration,
             last_error: last.error,
             replication: None,
+            callback_running_for: None,
         }
     }
 }
@@ -234,6 +253,9 @@ pub struct StoreStatus {
     pub last_error: Option<String>,
     /// The remote copy's uploads, when the store is replicated.
     pub replication: Option<ReplicationStatus>,
+    /// How long the store's callback has been running, if one runs now
+    /// (past `Config::callback_watchdog` it is also logged).
+    pub callback_running_for: Option<Duration>,
 }
 
 /// Status of every store the component has seen, ordered by id.

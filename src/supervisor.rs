@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 
 use crate::backup::{BackupActor, BackupEnded, BackupSpec, StopStore};
 use crate::callback::{CallbackFactory, CallbackRunner};
+use crate::callback_pool::CallbackPool;
 use crate::config::{check_interval, Config};
 use crate::engine::{Engine, KvId};
 use crate::error::panic_message;
@@ -53,9 +54,10 @@ pub struct Supervisor {
     table: Stores<Waiter>,
     /// The actor of each store in the table.
     actors: HashMap<KvId, Addr<BackupActor>>,
-    /// Each store's callback thread, shared by all its starts: a callback of
-    /// the last start may still run on it when the next one starts.
-    runners: HashMap<KvId, CallbackRunner>,
+    /// The callback pool: keeps each store's calls in order across its
+    /// starts (a callback of the last start may still run when the next
+    /// one starts).
+    callbacks: Arc<CallbackPool>,
     /// Files of stores without an actor now that no round reported, for
     /// the next start.
     unacked: HashMap<KvId, Unacked>,
@@ -74,6 +76,7 @@ pub(crate) struct Parts {
     pub uploader: Uploader,
     pub prune: Option<PruneSchedule>,
     pub board: Board,
+    pub callbacks: Arc<CallbackPool>,
 }
 
 type Reply = ResponseActFuture<Supervisor, Result<()>>;
@@ -109,6 +112,7 @@ impl Supervisor {
             uploader,
             prune,
             board,
+            callbacks,
         } = parts;
         Supervisor {
             table: Stores::new(config.max_backoff),
@@ -119,7 +123,7 @@ impl Supervisor {
             linker,
             metadata,
             actors: HashMap::new(),
-            runners: HashMap::new(),
+            callbacks,
             unacked: HashMap::new(),
             board,
             uploader,
@@ -166,12 +170,6 @@ impl Supervisor {
     fn start_store(&mut self, kv: KvId, plan: Plan, ctx: &mut Context<Self>) -> Reply {
         if let Err(e) = self.check_start(kv, &plan) {
             return ready(Err(e));
-        }
-        if let std::collections::hash_map::Entry::Vacant(slot) = self.runners.entry(kv) {
-            match CallbackRunner::start(kv) {
-                Ok(runner) => slot.insert(runner),
-                Err(e) => return ready(Err(e)),
-            };
         }
         let (tx, rx) = oneshot::channel();
         let orders = self.table.start(kv, plan, tx);
@@ -262,19 +260,7 @@ impl Supervisor {
             .remote
             .as_ref()
             .and_then(|remote| self.replica(kv, &plan.dir, remote));
-        let runner = match self.runners.get(&kv) {
-            Some(runner) => runner.clone(),
-            // start_store makes it before a first spawn; made here if not.
-            None => match CallbackRunner::start(kv) {
-                Ok(runner) => self.runners.entry(kv).or_insert(runner).clone(),
-                Err(e) => {
-                    // No actor: the start fails and the store ends at once.
-                    let mut orders = self.table.opened(kv, generation, Err(e));
-                    orders.extend(self.table.ended(kv, generation, false));
-                    return self.carry_out(orders, ctx);
-                }
-            },
-        };
+        let runner = CallbackRunner::new(kv, Arc::clone(&self.callbacks));
         let spec = BackupSpec {
             kv,
             generation,

@@ -154,6 +154,14 @@ async fn bad_input_gets_a_typed_error_and_writes_nothing() {
             ..Config::default()
         },
         Config {
+            callback_threads: 0,
+            ..Config::default()
+        },
+        Config {
+            callback_watchdog: Duration::ZERO,
+            ..Config::default()
+        },
+        Config {
             backup_root: Some("rel".into()),
             ..Config::default()
         },

@@ -114,6 +114,20 @@ async fn name_clash_under_a_recreated_store_keeps_both_files() {
         .unwrap();
     next_round(&mut rx, Duration::from_secs(5)).await;
     backup.stop_backup(KV, false).await.unwrap();
+    // The stop does not wait for the callback; its snapshot (which holds
+    // the old file, and so its number) goes once the callback returned.
+    eventually(
+        Duration::from_secs(10),
+        "the stopped start's callback returned",
+        || {
+            let backup = backup.clone();
+            async move {
+                let s = store_status(&backup, KV).await;
+                s.callback_running_for.is_none().then_some(())
+            }
+        },
+    )
+    .await;
 
     // The vBucket is deleted and created again: file names start over.
     fx.engine.drop_store(KV).unwrap();

@@ -1,0 +1,389 @@
+//! The callback pool: every store's callbacks on a few shared threads, one
+//! callback of a store at a time, in the order they were handed in.
+//!
+//! - **Per-store order**: a store's calls queue behind each other; a store
+//!   is handed to a worker only while none of its calls runs. Calls of a
+//!   stopping start and of the next start of the store therefore never
+//!   overlap.
+//! - **Isolation**: a blocked callback holds one worker. A call that has
+//!   waited `GROW_AFTER` (2 ms) with every worker busy starts a new one, up
+//!   to `Config::callback_threads`, so blocked stores below the cap delay
+//!   the others by at most that.
+//! - **Few threads**: an idle call wakes the worker that idled last, and a
+//!   worker idle for `IDLE_EXIT` ends (one is kept), so 1024 idle stores
+//!   need a worker or two and the monitor, not 1024 threads.
+//! - **Watchdog**: a call running past `Config::callback_watchdog` is logged
+//!   once, naming the store, and shows in the store's status
+//!   (`callback_running_for`).
+//! - Workers are detached: shutdown and process exit never join a blocked
+//!   callback.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::engine::KvId;
+
+/// One call, with its outcome channel inside.
+pub(crate) type Job = Box<dyn FnOnce() + Send>;
+
+/// How long an idle worker waits for work before it ends.
+const IDLE_EXIT: Duration = Duration::from_secs(5);
+
+/// Workers kept however long they idle.
+const MIN_WORKERS: usize = 1;
+
+/// How long a call waits for a busy pool before another worker starts: a
+/// burst of short calls is drained by the workers there are, a blocked
+/// callback costs the calls behind it at most this.
+const GROW_AFTER: Duration = Duration::from_millis(2);
+
+/// The shared callback threads of one component. Dropping the last handle
+/// ends the idle workers and the monitor (a running call finishes first).
+pub(crate) struct CallbackPool {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the monitor: a call found every worker busy.
+    monitor: Condvar,
+    max_workers: usize,
+    watchdog: Duration,
+}
+
+#[derive(Default)]
+struct State {
+    /// Calls not started yet, per store.
+    queued: HashMap<KvId, VecDeque<Job>>,
+    /// Stores with a call running: since when, and whether it was reported.
+    running: HashMap<KvId, (Instant, bool)>,
+    /// Stores with queued calls and none running, each once, oldest first,
+    /// with when they became ready.
+    ready: VecDeque<(KvId, Instant)>,
+    workers: usize,
+    /// Workers waiting for work, each on its own condvar, the one that
+    /// idled last on top: a call wakes the most recently busy worker, so
+    /// the others stay idle long enough to end.
+    idle: Vec<(u64, Arc<Condvar>)>,
+    /// Idle workers a call has woken (taken off `idle`).
+    claimed: HashSet<u64>,
+    next_worker: u64,
+    /// The last handle is gone: workers end.
+    closed: bool,
+}
+
+impl CallbackPool {
+    /// A pool of at most `max_workers` threads (at least 1) whose watchdog
+    /// reports calls running longer than `watchdog`.
+    pub fn new(max_workers: usize, watchdog: Duration) -> Arc<CallbackPool> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            monitor: Condvar::new(),
+            max_workers: max_workers.max(1),
+            watchdog,
+        });
+        let monitor = Arc::clone(&shared);
+        let started = std::thread::Builder::new()
+            .name("cbk-callback-monitor".into())
+            .spawn(move || monitor.watch());
+        if let Err(e) = started {
+            tracing::warn!(error = %e, "cannot start the callback monitor; long callbacks are not reported and the pool does not grow");
+        }
+        Arc::new(CallbackPool { shared })
+    }
+
+    /// Queues `job` as `kv`'s next call.
+    pub fn submit(&self, kv: KvId, job: Job) {
+        let shared = &self.shared;
+        let mut st = shared.state.lock();
+        let queue = st.queued.entry(kv).or_default();
+        queue.push_back(job);
+        if queue.len() == 1 && !st.running.contains_key(&kv) {
+            st.ready.push_back((kv, Instant::now()));
+        }
+        if let Some((id, wake)) = st.idle.pop() {
+            st.claimed.insert(id); // that worker takes the next ready store
+            wake.notify_one();
+        } else if st.workers == 0 {
+            if !Shared::spawn_worker(shared, &mut st) {
+                // Nobody would ever run it: drop it, which fails its round.
+                drop(st.queued.get_mut(&kv).and_then(VecDeque::pop_back));
+                if st.queued.get(&kv).is_some_and(VecDeque::is_empty) {
+                    st.queued.remove(&kv);
+                    st.ready.retain(|(k, _)| *k != kv);
+                }
+            }
+        } else {
+            shared.monitor.notify_one(); // grows the pool if this waits
+        }
+    }
+
+    /// How long `kv`'s current call has run, if one runs.
+    pub fn running_for(&self, kv: KvId) -> Option<Duration> {
+        self.shared
+            .state
+            .lock()
+            .running
+            .get(&kv)
+            .map(|(since, _)| since.elapsed())
+    }
+
+    /// Worker threads now.
+    #[cfg(test)]
+    pub fn workers(&self) -> usize {
+        self.shared.state.lock().workers
+    }
+}
+
+impl Drop for CallbackPool {
+    fn drop(&mut self) {
+        let mut st = self.shared.state.lock();
+        st.closed = true;
+        for (_, wake) in st.idle.drain(..) {
+            wake.notify_one();
+        }
+        self.shared.monitor.notify_one();
+    }
+}
+
+impl Shared {
+    /// Starts a worker; false if the thread could not be made.
+    fn spawn_worker(shared: &Arc<Shared>, st: &mut State) -> bool {
+        let id = st.next_worker;
+        st.next_worker += 1;
+        let worker = Arc::clone(shared);
+        let spawned = std::thread::Builder::new()
+            .name("cbk-callback".into())
+            .spawn(move || worker.work(id));
+        match spawned {
+            Ok(_) => {
+                st.workers += 1;
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, workers = st.workers, "cannot start a callback thread");
+                false
+            }
+        }
+    }
+
+    fn work(self: Arc<Self>, id: u64) {
+        let wake = Arc::new(Condvar::new());
+        loop {
+            let (kv, job) = {
+                let mut st = self.state.lock();
+                loop {
+                    if st.closed {
+                        st.workers -= 1;
+                        return;
+                    }
+                    if let Some(next) = take_ready(&mut st) {
+                        break next;
+                    }
+                    st.idle.push((id, Arc::clone(&wake)));
+                    let timed_out = wake.wait_for(&mut st, IDLE_EXIT).timed_out();
+                    if st.claimed.remove(&id) {
+                        continue; // woken by a call (already off `idle`)
+                    }
+                    st.idle.retain(|(i, _)| *i != id);
+                    if timed_out && st.ready.is_empty() && st.workers > MIN_WORKERS {
+                        st.workers -= 1;
+                        return;
+                    }
+                }
+            };
+            // The job catches its callback's panics; this keeps the worker
+            // (and the store's queue) alive should anything else panic.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+            let mut st = self.state.lock();
+            st.running.remove(&kv);
+            if st.queued.contains_key(&kv) {
+                st.ready.push_back((kv, Instant::now()));
+            }
+        }
+    }
+
+    /// The monitor: starts a worker when a call has waited `GROW_AFTER`
+    /// with every worker busy (up to the cap), and logs each call that runs
+    /// past the watchdog limit, once. Ends when the pool is dropped.
+    fn watch(self: Arc<Self>) {
+        let every = (self.watchdog / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
+        let mut st = self.state.lock();
+        let mut next_watch = Instant::now() + every;
+        while !st.closed {
+            let now = Instant::now();
+            if now >= next_watch {
+                next_watch = now + every;
+                for (kv, (since, reported)) in st.running.iter_mut() {
+                    let running = since.elapsed();
+                    if !*reported && running >= self.watchdog {
+                        *reported = true;
+                        tracing::warn!(
+                            kv_store = kv.0,
+                            ?running,
+                            "backup callback runs past the watchdog limit; its store's rounds wait for it"
+                        );
+                    }
+                }
+            }
+            let mut wait = next_watch.saturating_duration_since(now);
+            if let Some((_, since)) = st.ready.front() {
+                let waited = since.elapsed();
+                if waited >= GROW_AFTER && st.idle.is_empty() && st.workers < self.max_workers {
+                    Shared::spawn_worker(&self, &mut st);
+                }
+                wait = wait.min(GROW_AFTER);
+            }
+            self.monitor.wait_for(&mut st, wait);
+        }
+    }
+}
+
+/// The next ready store's next call, marked running.
+fn take_ready(st: &mut State) -> Option<(KvId, Job)> {
+    let (kv, _) = st.ready.pop_front()?;
+    let queue = st.queued.get_mut(&kv)?;
+    let job = queue.pop_front()?;
+    if queue.is_empty() {
+        st.queued.remove(&kv);
+    }
+    st.running.insert(kv, (Instant::now(), false));
+    Some((kv, job))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::mpsc;
+
+    use super::*;
+
+    /// A job that records its start and end under `log` and waits for a
+    /// release when `gate` is given.
+    fn job(log: &Arc<Mutex<Vec<String>>>, name: &str, gate: Option<mpsc::Receiver<()>>) -> Job {
+        let (log, name) = (Arc::clone(log), name.to_string());
+        Box::new(move || {
+            log.lock().push(format!("{name} start"));
+            if let Some(gate) = gate {
+                gate.recv().ok();
+            }
+            log.lock().push(format!("{name} end"));
+        })
+    }
+
+    fn wait_for(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(Instant::now() < deadline, "waited 30 s for: {what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn one_stores_calls_run_one_at_a_time_in_order() {
+        let pool = CallbackPool::new(8, Duration::from_secs(60));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (release, gate) = mpsc::channel();
+        pool.submit(KvId(1), job(&log, "a", Some(gate)));
+        pool.submit(KvId(1), job(&log, "b", None));
+        pool.submit(KvId(1), job(&log, "c", None));
+        wait_for("a starts", || log.lock().len() == 1);
+        // Free workers exist (8), yet b waits for a.
+        pool.submit(KvId(2), job(&log, "other", None));
+        wait_for("the other store's call ends", || {
+            log.lock().contains(&"other end".to_string())
+        });
+        assert!(!log.lock().contains(&"b start".to_string()), "b ran beside a");
+        release.send(()).unwrap();
+        wait_for("c ends", || log.lock().contains(&"c end".to_string()));
+        let order: Vec<String> = log
+            .lock()
+            .iter()
+            .filter(|l| !l.starts_with("other"))
+            .cloned()
+            .collect();
+        assert_eq!(
+            order,
+            ["a start", "a end", "b start", "b end", "c start", "c end"]
+        );
+    }
+
+    #[test]
+    fn blocked_stores_hold_one_worker_each_up_to_the_cap() {
+        let pool = CallbackPool::new(3, Duration::from_secs(60));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut releases = Vec::new();
+        for kv in 0..3 {
+            let (release, gate) = mpsc::channel();
+            releases.push(release);
+            pool.submit(KvId(kv), job(&log, &format!("blocked{kv}"), Some(gate)));
+        }
+        wait_for("three blocked calls run", || log.lock().len() == 3);
+        assert_eq!(pool.workers(), 3);
+        // At the cap: a fourth store waits for a free worker.
+        pool.submit(KvId(9), job(&log, "late", None));
+        std::thread::yield_now();
+        assert!(!log.lock().contains(&"late start".to_string()));
+        releases.remove(0).send(()).unwrap();
+        wait_for("the late call runs once a worker is free", || {
+            log.lock().contains(&"late end".to_string())
+        });
+        assert_eq!(pool.workers(), 3, "never above the cap");
+        for r in releases {
+            r.send(()).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_watched_call_shows_how_long_it_runs() {
+        let pool = CallbackPool::new(2, Duration::from_millis(20));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (release, gate) = mpsc::channel();
+        pool.submit(KvId(4), job(&log, "slow", Some(gate)));
+        wait_for("it runs", || pool.running_for(KvId(4)).is_some());
+        wait_for("the watchdog reports it", || {
+            pool.shared
+                .state
+                .lock()
+                .running
+                .get(&KvId(4))
+                .is_some_and(|(_, reported)| *reported)
+        });
+        assert!(pool.running_for(KvId(4)).unwrap() >= Duration::from_millis(20));
+        release.send(()).unwrap();
+        wait_for("it ended", || pool.running_for(KvId(4)).is_none());
+        assert_eq!(pool.running_for(KvId(5)), None);
+    }
+
+    #[test]
+    fn many_short_calls_of_many_stores_all_run_on_few_workers() {
+        let pool = CallbackPool::new(64, Duration::from_secs(60));
+        let done = Arc::new(AtomicUsize::new(0));
+        for kv in 0..1024u16 {
+            let done = Arc::clone(&done);
+            pool.submit(
+                KvId(kv),
+                Box::new(move || {
+                    done.fetch_add(1, SeqCst);
+                }),
+            );
+        }
+        wait_for("1024 calls", || done.load(SeqCst) == 1024);
+        assert!(pool.workers() <= 64);
+    }
+
+    #[test]
+    fn a_panicking_job_leaves_the_worker_and_the_stores_next_call() {
+        let pool = CallbackPool::new(1, Duration::from_secs(60));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        pool.submit(KvId(1), Box::new(|| panic!("boom")));
+        pool.submit(KvId(1), job(&log, "after", None));
+        wait_for("the next call runs", || {
+            log.lock().contains(&"after end".to_string())
+        });
+        assert_eq!(pool.workers(), 1);
+    }
+}
