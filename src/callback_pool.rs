@@ -56,6 +56,11 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
+    /// Whether the monitor thread runs (without it, calls grow the pool
+    /// themselves).
+    monitor_runs: bool,
+    /// No growth before this (a thread could not be started).
+    grow_not_before: Option<Instant>,
     /// Calls not started yet, per store.
     queued: HashMap<KvId, VecDeque<Job>>,
     /// Stores with a call running: since when, and whether it was reported.
@@ -89,8 +94,11 @@ impl CallbackPool {
         let started = std::thread::Builder::new()
             .name("cbk-callback-monitor".into())
             .spawn(move || monitor.watch());
-        if let Err(e) = started {
-            tracing::warn!(error = %e, "cannot start the callback monitor; long callbacks are not reported and the pool does not grow");
+        match started {
+            Ok(_) => shared.state.lock().monitor_runs = true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the callback monitor; long callbacks are not reported")
+            }
         }
         Arc::new(CallbackPool { shared })
     }
@@ -101,20 +109,21 @@ impl CallbackPool {
         let mut st = shared.state.lock();
         let queue = st.queued.entry(kv).or_default();
         queue.push_back(job);
-        if queue.len() == 1 && !st.running.contains_key(&kv) {
-            st.ready.push_back((kv, Instant::now()));
+        if queue.len() > 1 || st.running.contains_key(&kv) {
+            return; // behind the store's earlier call, which re-queues it
         }
+        st.ready.push_back((kv, Instant::now()));
         if let Some((id, wake)) = st.idle.pop() {
             st.claimed.insert(id); // that worker takes the next ready store
             wake.notify_one();
-        } else if st.workers == 0 {
-            if !Shared::spawn_worker(shared, &mut st) {
-                // Nobody would ever run it: drop it, which fails its round.
-                drop(st.queued.get_mut(&kv).and_then(VecDeque::pop_back));
-                if st.queued.get(&kv).is_some_and(VecDeque::is_empty) {
-                    st.queued.remove(&kv);
-                    st.ready.retain(|(k, _)| *k != kv);
-                }
+        } else if st.workers == 0 || (!st.monitor_runs && st.workers < shared.max_workers) {
+            if !Shared::spawn_worker(shared, &mut st) && st.workers == 0 {
+                // Nobody would ever run it: drop it (after the lock: its
+                // drop runs user code), which fails its round.
+                let dropped = st.queued.remove(&kv);
+                st.ready.retain(|(k, _)| *k != kv);
+                drop(st);
+                drop(dropped);
             }
         } else {
             shared.monitor.notify_one(); // grows the pool if this waits
@@ -146,6 +155,11 @@ impl Drop for CallbackPool {
             wake.notify_one();
         }
         self.shared.monitor.notify_one();
+        // Calls that never ran free their snapshots now, after the lock.
+        let abandoned = std::mem::take(&mut st.queued);
+        st.ready.clear();
+        drop(st);
+        drop(abandoned);
     }
 }
 
@@ -164,7 +178,8 @@ impl Shared {
                 true
             }
             Err(e) => {
-                tracing::error!(error = %e, workers = st.workers, "cannot start a callback thread");
+                tracing::error!(error = %e, workers = st.workers, "cannot start a callback thread; trying again in 1 s");
+                st.grow_not_before = Some(Instant::now() + Duration::from_secs(1));
                 false
             }
         }
@@ -197,7 +212,10 @@ impl Shared {
             };
             // The job catches its callback's panics; this keeps the worker
             // (and the store's queue) alive should anything else panic.
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+            if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)) {
+                // Dropping a payload can panic again, outside any guard.
+                std::mem::forget(payload);
+            }
             let mut st = self.state.lock();
             st.running.remove(&kv);
             if st.queued.contains_key(&kv) {
@@ -230,12 +248,19 @@ impl Shared {
                 }
             }
             let mut wait = next_watch.saturating_duration_since(now);
-            if let Some((_, since)) = st.ready.front() {
+            let may_grow = st.idle.is_empty()
+                && st.workers < self.max_workers
+                && st.grow_not_before.is_none_or(|t| now >= t);
+            if let (Some((_, since)), true) = (st.ready.front(), may_grow) {
+                // Polled every GROW_AFTER only while a call waits and the
+                // pool can grow; at the cap, a freed worker takes it.
                 let waited = since.elapsed();
-                if waited >= GROW_AFTER && st.idle.is_empty() && st.workers < self.max_workers {
+                if waited >= GROW_AFTER {
                     Shared::spawn_worker(&self, &mut st);
                 }
                 wait = wait.min(GROW_AFTER);
+            } else if let (Some(_), Some(t)) = (st.ready.front(), st.grow_not_before) {
+                wait = wait.min(t.saturating_duration_since(now));
             }
             self.monitor.wait_for(&mut st, wait);
         }
@@ -244,14 +269,21 @@ impl Shared {
 
 /// The next ready store's next call, marked running.
 fn take_ready(st: &mut State) -> Option<(KvId, Job)> {
-    let (kv, _) = st.ready.pop_front()?;
-    let queue = st.queued.get_mut(&kv)?;
-    let job = queue.pop_front()?;
-    if queue.is_empty() {
-        st.queued.remove(&kv);
+    while let Some((kv, _)) = st.ready.pop_front() {
+        let Some(queue) = st.queued.get_mut(&kv) else {
+            debug_assert!(false, "a ready store without queued calls");
+            continue;
+        };
+        let Some(job) = queue.pop_front() else {
+            continue;
+        };
+        if queue.is_empty() {
+            st.queued.remove(&kv);
+        }
+        st.running.insert(kv, (Instant::now(), false));
+        return Some((kv, job));
     }
-    st.running.insert(kv, (Instant::now(), false));
-    Some((kv, job))
+    None
 }
 
 #[cfg(test)]

@@ -54,7 +54,7 @@ impl ContinuousBackup {
         let uploader = Uploader::new(config.replication.clone());
         let prune = PruneSchedule::start(&config);
         let callbacks = CallbackPool::new(config.callback_threads, config.callback_watchdog);
-        let board = Board::with_callbacks(Arc::clone(&callbacks));
+        let board = Board::with_callbacks(&callbacks);
         let parts = Parts {
             linker,
             metadata,

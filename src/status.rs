@@ -23,8 +23,9 @@ use crate::replication::ReplicationStatus;
 #[derive(Clone, Default)]
 pub(crate) struct Board {
     stores: Arc<Mutex<BTreeMap<KvId, BoardEntry>>>,
-    /// Where a store's running callback is seen.
-    callbacks: Option<Arc<CallbackPool>>,
+    /// Where a store's running callback is seen (weak: a host's metrics
+    /// registry holds a board, and must not keep the pool's threads alive).
+    callbacks: Option<std::sync::Weak<CallbackPool>>,
 }
 
 #[derive(Clone, Default)]
@@ -51,10 +52,10 @@ impl std::fmt::Debug for Board {
 
 impl Board {
     /// A board whose status shows the callbacks running on `callbacks`.
-    pub fn with_callbacks(callbacks: Arc<CallbackPool>) -> Board {
+    pub fn with_callbacks(callbacks: &Arc<CallbackPool>) -> Board {
         Board {
             stores: Arc::default(),
-            callbacks: Some(callbacks),
+            callbacks: Some(Arc::downgrade(callbacks)),
         }
     }
 
@@ -103,7 +104,11 @@ impl Board {
             .map(|row| {
                 let mut status = row.counters.snapshot(row.kv, running(row.kv));
                 status.replication = row.replica.map(|r| r.status());
-                status.callback_running_for = self.callbacks.as_ref().and_then(|c| c.running_for(row.kv));
+                status.callback_running_for = self
+                    .callbacks
+                    .as_ref()
+                    .and_then(std::sync::Weak::upgrade)
+                    .and_then(|c| c.running_for(row.kv));
                 status
             })
             .collect();
