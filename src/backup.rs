@@ -414,10 +414,10 @@ impl BackupActor {
     /// tell: every linked file is reported and the engine's generation is
     /// the one the link set holds. One number compared on this thread; an
     /// engine that panics here gets a full round instead, where the linker
-    /// catches it. (The lifecycle adds its own conditions.)
+    /// catches it. Asked only when the lifecycle would let the tick be
+    /// quiet, so a store that reports empty rounds never calls the engine.
     fn unchanged(&self) -> bool {
-        if self.spec.report_empty_rounds || self.life.failures_in_a_row() > 0 || !self.spec.unacked.is_empty()
-        {
+        if !self.life.quiet_possible() || !self.spec.unacked.is_empty() {
             return false;
         }
         let Some(links) = &self.links else {

@@ -5,7 +5,7 @@
 //! What happens to each store is decided by its table ([`stores`], a sans-IO
 //! state machine): every control message and every actor's end goes in, and
 //! the supervisor carries out the orders that come out (spawn, stop, answer,
-//! hook, forget). The rules (arrival order holds, starts never overlap, a
+//! refuse, hook). The rules (arrival order holds, starts never overlap, a
 //! failed store restarts after a backoff, an intended stop never restarts)
 //! are stated and unit-tested there.
 
@@ -237,9 +237,6 @@ impl Supervisor {
                             act.carry_out(orders, ctx);
                         })
                         .spawn(ctx);
-                }
-                Order::Forget { kv } => {
-                    self.actors.remove(&kv);
                 }
             }
         }

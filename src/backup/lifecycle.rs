@@ -208,8 +208,17 @@ impl Lifecycle {
     }
 
     /// Failed rounds since the last success.
+    #[cfg(test)]
     pub fn failures_in_a_row(&self) -> u32 {
         self.failures_in_a_row
+    }
+
+    /// Whether the next tick may be quiet if nothing changed: empty rounds
+    /// are not reported, the last round succeeded, and this start's first
+    /// round ran (it lists the whole snapshot, reports what an earlier
+    /// start left unreported, and writes a full manifest).
+    pub fn quiet_possible(&self) -> bool {
+        !self.cfg.report_empty_rounds && self.failures_in_a_row == 0 && self.rounds_started > 0
     }
 
     /// Whether the store is closing or closed: no round starts any more.
@@ -261,14 +270,7 @@ impl Lifecycle {
             }
             (Phase::Idle, Event::Tick { unchanged }) if self.tick_armed => {
                 self.tick_armed = false;
-                // The first round of a start is never quiet: it lists the
-                // whole snapshot, reports what an earlier start left
-                // unreported, and writes a full manifest.
-                let quiet = unchanged
-                    && !self.cfg.report_empty_rounds
-                    && self.failures_in_a_row == 0
-                    && self.rounds_started > 0;
-                if quiet {
+                if unchanged && self.quiet_possible() {
                     self.quiet_round(now, &mut out);
                 } else {
                     self.start_round(now, &mut out);

@@ -1,7 +1,7 @@
 //! The supervisor's per-store transitions as a plain state machine: every
 //! control message and every store's end goes in, what to do comes out as
-//! [`Order`]s (spawn a backup actor, send it a stop, answer waiters, run the
-//! engine's hook, forget the store). No actix, no clock, no file system: the
+//! [`Order`]s (spawn a backup actor, send it a stop, answer or refuse
+//! waiters, run the engine's hook). No actix, no clock, no file system: the
 //! [`Supervisor`](super::Supervisor) carries the orders out, and a unit test
 //! drives this with plain values as waiters.
 //!
@@ -73,8 +73,6 @@ pub(crate) enum Order<W> {
     /// Tell the engine the store's backup stopped for good
     /// (`Engine::backup_stopped`), then report [`Stores::rested`].
     Hook { kv: KvId, generation: u64 },
-    /// The store rests: no actor of it is left.
-    Forget { kv: KvId },
 }
 
 /// What a vBucket state asks of a store.
@@ -326,11 +324,10 @@ impl<W> Stores<W> {
         };
         match queued {
             Some(queued) if !shutting_down => self.spawn(kv, queued.plan, 0, Duration::ZERO, queued.waiters),
+            // The store rests (its actor went at its end).
             queued => {
                 self.stores.remove(&kv);
-                let mut orders = Self::refuse(queued);
-                orders.push(Order::Forget { kv });
-                orders
+                Self::refuse(queued)
             }
         }
     }
@@ -456,7 +453,6 @@ mod tests {
                 Order::Refuse { waiters } => format!("refuse {}", waiters.join(",")),
                 Order::Restarting { wait, .. } => format!("restarting after {}s", wait.as_secs()),
                 Order::Hook { generation, .. } => format!("hook g{generation}"),
-                Order::Forget { .. } => "forget".into(),
             })
             .collect()
     }
@@ -536,7 +532,8 @@ mod tests {
             ["stop final=false for s reply_final=true"]
         );
         assert_eq!(show(t.ended(KV, 2, true)), ["hook g2"]);
-        assert_eq!(show(t.rested(KV, 2)), ["forget"]);
+        assert!(show(t.rested(KV, 2)).is_empty(), "no restart after the hook");
+        assert!(!t.is_current(KV, 2), "the store left the table");
     }
 
     #[test]
@@ -550,7 +547,8 @@ mod tests {
         );
         assert!(!t.is_running(KV));
         assert_eq!(show(t.ended(KV, 1, true)), ["hook g1"], "no restart");
-        assert_eq!(show(t.rested(KV, 1)), ["forget"]);
+        assert!(show(t.rested(KV, 1)).is_empty(), "no restart after the hook");
+        assert!(!t.is_current(KV, 1), "the store left the table");
         assert_eq!(
             show(t.stop(KV, false, "t")),
             ["err to t: KV store 7 is not backing up"]
