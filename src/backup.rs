@@ -110,6 +110,12 @@ pub(crate) struct BackupActor {
     /// Set on a stop without final round: the linker job links nothing more.
     cancel: Arc<AtomicBool>,
     tick: Option<SpawnHandle>,
+    /// Bumped by every `ArmTick` and `CancelTick`: a tick fires only if it
+    /// is still the one armed last. actix applies `cancel_future` only at
+    /// the context's next pending poll, so a tick cancelled while the
+    /// context handles a message or a finished future can still fire in
+    /// that same poll.
+    tick_token: u64,
     /// The stops' repliers.
     waiters: Vec<oneshot::Sender<Result<()>>>,
     /// Events an action raised (a prune that could not be sent), fed next.
@@ -139,6 +145,7 @@ impl BackupActor {
             round_span: tracing::Span::none(),
             cancel: Arc::new(AtomicBool::new(false)),
             tick: None,
+            tick_token: 0,
             waiters: Vec::new(),
             follow_up: VecDeque::new(),
         }
@@ -172,13 +179,19 @@ impl BackupActor {
             Action::Prune => self.start_prune(ctx),
             Action::ArmTick { at } => {
                 let wait = at.saturating_duration_since(Instant::now());
-                self.tick = Some(ctx.run_later(wait, |act, ctx| {
+                self.tick_token += 1;
+                let token = self.tick_token;
+                self.tick = Some(ctx.run_later(wait, move |act, ctx| {
+                    if act.tick_token != token {
+                        return; // cancelled in the poll it fired in
+                    }
                     act.tick = None;
                     let unchanged = act.unchanged();
                     act.feed(Event::Tick { unchanged }, ctx);
                 }));
             }
             Action::CancelTick => {
+                self.tick_token += 1;
                 if let Some(tick) = self.tick.take() {
                     ctx.cancel_future(tick);
                 }
