@@ -176,6 +176,7 @@ impl BackupActor {
         match action {
             Action::Link { round } => self.send_links(round, ctx),
             Action::CallBack => self.call_back(ctx),
+            Action::CallBackUnchanged => self.call_back_unchanged(ctx),
             Action::Prune => self.start_prune(ctx),
             Action::ArmTick { at } => {
                 let wait = at.saturating_duration_since(Instant::now());
@@ -287,6 +288,35 @@ impl BackupActor {
         done.instrument(span)
             .into_actor(self)
             .map(move |out, act, ctx| act.on_called(out, reported, ctx))
+            .spawn(ctx);
+    }
+
+    /// A round with nothing new, reported without the linker: the callback
+    /// thread takes the snapshot and calls back if it is still at the
+    /// linked generation, else the round links (`SnapshotChanged`).
+    fn call_back_unchanged(&mut self, ctx: &mut Context<Self>) {
+        let session = self.opened.as_ref().map(|(_, session)| *session);
+        let generation = self.links.as_ref().and_then(|links| links.generation());
+        let (Some(session), Some(generation)) = (session, generation) else {
+            return self.shell_broken("an unchanged round without an open dir or a linked generation");
+        };
+        self.round_span = tracing::info_span!(parent: &self.span, "round", round = self.life.round());
+        let writer = MetadataWriter::new(self.spec.kv, session, self.spec.metadata.clone());
+        let span = self.round_span.clone();
+        let done = self.spec.runner.run_unchanged(
+            Arc::clone(&self.spec.callback),
+            Arc::clone(&self.spec.engine),
+            generation,
+            writer,
+            span.clone(),
+        );
+        done.instrument(span)
+            .into_actor(self)
+            .map(|out, act, ctx| match out {
+                Ok(None) => act.feed(Event::SnapshotChanged, ctx),
+                Ok(Some(outcome)) => act.on_called(Ok(outcome), Vec::new(), ctx),
+                Err(gone) => act.on_called(Err(gone), Vec::new(), ctx),
+            })
             .spawn(ctx);
     }
 
@@ -423,14 +453,14 @@ impl BackupActor {
         }
     }
 
-    /// Whether a tick may end without a round, as far as this thread can
-    /// tell: every linked file is reported and the engine's generation is
-    /// the one the link set holds. One number compared on this thread; an
-    /// engine that panics here gets a full round instead, where the linker
-    /// catches it. Asked only when the lifecycle would let the tick be
-    /// quiet, so a store that reports empty rounds never calls the engine.
+    /// Whether a tick may skip the linker, as far as this thread can tell:
+    /// every linked file is reported and the engine's generation is the
+    /// one the link set holds. One number compared on this thread; an
+    /// engine that panics here gets a linked round instead, where the
+    /// linker catches it. Asked only when the lifecycle would let the tick
+    /// skip the linker.
     fn unchanged(&self) -> bool {
-        if !self.life.quiet_possible() || !self.spec.unacked.is_empty() {
+        if !self.life.may_skip_linker() || !self.spec.unacked.is_empty() {
             return false;
         }
         let Some(links) = &self.links else {

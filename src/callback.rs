@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::callback_pool::{CallbackPool, Job};
-use crate::engine::{KvId, Snapshot};
+use crate::engine::{Engine, KvId, Snapshot};
 use crate::error::{CallbackError, Error, Result};
 use crate::metadata::MetadataWriter;
 
@@ -107,28 +107,75 @@ impl CallbackRunner {
         let kv = self.kv;
         let job: Job = Box::new(move || {
             let _entered = span.enter();
-            crate::faults::crash_point("round.before_callback");
-            let start = Instant::now();
-            let result = catch_unwind(AssertUnwindSafe(|| cb.on_round(kv, &*snapshot, &files, writer)));
-            let took = start.elapsed();
-            drop(snapshot);
-            let result = match result {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(source)) => Err(Error::Callback { kv, source }),
-                Err(panic) => {
-                    let message = crate::error::panic_message(&*panic);
-                    tracing::error!(kv_store = kv.0, %message, "backup callback panicked");
-                    Err(Error::Panicked {
-                        kv,
-                        what: "callback",
-                        message,
-                    })
-                }
-            };
-            let _ = tx.send(CallbackOutcome { result, took });
+            let _ = tx.send(call(kv, &*cb, snapshot, &files, writer));
         });
         // A job the pool cannot run is dropped with `tx`: the round fails.
         self.pool.submit(kv, job);
         rx
     }
+
+    /// Calls `cb` with nothing new, for a round that skipped the linker:
+    /// on the pool (the snapshot may block), after the store's earlier
+    /// calls, this takes the engine's snapshot and calls back only if it is
+    /// of the store and at `generation`, the one the store linked last.
+    /// `None` when it is not (the round must link), or the outcome.
+    pub fn run_unchanged(
+        &self,
+        cb: Arc<dyn BackupCallback>,
+        engine: Arc<dyn Engine>,
+        generation: u64,
+        writer: MetadataWriter,
+        span: tracing::Span,
+    ) -> oneshot::Receiver<Option<CallbackOutcome>> {
+        let (tx, rx) = oneshot::channel();
+        let kv = self.kv;
+        let job: Job = Box::new(move || {
+            let _entered = span.enter();
+            let outcome = match catch_unwind(AssertUnwindSafe(|| engine.snapshot(kv))) {
+                Ok(Ok(snapshot)) if snapshot.kv_id() == kv && snapshot.generation() == Some(generation) => {
+                    Some(call(kv, &*cb, snapshot, &[], writer))
+                }
+                // Changed, or not what the linker accepts: the linker's
+                // round takes it again and says what is wrong with it.
+                Ok(Ok(_)) | Err(_) => None,
+                Ok(Err(e)) => Some(CallbackOutcome {
+                    result: Err(e),
+                    took: Duration::ZERO,
+                }),
+            };
+            let _ = tx.send(outcome);
+        });
+        self.pool.submit(kv, job);
+        rx
+    }
+}
+
+/// One call of `cb` under `catch_unwind`, the snapshot dropped after it
+/// returns.
+fn call(
+    kv: KvId,
+    cb: &dyn BackupCallback,
+    snapshot: Box<dyn Snapshot>,
+    files: &[BackupFile],
+    writer: MetadataWriter,
+) -> CallbackOutcome {
+    crate::faults::crash_point("round.before_callback");
+    let start = Instant::now();
+    let result = catch_unwind(AssertUnwindSafe(|| cb.on_round(kv, &*snapshot, files, writer)));
+    let took = start.elapsed();
+    drop(snapshot);
+    let result = match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(source)) => Err(Error::Callback { kv, source }),
+        Err(panic) => {
+            let message = crate::error::panic_message(&*panic);
+            tracing::error!(kv_store = kv.0, %message, "backup callback panicked");
+            Err(Error::Panicked {
+                kv,
+                what: "callback",
+                message,
+            })
+        }
+    };
+    CallbackOutcome { result, took }
 }

@@ -267,9 +267,10 @@ pub trait Snapshot: Send + Sync {
 
 /// What a storage engine implements so its KV stores can be backed up.
 ///
-/// Called from the component's linker threads, never from an actor's mailbox
-/// thread, so an implementation may block briefly (take a lock, read a
-/// manifest).
+/// Called from the component's linker threads (and [`snapshot`](Engine::snapshot)
+/// also from its callback threads), never from an actor's mailbox thread,
+/// except [`generation`](Engine::generation); so an implementation may block
+/// briefly (take a lock, read a manifest).
 pub trait Engine: Send + Sync + 'static {
     /// Takes a snapshot of the KV store `kv`. Fails with
     /// [`Error::UnknownKvStore`] when the engine has no such store.
@@ -300,8 +301,10 @@ pub trait Engine: Send + Sync + 'static {
     /// this is called on the store's actor thread, before a tick's round, so
     /// it must not block: no IO, no lock held across IO. With
     /// [`Config::report_empty_rounds`](crate::Config::report_empty_rounds)
-    /// off, a tick whose generation was linked already ends there. `None`,
-    /// the default: every tick runs a round on the linker pool.
+    /// off, a tick whose generation was linked already ends there; with it
+    /// on, the round skips the linker: a callback thread takes the snapshot
+    /// and, if its generation is still that one, calls back with no files.
+    /// `None`, the default: every tick runs a round on the linker pool.
     fn generation(&self, kv: KvId) -> Option<u64> {
         let _ = kv;
         None
@@ -309,7 +312,9 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Tells the engine that `files` of store `kv` are now durably in its
     /// backup dir. Called after every successful link phase of a round (with
-    /// an empty list when nothing was new), on a linker thread.
+    /// an empty list when nothing was new), on a linker thread; a round that
+    /// skipped the linker (see [`generation`](Engine::generation)) does not
+    /// call it.
     ///
     /// An engine that wants exact point-in-time restores keeps a compaction
     /// input listed in its snapshots (and on disk) until it was reported

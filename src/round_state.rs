@@ -34,6 +34,11 @@ impl LinkSet {
         generation.is_some() && generation == self.up_to_date
     }
 
+    /// The generation every file of which is known linked, if any.
+    pub fn generation(&self) -> Option<u64> {
+        self.up_to_date
+    }
+
     /// Records that every file of the snapshot with `generation` is linked
     /// and the set holds nothing else (after [`forget_absent`](Self::forget_absent)).
     pub fn mark_up_to_date(&mut self, generation: Option<u64>) {

@@ -419,3 +419,79 @@ async fn quiet_rounds_call_no_callback_on_an_engine_without_generations() {
     assert_eq!(round.files[0].name, flushed.name());
     backup.stop_backup(KV, false).await.unwrap();
 }
+
+/// A round that finds the engine's generation unchanged calls back without
+/// the linker, on a snapshot the callback thread takes. That snapshot must
+/// still be the linked one: a callback is never handed a snapshot listing a
+/// file that no round reported (a server recording "backed up through the
+/// snapshot's seqno" would claim a flush the backup dir lacks).
+#[actix_rt::test]
+async fn a_callbacks_snapshot_never_lists_a_file_not_reported_yet() {
+    let fx = Fixture::new();
+    fx.flush_some(KV, 1);
+    // One callback thread, and another store whose callbacks take 2 ms: a
+    // tick's job often waits behind one, while the writer flushes.
+    let backup = fx.start(Config {
+        callback_threads: 1,
+        ..Config::default()
+    });
+    let slow = KvId(2);
+    fx.flush_some(slow, 1);
+    let (slow_cb, _slow_rounds) = recorder_with(|_| {
+        std::thread::sleep(ms(2));
+        Ok(())
+    });
+    backup
+        .start_backup(slow, fx.backup_dir(slow), slow_cb, Some(ms(1)))
+        .await
+        .unwrap();
+    let (cb, mut rx) = recorder();
+    backup
+        .start_backup(KV, fx.backup_dir(KV), cb, Some(ms(1)))
+        .await
+        .unwrap();
+    let engine = fx.engine.clone();
+    let writer = std::thread::spawn(move || {
+        for i in 0..200u32 {
+            engine.put(KV, format!("k{i}").as_bytes(), b"v").unwrap();
+            engine.flush(KV).unwrap();
+            std::thread::sleep(ms(2));
+        }
+    });
+    blocking(move || writer.join().unwrap()).await;
+    // Once the writer is done, rounds find nothing new: wait for one.
+    let mut rounds = Vec::new();
+    loop {
+        let round = next_round(&mut rx, Duration::from_secs(10)).await;
+        let empty = round.files.is_empty();
+        rounds.push(round);
+        if empty {
+            break;
+        }
+    }
+    backup.stop_backup(KV, true).await.unwrap();
+    rounds.extend(std::iter::from_fn(|| rx.try_recv().ok()));
+
+    let mut reported = std::collections::HashSet::new();
+    let (mut empty, mut with_files) = (0, 0);
+    for round in rounds {
+        if round.files.is_empty() {
+            empty += 1;
+        } else {
+            with_files += 1;
+        }
+        reported.extend(round.files.iter().map(|f| f.name.clone()));
+        for f in &round.snapshot {
+            assert!(
+                reported.contains(f.name()),
+                "a callback's snapshot listed {}, which no round reported",
+                f.name()
+            );
+        }
+    }
+    assert_eq!(reported.len(), 201, "every flush reported");
+    assert!(
+        empty > 0 && with_files > 1,
+        "{empty} empty rounds, {with_files} with files"
+    );
+}

@@ -81,6 +81,10 @@ pub(crate) enum Event {
     /// The armed tick fired. `unchanged`: every linked file is reported
     /// and the engine's generation is the one the link set holds.
     Tick { unchanged: bool },
+    /// The snapshot a callback thread took for a round that skipped the
+    /// linker ([`Action::CallBackUnchanged`]) was not at the linked
+    /// generation: nothing was called; the round links after all.
+    SnapshotChanged,
     /// The linker job came back.
     Linked(LinkOutcome),
     /// The callback returned (`Err` also when its thread is gone).
@@ -102,6 +106,7 @@ impl Event {
             Event::Opened => "opened",
             Event::OpenFailed => "open failed",
             Event::Tick { .. } => "tick",
+            Event::SnapshotChanged => "snapshot changed",
             Event::Linked(_) => "linked",
             Event::Called(_) => "called back",
             Event::PruneNotStarted => "prune not started",
@@ -119,6 +124,10 @@ pub(crate) enum Action {
     Link { round: u64 },
     /// Run the callback with what the round linked.
     CallBack,
+    /// Run the callback of a round with nothing new, without the linker:
+    /// the callback thread takes the snapshot, and calls back only if it is
+    /// still at the linked generation (else answer `SnapshotChanged`).
+    CallBackUnchanged,
     /// Send the dir to the pruner (answer with `Pruned` or `PruneNotStarted`).
     Prune,
     /// Arm the tick at `at` (no tick is armed now).
@@ -174,6 +183,8 @@ pub(crate) struct Lifecycle {
     stopping: Option<Stopping>,
     /// Set by `close`: no round starts any more.
     closed: bool,
+    /// Whether the callback in flight is a [`Action::CallBackUnchanged`].
+    unlinked_call: bool,
     session_closed: bool,
     next_prune: Option<Instant>,
 }
@@ -192,6 +203,7 @@ impl Lifecycle {
             tick_armed: false,
             stopping: None,
             closed: false,
+            unlinked_call: false,
             session_closed: false,
             next_prune: None,
         }
@@ -213,12 +225,13 @@ impl Lifecycle {
         self.failures_in_a_row
     }
 
-    /// Whether the next tick may be quiet if nothing changed: empty rounds
-    /// are not reported, the last round succeeded, and this start's first
-    /// round ran (it lists the whole snapshot, reports what an earlier
-    /// start left unreported, and writes a full manifest).
-    pub fn quiet_possible(&self) -> bool {
-        !self.cfg.report_empty_rounds && self.failures_in_a_row == 0 && self.rounds_started > 0
+    /// Whether the next tick may skip the linker if nothing changed (be
+    /// quiet, or with empty rounds reported call back at once): the last
+    /// round succeeded, and this start's first round ran (it lists the
+    /// whole snapshot, reports what an earlier start left unreported, and
+    /// writes a full manifest).
+    pub fn may_skip_linker(&self) -> bool {
+        self.failures_in_a_row == 0 && self.rounds_started > 0
     }
 
     /// Whether the store is closing or closed: no round starts any more.
@@ -270,8 +283,14 @@ impl Lifecycle {
             }
             (Phase::Idle, Event::Tick { unchanged }) if self.tick_armed => {
                 self.tick_armed = false;
-                if unchanged && self.quiet_possible() {
+                if unchanged && self.may_skip_linker() && !self.cfg.report_empty_rounds {
                     self.quiet_round(now, &mut out);
+                } else if unchanged && self.may_skip_linker() && !self.closed {
+                    self.phase = Phase::Calling;
+                    self.unlinked_call = true;
+                    self.rounds_started += 1;
+                    self.round_started = Some(now);
+                    out.push(Action::CallBackUnchanged);
                 } else {
                     self.start_round(now, &mut out);
                 }
@@ -290,7 +309,19 @@ impl Lifecycle {
                     }
                 }
             },
+            (Phase::Calling, Event::SnapshotChanged) if self.unlinked_call => {
+                self.unlinked_call = false;
+                if self.closed {
+                    self.job_back_after_close(&mut out);
+                } else {
+                    self.phase = Phase::Linking;
+                    out.push(Action::Link {
+                        round: self.rounds_started,
+                    });
+                }
+            }
             (Phase::Calling, Event::Called(result)) => {
+                self.unlinked_call = false;
                 let prune_due = self.cfg.prune_every.is_some()
                     && !self.closed
                     && self.stopping.is_none()
@@ -517,6 +548,7 @@ mod tests {
                 .map(|a| match a {
                     Action::Link { round } => format!("link {round}"),
                     Action::CallBack => "call back".into(),
+                    Action::CallBackUnchanged => "call back unchanged".into(),
                     Action::Prune => "prune".into(),
                     Action::ArmTick { at } => format!("tick at {:.1}", (*at - t0).as_secs_f64()),
                     Action::CancelTick => "cancel tick".into(),
@@ -637,14 +669,16 @@ mod tests {
     }
 
     #[test]
-    fn a_failing_store_is_never_quiet_so_its_files_are_retried() {
-        let mut r = Run::new(LifecycleConfig {
-            report_empty_rounds: false,
-            ..cfg()
-        });
-        r.send(Event::Opened);
-        r.send(failed());
-        assert_eq!(r.kinds(Event::Tick { unchanged: true }), ["link 2"]);
+    fn a_failing_store_never_skips_the_linker_so_its_files_are_retried() {
+        for report_empty_rounds in [false, true] {
+            let mut r = Run::new(LifecycleConfig {
+                report_empty_rounds,
+                ..cfg()
+            });
+            r.send(Event::Opened);
+            r.send(failed());
+            assert_eq!(r.kinds(Event::Tick { unchanged: true }), ["link 2"]);
+        }
     }
 
     #[test]
@@ -668,7 +702,61 @@ mod tests {
         let mut reported = Run::new(cfg());
         reported.send(Event::Opened);
         reported.round_ok();
-        assert_eq!(reported.kinds(Event::Tick { unchanged: true }), ["link 2"]);
+        assert_eq!(
+            reported.kinds(Event::Tick { unchanged: true }),
+            ["call back unchanged"]
+        );
+    }
+
+    #[test]
+    fn an_unchanged_round_reporting_empty_rounds_calls_back_without_the_linker() {
+        let mut r = Run::new(cfg());
+        r.send(Event::Opened);
+        r.round_ok();
+        assert_eq!(r.kinds(Event::Tick { unchanged: true }), ["call back unchanged"]);
+        assert_eq!(r.lc.round(), 2, "it is a round of its own");
+        let ended = r.kinds(Event::Called(Ok(())));
+        assert_eq!(ended[0], "round ok");
+        assert!(ended[1].starts_with("tick at"), "{ended:?}");
+    }
+
+    #[test]
+    fn a_snapshot_that_changed_under_an_unchanged_round_links_that_round() {
+        let mut r = Run::new(cfg());
+        r.send(Event::Opened);
+        r.round_ok();
+        r.send(Event::Tick { unchanged: true });
+        assert_eq!(r.kinds(Event::SnapshotChanged), ["link 2"]);
+        assert_eq!(r.round_ok()[0], "round ok");
+        assert_eq!(r.lc.round(), 2);
+    }
+
+    #[test]
+    fn a_snapshot_change_can_only_answer_an_unchanged_round() {
+        let mut r = Run::new(cfg());
+        r.send(Event::Opened);
+        r.send(linked());
+        let err = r.lc.handle(Event::SnapshotChanged, r.now).unwrap_err();
+        assert_eq!((err.event, err.phase), ("snapshot changed", Phase::Calling));
+        r.send(Event::Called(Ok(())));
+        r.send(Event::Tick { unchanged: true });
+        r.send(Event::SnapshotChanged);
+        r.send(linked());
+        assert!(
+            r.lc.handle(Event::SnapshotChanged, r.now).is_err(),
+            "the round linked: its callback is a linked one"
+        );
+    }
+
+    #[test]
+    fn a_stop_without_final_round_does_not_wait_for_an_unchanged_round() {
+        let mut r = Run::new(cfg());
+        r.send(Event::Opened);
+        r.round_ok();
+        r.send(Event::Tick { unchanged: true });
+        assert_eq!(r.kinds(Event::Stop { final_round: false }), ["close"]);
+        assert!(r.kinds(Event::SnapshotChanged).is_empty(), "no link after close");
+        assert_eq!(r.kinds(Event::SessionClosed), ["stop actor"]);
     }
 
     #[test]
