@@ -118,7 +118,9 @@ impl CallbackRunner {
     /// on the pool (the snapshot may block), after the store's earlier
     /// calls, this takes the engine's snapshot and calls back only if it is
     /// of the store and at `generation`, the one the store linked last.
-    /// `None` when it is not (the round must link), or the outcome.
+    /// `None` when it is not, or the engine failed (the round must link:
+    /// the linker takes the snapshot again and reports what is wrong), else
+    /// the callback's outcome.
     pub fn run_unchanged(
         &self,
         cb: Arc<dyn BackupCallback>,
@@ -135,13 +137,10 @@ impl CallbackRunner {
                 Ok(Ok(snapshot)) if snapshot.kv_id() == kv && snapshot.generation() == Some(generation) => {
                     Some(call(kv, &*cb, snapshot, &[], writer))
                 }
-                // Changed, or not what the linker accepts: the linker's
-                // round takes it again and says what is wrong with it.
-                Ok(Ok(_)) | Err(_) => None,
-                Ok(Err(e)) => Some(CallbackOutcome {
-                    result: Err(e),
-                    took: Duration::ZERO,
-                }),
+                // Changed, an error or a panic: no callback ran (none is
+                // counted); the linker's round retries it and says what is
+                // wrong.
+                _ => None,
             };
             let _ = tx.send(outcome);
         });

@@ -270,7 +270,7 @@ impl Lifecycle {
                 if self.stopping.is_some() {
                     self.advance_stop(now, &mut out);
                 } else if self.cfg.first_delay.is_zero() {
-                    self.start_round(now, &mut out);
+                    self.start_round(now, false, &mut out);
                 } else {
                     let at = now + self.cfg.first_delay;
                     self.next_due = Some(at);
@@ -283,16 +283,11 @@ impl Lifecycle {
             }
             (Phase::Idle, Event::Tick { unchanged }) if self.tick_armed => {
                 self.tick_armed = false;
-                if unchanged && self.may_skip_linker() && !self.cfg.report_empty_rounds {
+                let skip_linker = unchanged && self.may_skip_linker();
+                if skip_linker && !self.cfg.report_empty_rounds {
                     self.quiet_round(now, &mut out);
-                } else if unchanged && self.may_skip_linker() && !self.closed {
-                    self.phase = Phase::Calling;
-                    self.unlinked_call = true;
-                    self.rounds_started += 1;
-                    self.round_started = Some(now);
-                    out.push(Action::CallBackUnchanged);
                 } else {
-                    self.start_round(now, &mut out);
+                    self.start_round(now, skip_linker, &mut out);
                 }
             }
             (Phase::Linking, Event::Linked(outcome)) => match outcome {
@@ -394,16 +389,24 @@ impl Lifecycle {
         out.push(Action::StopActor);
     }
 
-    fn start_round(&mut self, now: Instant, out: &mut Vec<Action>) {
+    /// Starts a round at the linker, or with `skip_linker` (nothing new
+    /// since the linked generation) on the callback thread.
+    fn start_round(&mut self, now: Instant, skip_linker: bool, out: &mut Vec<Action>) {
         if self.phase != Phase::Idle || self.closed {
             return; // coalesced: the running round picks up what is new
         }
-        self.phase = Phase::Linking;
         self.rounds_started += 1;
         self.round_started = Some(now);
-        out.push(Action::Link {
-            round: self.rounds_started,
-        });
+        if skip_linker {
+            self.phase = Phase::Calling;
+            self.unlinked_call = true;
+            out.push(Action::CallBackUnchanged);
+        } else {
+            self.phase = Phase::Linking;
+            out.push(Action::Link {
+                round: self.rounds_started,
+            });
+        }
     }
 
     /// A round that found nothing to report ends without a callback.
@@ -463,7 +466,7 @@ impl Lifecycle {
         };
         if stopping.final_round_pending && !self.closed {
             stopping.final_round_pending = false;
-            self.start_round(now, out);
+            self.start_round(now, false, out);
         } else {
             if stopping.final_round_pending {
                 // Closing already (a poisoned dir): the final round asked
