@@ -69,6 +69,7 @@ enum Command {
     /// their declared range), check the round manifests against the files,
     /// and that metadata files are numbered without holes.
     /// Prints one line per problem; exits 0 only when there is none.
+    /// Stores are checked in parallel, one per core.
     Verify {
         /// The backup root: a dir, or an object-store URL.
         root: String,
@@ -105,7 +106,8 @@ enum Command {
     /// Rebuild stores as they were at a seqno (for each key the newest
     /// version at or below it, deletes honoured) into a fresh data dir that
     /// their engine (the reference engine, or the lsm-tree adapter) opens
-    /// normally.
+    /// normally. Stores are restored in parallel, one per core; a failure
+    /// removes the stores already written.
     Restore(RestoreArgs),
 }
 

@@ -11,6 +11,7 @@ mod coverage;
 mod declared;
 mod inspect;
 mod layout;
+mod parallel;
 mod pit;
 mod prune;
 #[cfg(feature = "replication")]
@@ -71,7 +72,7 @@ pub trait RecordReader: Send + Sync {
 }
 
 /// Where a restore writes a store: a fresh data dir of some engine.
-pub trait RestoreTarget {
+pub trait RestoreTarget: Sync {
     /// The format the target writes, for messages.
     fn format(&self) -> &'static str;
 

@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::coverage::list;
+use super::parallel::each_store;
 use super::{history_conflict, BackupRoot, Coverage, RecordReader, RestoreTarget, StoreBackup, Unrestorable};
 use crate::engine::KvId;
 use crate::error::{Error, Result};
+use crate::pin::ReadPin;
 use crate::record::Record;
 
 /// What a restore wrote for one store.
@@ -20,6 +22,8 @@ pub struct RestoreSummary {
     pub to_seqno: u64,
     /// Backed-up files read.
     pub files_read: usize,
+    /// Their bytes.
+    pub bytes_read: u64,
     /// Keys with a value at that seqno.
     pub keys: usize,
     /// Keys whose newest version at that seqno is a delete.
@@ -28,25 +32,19 @@ pub struct RestoreSummary {
     pub dir: PathBuf,
 }
 
-/// The newest version of each key at `seqno`, read from one store's files.
-struct Rebuilt {
-    kv: KvId,
-    files_read: usize,
+/// The files a restore of one store to a seqno reads (one proof's plan),
+/// and the lowest seqno they cover.
+struct Plan {
+    paths: Vec<PathBuf>,
     lowest: u64,
-    newest: Vec<Record>,
 }
 
-fn rebuild(
-    root: &BackupRoot,
-    kv: KvId,
-    seqno: u64,
-    reader: &dyn RecordReader,
-    target: &dyn RestoreTarget,
-    progress: &mut dyn FnMut(u64),
-) -> Result<Rebuilt> {
-    // Pinned from before the listing until every planned file is read: a
-    // prune waits, or has ended and its deletions are in the listing.
-    let (_pin, store) = root.store(kv)?.pinned()?;
+/// Store `kv`'s plan for `seqno`, with the pin that keeps its files while
+/// they are read: pinned from before the listing, so a prune waits, or has
+/// ended and its deletions are in the listing. Reads the round manifests;
+/// record files only for a dir without them (the footer rule).
+fn plan(root: &BackupRoot, kv: KvId, seqno: u64, reader: &dyn RecordReader) -> Result<(ReadPin, Plan)> {
+    let (pin, store) = root.store(kv)?.pinned()?;
     let store = &store;
     let not_restorable = |reason: String| Error::NotRestorable { kv, seqno, reason };
     let (rounds, _) = store.round_records()?;
@@ -54,7 +52,7 @@ fn rebuild(
     // A dir of the reference engine (written before manifests, or with
     // history from before them) may also be read as it always was: its
     // footer rule is sound for that engine, which keeps delete markers.
-    let plan = if rounds.is_empty() {
+    let declared_plan = if rounds.is_empty() {
         None
     } else {
         if let Some(format) = rounds
@@ -83,24 +81,51 @@ fn rebuild(
             Err(e) => return Err(not_restorable(e.reason)),
         }
     };
-    let (paths, lowest) = match plan {
+    let (paths, lowest) = match declared_plan {
         Some((names, lowest)) => (
             names.iter().map(|n| store.dir.join(n)).collect::<Vec<_>>(),
             lowest,
         ),
         None => legacy_plan(store, seqno, reader).map_err(not_restorable)?,
     };
+    Ok((pin, Plan { paths, lowest }))
+}
 
-    let newest = newest_at(reader, &paths, seqno, progress)?;
+/// Restores store `kv` to `seqno` into `out`: its plan, read under its
+/// pin, checked by `target`, then written. Holds this one store's newest
+/// versions (one per key) until they are written.
+fn restore_store(
+    root: &BackupRoot,
+    (kv, seqno): (KvId, u64),
+    out: &Path,
+    reader: &dyn RecordReader,
+    target: &dyn RestoreTarget,
+    progress: &mut dyn FnMut(u64),
+) -> Result<RestoreSummary> {
+    let (pin, plan) = plan(root, kv, seqno, reader)?;
+    let newest = newest_at(reader, &plan.paths, seqno, progress)?;
+    drop(pin);
     if !newest.is_empty() {
-        // Checked before anything is written: no half-written store dir.
-        target.check(lowest, seqno).map_err(not_restorable)?;
+        target
+            .check(plan.lowest, seqno)
+            .map_err(|reason| Error::NotRestorable { kv, seqno, reason })?;
     }
-    Ok(Rebuilt {
+    let bytes_read = plan
+        .paths
+        .iter()
+        .map(|p| std::fs::symlink_metadata(p).map_or(0, |m| m.len()))
+        .sum();
+    let tombstones = newest.iter().filter(|r| r.is_delete()).count();
+    let keys = newest.len() - tombstones;
+    let dir = target.write_store(out, kv, plan.lowest, seqno, &mut newest.into_iter())?;
+    Ok(RestoreSummary {
         kv,
-        files_read: paths.len(),
-        lowest,
-        newest,
+        to_seqno: seqno,
+        files_read: plan.paths.len(),
+        bytes_read,
+        keys,
+        tombstones,
+        dir,
     })
 }
 
@@ -229,7 +254,8 @@ fn is_empty_dir(path: &Path) -> Result<bool> {
 /// newest version with a seqno at most `seqno`, deletes honoured) from the
 /// backup alone, reading its files with `reader`, and writes it through
 /// `target` as a fresh data dir at `out`, which the engine opens normally
-/// and continues at `seqno + 1`.
+/// and continues at `seqno + 1`. Stores are restored in parallel (see
+/// [`restore_points`]).
 ///
 /// Refuses, writing nothing, when `out` is not empty, or when what any
 /// store's files declare does not prove `seqno`. `progress` is called with
@@ -249,6 +275,15 @@ pub fn restore(
 
 /// [`restore`] with a seqno of its own for each store (as [`seqno_at`]
 /// gives them for a time).
+///
+/// Every store's plan is made first (from its round manifests), so a
+/// store the backup cannot prove at its seqno is refused before anything
+/// is written. Then stores are read and written in parallel, a few at a
+/// time (one per core): memory holds the newest versions of those stores
+/// only, never of every store. A store whose files fail to read back (a
+/// checksum, a file a prune removed since) or to be written fails the
+/// restore, and the stores it had written already are removed from `out`
+/// again, so an error never leaves part of a restore behind.
 pub fn restore_points(
     root: &BackupRoot,
     points: &[(KvId, u64)],
@@ -257,32 +292,44 @@ pub fn restore_points(
     target: &dyn RestoreTarget,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Vec<RestoreSummary>> {
+    let out_existed = match std::fs::symlink_metadata(out) {
+        Ok(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(Error::io("stat", out, e)),
+    };
     if !is_empty_dir(out)? {
         return Err(Error::RestoreTargetNotEmpty {
             path: out.to_path_buf(),
         });
     }
-    // Read and check every store before writing anything.
-    let rebuilt = points
-        .iter()
-        .map(|(kv, seqno)| rebuild(root, *kv, *seqno, reader, target, progress).map(|r| (r, *seqno)))
-        .collect::<Result<Vec<_>>>()?;
-    std::fs::create_dir_all(out).map_err(|e| Error::io("create dir", out, e))?;
-    let mut summaries = Vec::new();
-    for (store, seqno) in rebuilt {
-        let tombstones = store.newest.iter().filter(|r| r.is_delete()).count();
-        let keys = store.newest.len() - tombstones;
-        let dir = target.write_store(out, store.kv, store.lowest, seqno, &mut store.newest.into_iter())?;
-        summaries.push(RestoreSummary {
-            kv: store.kv,
-            to_seqno: seqno,
-            files_read: store.files_read,
-            keys,
-            tombstones,
-            dir,
-        });
+    for (kv, seqno) in points {
+        plan(root, *kv, *seqno, reader)?;
     }
-    Ok(summaries)
+    std::fs::create_dir_all(out).map_err(|e| Error::io("create dir", out, e))?;
+    let results = each_store(points, progress, Result::is_err, |point, progress| {
+        restore_store(root, *point, out, reader, target, progress)
+    });
+    let mut summaries = Vec::with_capacity(points.len());
+    let mut failed = None;
+    for result in results.into_iter().flatten() {
+        match result {
+            Ok(summary) => summaries.push(summary),
+            Err(e) => failed = failed.or(Some(e)),
+        }
+    }
+    let Some(error) = failed else {
+        return Ok(summaries);
+    };
+    for written in &summaries {
+        if let Err(e) = std::fs::remove_dir_all(&written.dir) {
+            tracing::warn!(dir = %written.dir.display(), error = %e, "could not remove a store a failed restore wrote");
+        }
+    }
+    if !out_existed {
+        // Only if nothing else is left in it.
+        let _ = std::fs::remove_dir(out);
+    }
+    Err(error)
 }
 
 /// The seqno whose state store `kv` held at `time_ms` (milliseconds since

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::{history_conflict, BackupRoot, DeclaredCoverage, RecordReader};
+use super::parallel::each_store;
+use super::{history_conflict, BackupRoot, DeclaredCoverage, RecordReader, StoreBackup};
 use crate::engine::KvId;
 use crate::metadata::metadata_file_name;
 
@@ -41,153 +42,167 @@ impl fmt::Display for Problem {
 /// problem of its own and has no part in the numbering. Returns every
 /// problem found; empty means clean.
 pub fn verify(root: &BackupRoot, reader: &dyn RecordReader) -> Vec<Problem> {
+    // Stores are checked in parallel, one per core; problems keep the
+    // stores' order.
+    each_store(
+        root.stores(),
+        &mut |_| {},
+        |_| false,
+        |listed, _| verify_store(listed, reader),
+    )
+    .into_iter()
+    .flatten()
+    .flatten()
+    .collect()
+}
+
+/// [`verify`] of one store's backup dir.
+fn verify_store(listed: &StoreBackup, reader: &dyn RecordReader) -> Vec<Problem> {
     let mut problems = Vec::new();
-    for listed in root.stores() {
-        // Pinned while its files are read: a prune cannot delete one
-        // between the listing and its read (that would be a false alarm).
-        let (_pin, store) = match listed.pinned() {
-            Ok(pinned) => pinned,
-            Err(e) => {
-                problems.push(Problem {
-                    kv: listed.kv,
-                    path: listed.dir.clone(),
-                    what: e.to_string(),
-                });
-                continue;
-            }
-        };
-        let store = &store;
-        let mut problem = |path: PathBuf, what: String| {
+    // Pinned while its files are read: a prune cannot delete one
+    // between the listing and its read (that would be a false alarm).
+    let (_pin, store) = match listed.pinned() {
+        Ok(pinned) => pinned,
+        Err(e) => {
             problems.push(Problem {
-                kv: store.kv,
-                path,
-                what,
-            })
-        };
-        let (records, unreadable) = match store.round_records() {
-            Ok(read) => read,
-            Err(e) => {
-                problem(store.dir.clone(), e.to_string());
-                (Vec::new(), Vec::new())
-            }
-        };
-        for (path, why) in unreadable {
-            problem(path, why);
+                kv: listed.kv,
+                path: listed.dir.clone(),
+                what: e.to_string(),
+            });
+            return problems;
         }
-        if let Some(format) = records
+    };
+    let store = &store;
+    let mut problem = |path: PathBuf, what: String| {
+        problems.push(Problem {
+            kv: store.kv,
+            path,
+            what,
+        })
+    };
+    let (records, unreadable) = match store.round_records() {
+        Ok(read) => read,
+        Err(e) => {
+            problem(store.dir.clone(), e.to_string());
+            (Vec::new(), Vec::new())
+        }
+    };
+    for (path, why) in unreadable {
+        problem(path, why);
+    }
+    if let Some(format) = records
+        .iter()
+        .map(|r| &r.engine_format)
+        .find(|f| *f != reader.format())
+    {
+        problem(
+            store.dir.clone(),
+            format!(
+                "its files are in the `{format}` format, not `{}`: verify with the reader of that format",
+                reader.format()
+            ),
+        );
+        return problems;
+    }
+    let bases: Vec<crate::manifest::ConsolidatedBase> = match store.prune_records() {
+        Ok(prunes) => prunes.into_iter().filter_map(|(_, r)| r.base).collect(),
+        Err(e) => {
+            problem(store.dir.clone(), e.to_string());
+            Vec::new()
+        }
+    };
+    let declared = DeclaredCoverage::of_present_with(&records, &bases, &|_| true);
+    let mut failed = std::collections::HashSet::new();
+    for path in &store.files {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let range = declared.declared(name).map(|f| (f.low_seqno, f.high_seqno));
+        if let Err(what) = check_file(reader, path, range) {
+            problem(path.clone(), what);
+            failed.insert(path.clone());
+        }
+    }
+    if records.is_empty() {
+        let intact: Vec<PathBuf> = store
+            .files
             .iter()
-            .map(|r| &r.engine_format)
-            .find(|f| *f != reader.format())
-        {
-            problem(
-                store.dir.clone(),
+            .filter(|p| !failed.contains(*p))
+            .cloned()
+            .collect();
+        match history_conflict(reader, &intact) {
+            Ok(Some(c)) => problem(
+                c.second,
                 format!(
-                    "its files are in the `{format}` format, not `{}`: verify with the reader of that format",
-                    reader.format()
+                    "seqno {} is written differently here and in {}: the dir holds more than one \
+                     history of the store",
+                    c.seqno,
+                    c.first.display()
                 ),
-            );
+            ),
+            Ok(None) => {}
+            Err(e) => problem(store.dir.clone(), e.to_string()),
+        }
+    } else if let Some((a, b)) = declared.conflict() {
+        problem(
+            store.dir.join(b),
+            format!(
+                "declares every version of seqnos {a} declares too: the dir holds more than one \
+                 history of the store"
+            ),
+        );
+    }
+    // Each file a manifest declares is in the dir with its length,
+    // unless a prune record says it was deleted on purpose.
+    let pruned = match store.pruned_names() {
+        Ok(names) => names,
+        Err(e) => {
+            problem(store.dir.clone(), e.to_string());
+            Default::default()
+        }
+    };
+    let mut checked = std::collections::HashSet::new();
+    for f in records.iter().flat_map(|r| &r.added) {
+        let path = store.dir.join(&f.name);
+        // A file reported unreadable above is one problem, not two.
+        if !checked.insert(f.name.clone()) || failed.contains(&path) {
             continue;
         }
-        let bases: Vec<crate::manifest::ConsolidatedBase> = match store.prune_records() {
-            Ok(prunes) => prunes.into_iter().filter_map(|(_, r)| r.base).collect(),
-            Err(e) => {
-                problem(store.dir.clone(), e.to_string());
-                Vec::new()
-            }
-        };
-        let declared = DeclaredCoverage::of_present_with(&records, &bases, &|_| true);
-        let mut failed = std::collections::HashSet::new();
-        for path in &store.files {
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            let range = declared.declared(name).map(|f| (f.low_seqno, f.high_seqno));
-            if let Err(what) = check_file(reader, path, range) {
-                problem(path.clone(), what);
-                failed.insert(path.clone());
-            }
-        }
-        if records.is_empty() {
-            let intact: Vec<PathBuf> = store
-                .files
-                .iter()
-                .filter(|p| !failed.contains(*p))
-                .cloned()
-                .collect();
-            match history_conflict(reader, &intact) {
-                Ok(Some(c)) => problem(
-                    c.second,
-                    format!(
-                        "seqno {} is written differently here and in {}: the dir holds more than one \
-                         history of the store",
-                        c.seqno,
-                        c.first.display()
-                    ),
-                ),
-                Ok(None) => {}
-                Err(e) => problem(store.dir.clone(), e.to_string()),
-            }
-        } else if let Some((a, b)) = declared.conflict() {
-            problem(
-                store.dir.join(b),
+        match std::fs::symlink_metadata(&path) {
+            Ok(md) if md.len() == f.len => {}
+            Ok(md) => problem(
+                path,
                 format!(
-                    "declares every version of seqnos {a} declares too: the dir holds more than one \
-                     history of the store"
+                    "a round manifest declares {} bytes, the file has {}",
+                    f.len,
+                    md.len()
                 ),
-            );
+            ),
+            Err(_) if pruned.contains(&f.name) => {}
+            Err(_) => problem(path, "declared by a round manifest but not in the dir".into()),
         }
-        // Each file a manifest declares is in the dir with its length,
-        // unless a prune record says it was deleted on purpose.
-        let pruned = match store.pruned_names() {
-            Ok(names) => names,
-            Err(e) => {
-                problem(store.dir.clone(), e.to_string());
-                Default::default()
-            }
-        };
-        let mut checked = std::collections::HashSet::new();
-        for f in records.iter().flat_map(|r| &r.added) {
-            let path = store.dir.join(&f.name);
-            // A file reported unreadable above is one problem, not two.
-            if !checked.insert(f.name.clone()) || failed.contains(&path) {
-                continue;
-            }
-            match std::fs::symlink_metadata(&path) {
-                Ok(md) if md.len() == f.len => {}
-                Ok(md) => problem(
-                    path,
-                    format!(
-                        "a round manifest declares {} bytes, the file has {}",
-                        f.len,
-                        md.len()
-                    ),
-                ),
-                Err(_) if pruned.contains(&f.name) => {}
-                Err(_) => problem(path, "declared by a round manifest but not in the dir".into()),
-            }
+    }
+    for path in &store.foreign_metadata {
+        problem(path.clone(), FOREIGN_METADATA.into());
+    }
+    // Canonical numbers only: each appears once, in increasing order,
+    // from 1; one problem per gap.
+    let mut expected: u64 = 1;
+    for (n, path) in &store.metadata {
+        if *n > expected {
+            let what = if *n - expected == 1 {
+                "metadata file missing (a hole in the numbering)".to_owned()
+            } else {
+                format!(
+                    "metadata files {expected} to {} missing (a hole in the numbering)",
+                    n - 1
+                )
+            };
+            problem(store.dir.join(metadata_file_name(expected)), what);
         }
-        for path in &store.foreign_metadata {
-            problem(path.clone(), FOREIGN_METADATA.into());
-        }
-        // Canonical numbers only: each appears once, in increasing order,
-        // from 1; one problem per gap.
-        let mut expected: u64 = 1;
-        for (n, path) in &store.metadata {
-            if *n > expected {
-                let what = if *n - expected == 1 {
-                    "metadata file missing (a hole in the numbering)".to_owned()
-                } else {
-                    format!(
-                        "metadata files {expected} to {} missing (a hole in the numbering)",
-                        n - 1
-                    )
-                };
-                problem(store.dir.join(metadata_file_name(expected)), what);
-            }
-            expected = n.saturating_add(1);
-            match std::fs::read(path) {
-                Ok(bytes) if bytes.is_empty() => problem(path.clone(), "metadata file is empty".into()),
-                Ok(_) => {}
-                Err(e) => problem(path.clone(), format!("cannot read: {e}")),
-            }
+        expected = n.saturating_add(1);
+        match std::fs::read(path) {
+            Ok(bytes) if bytes.is_empty() => problem(path.clone(), "metadata file is empty".into()),
+            Ok(_) => {}
+            Err(e) => problem(path.clone(), format!("cannot read: {e}")),
         }
     }
     problems
