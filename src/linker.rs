@@ -213,7 +213,7 @@ fn link_round(
             // earlier round of this start included (after a roll-back).
             added: if full {
                 let all = snapshot.files().iter();
-                all.filter_map(|f| links.entry(f).map(|e| declared_file(e, f)))
+                all.filter_map(|f| links.entry(f).map(|e| declared_file(&e, f)))
                     .collect()
             } else {
                 declared

@@ -9,16 +9,74 @@
 //!   the actor, and with the supervisor between two starts of the store, so
 //!   delivery is at least once even across stop and start.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::hash::BuildHasher;
+use std::path::{Path, PathBuf};
+
+use hashbrown::HashTable;
 
 use crate::backup_file::BackupFile;
 use crate::dir_lock::DirId;
-use crate::engine::IndexFile;
+use crate::engine::{Holds, IndexFile};
+
+/// One engine file known to be in the backup dir, in as few bytes as the
+/// set needs (80, plus its name): the fields that tell it from another file
+/// (those `IndexFile` compares), its dir as an index into the set's few
+/// dirs, and its backup-dir name only where that is not its own.
+#[derive(Debug)]
+struct Linked {
+    /// The file's name (its path's last component).
+    name: Box<str>,
+    /// Its name in the backup dir where that differs (`name~k`).
+    renamed: Option<Box<str>>,
+    len: u64,
+    low_seqno: u64,
+    high_seqno: u64,
+    file_id: Option<u64>,
+    /// Index of its dir in [`LinkSet::dirs`].
+    dir: u32,
+    holds: Option<Holds>,
+}
+
+impl Linked {
+    fn backup_name(&self) -> &str {
+        self.renamed.as_deref().unwrap_or(&self.name)
+    }
+
+    fn entry(&self) -> BackupFile {
+        BackupFile {
+            name: self.backup_name().to_owned(),
+            len: self.len,
+            low_seqno: self.low_seqno,
+            high_seqno: self.high_seqno,
+        }
+    }
+}
+
+/// Whether `l` (with its set's `dirs`) is `file`, as `IndexFile`'s
+/// equality has it.
+fn is_file(l: &Linked, dirs: &[PathBuf], file: &IndexFile) -> bool {
+    *l.name == *file.name()
+        && l.len == file.len()
+        && l.low_seqno == file.low_seqno()
+        && l.high_seqno == file.high_seqno()
+        && l.file_id == file.file_id()
+        && l.holds == file.holds()
+        && dirs[l.dir as usize] == dir_of(file)
+}
+
+fn dir_of(file: &IndexFile) -> &Path {
+    file.path().parent().unwrap_or(Path::new(""))
+}
 
 /// Engine files known to be in the backup dir, so they are not linked again.
 #[derive(Debug, Default)]
 pub(crate) struct LinkSet {
-    linked: HashMap<IndexFile, BackupFile>,
+    linked: HashTable<Linked>,
+    /// The dirs of the files in `linked` (an engine keeps a store's files
+    /// in one dir, or a few).
+    dirs: Vec<PathBuf>,
+    hasher: std::hash::RandomState,
     /// The snapshot generation whose every file is in `linked` (and nothing
     /// else is), if the engine gives generations.
     up_to_date: Option<u64>,
@@ -28,6 +86,31 @@ pub(crate) struct LinkSet {
 }
 
 impl LinkSet {
+    /// The hash of what tells one engine file from another (not its dir:
+    /// a store's files share one).
+    fn hash_parts(&self, name: &str, len: u64, low: u64, high: u64, file_id: Option<u64>) -> u64 {
+        self.hasher.hash_one((name, len, low, high, file_id))
+    }
+
+    fn hash_of(&self, file: &IndexFile) -> u64 {
+        self.hash_parts(
+            file.name(),
+            file.len(),
+            file.low_seqno(),
+            file.high_seqno(),
+            file.file_id(),
+        )
+    }
+
+    fn hash_linked(hasher: &std::hash::RandomState, l: &Linked) -> u64 {
+        hasher.hash_one((&*l.name, l.len, l.low_seqno, l.high_seqno, l.file_id))
+    }
+
+    fn find(&self, file: &IndexFile) -> Option<&Linked> {
+        self.linked
+            .find(self.hash_of(file), |l| is_file(l, &self.dirs, file))
+    }
+
     /// Whether every file of a snapshot with `generation` is known linked,
     /// without looking at its list.
     pub fn is_up_to_date(&self, generation: Option<u64>) -> bool {
@@ -40,27 +123,50 @@ impl LinkSet {
     }
 
     /// Records that every file of the snapshot with `generation` is linked
-    /// and the set holds nothing else (after [`forget_absent`](Self::forget_absent)).
+    /// and the set holds nothing else (after [`forget`](Self::forget)).
     pub fn mark_up_to_date(&mut self, generation: Option<u64>) {
         self.up_to_date = generation;
     }
 
     /// The files of a snapshot that are not linked yet, in snapshot order.
     pub fn to_link<'a>(&self, snapshot: &'a [IndexFile]) -> Vec<&'a IndexFile> {
-        snapshot
-            .iter()
-            .filter(|f| !self.linked.contains_key(*f))
-            .collect()
+        snapshot.iter().filter(|f| self.find(f).is_none()).collect()
     }
 
     /// The entry of `file`, if it is known linked.
-    pub fn entry(&self, file: &IndexFile) -> Option<&BackupFile> {
-        self.linked.get(file)
+    pub fn entry(&self, file: &IndexFile) -> Option<BackupFile> {
+        self.find(file).map(Linked::entry)
     }
 
     /// Records that `file` is in the backup dir as `entry`.
     pub fn record(&mut self, file: &IndexFile, entry: BackupFile) {
-        self.linked.insert(file.clone(), entry);
+        let hash = self.hash_of(file);
+        let dir = dir_of(file);
+        let dir = match self.dirs.iter().position(|d| d == dir) {
+            Some(i) => i,
+            None => {
+                self.dirs.push(dir.to_path_buf());
+                self.dirs.len() - 1
+            }
+        };
+        let linked = Linked {
+            name: file.name().into(),
+            renamed: (entry.name != file.name()).then(|| entry.name.into_boxed_str()),
+            len: file.len(),
+            low_seqno: file.low_seqno(),
+            high_seqno: file.high_seqno(),
+            file_id: file.file_id(),
+            dir: u32::try_from(dir).expect("fewer than 2^32 dirs"),
+            holds: file.holds(),
+        };
+        let (linked_set, dirs, hasher) = (&mut self.linked, &self.dirs, &self.hasher);
+        let is = |l: &Linked| is_file(l, dirs, file);
+        match linked_set.entry(hash, is, |l| Self::hash_linked(hasher, l)) {
+            hashbrown::hash_table::Entry::Occupied(mut e) => *e.get_mut() = linked,
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                e.insert(linked);
+            }
+        }
     }
 
     /// Undoes [`record`](Self::record) for files of a round that failed:
@@ -72,7 +178,11 @@ impl LinkSet {
         // so no delta is ever taken against a set the manifests disagree on.
         self.manifested = false;
         for f in files {
-            self.linked.remove(f);
+            let hash = self.hash_of(f);
+            let (linked, dirs) = (&mut self.linked, &self.dirs);
+            if let Ok(e) = linked.find_entry(hash, |l| is_file(l, dirs, f)) {
+                e.remove();
+            }
         }
     }
 
@@ -89,15 +199,17 @@ impl LinkSet {
     /// The backup-dir names of linked files the snapshot no longer lists,
     /// in name order.
     pub fn absent_names(&self, snapshot: &[IndexFile]) -> Vec<String> {
-        if self.linked.len() <= snapshot.len() && snapshot.iter().all(|f| self.linked.contains_key(f)) {
-            return Vec::new();
-        }
-        let live: HashSet<&IndexFile> = snapshot.iter().collect();
+        let live: HashSet<&str> = snapshot
+            .iter()
+            .filter_map(|f| self.find(f))
+            .map(Linked::backup_name)
+            .collect();
         let mut gone: Vec<String> = self
             .linked
             .iter()
-            .filter(|(f, _)| !live.contains(f))
-            .map(|(_, entry)| entry.name.clone())
+            .map(Linked::backup_name)
+            .filter(|name| !live.contains(name))
+            .map(str::to_owned)
             .collect();
         gone.sort();
         gone
@@ -111,7 +223,7 @@ impl LinkSet {
             return;
         }
         let gone: HashSet<&str> = gone.iter().map(String::as_str).collect();
-        self.linked.retain(|_, entry| !gone.contains(entry.name.as_str()));
+        self.linked.retain(|l| !gone.contains(l.backup_name()));
     }
 
     #[cfg(test)]
@@ -125,10 +237,17 @@ impl LinkSet {
 #[derive(Debug, Default)]
 pub(crate) struct Unacked {
     files: Vec<BackupFile>,
-    /// The names in `files`.
+    /// The names in `files`, once files of more than one round are (empty
+    /// while they are one round's).
     names: HashSet<String>,
     /// The dir the files are in (by identity, however it was spelled).
     dir: Option<DirId>,
+}
+
+/// Whether no two of `files` have one name.
+fn distinct_names(files: &[BackupFile]) -> bool {
+    let mut seen = HashSet::with_capacity(files.len());
+    files.iter().all(|f| seen.insert(f.name.as_str()))
 }
 
 impl Unacked {
@@ -153,6 +272,15 @@ impl Unacked {
             "keep_only_in runs when a dir opens"
         );
         self.keep_only_in(dir);
+        if self.files.is_empty() && distinct_names(&linked) {
+            // No set of names is kept until a second round's files join
+            // these (after a failed round).
+            self.files = linked;
+            return;
+        }
+        if self.names.is_empty() {
+            self.names = self.files.iter().map(|f| f.name.clone()).collect();
+        }
         for f in linked {
             if self.names.insert(f.name.clone()) {
                 self.files.push(f);
@@ -339,5 +467,45 @@ mod tests {
         assert!(!l.is_up_to_date(Some(1)), "a failed round compares again");
         l.mark_up_to_date(None);
         assert!(!l.is_up_to_date(None), "no generation: always compared");
+    }
+
+    #[test]
+    fn a_name_placed_twice_in_one_round_is_reported_once() {
+        let mut u = Unacked::default();
+        let e = entry(&file(1));
+        u.add(vec![e.clone(), e.clone()], DIR);
+        assert_eq!(u.report(), vec![e]);
+    }
+
+    #[test]
+    fn a_file_placed_under_another_name_keeps_that_name() {
+        let mut l = LinkSet::default();
+        let f = file(1);
+        let placed = BackupFile {
+            name: format!("{}~1", f.name()),
+            ..entry(&f)
+        };
+        l.record(&f, placed.clone());
+        assert_eq!(l.entry(&f), Some(placed.clone()));
+        assert_eq!(l.absent_names(&[file(2)]), vec![placed.name.clone()]);
+        l.forget(&[placed.name]);
+        assert_eq!(l.len(), 0);
+    }
+
+    #[test]
+    fn files_of_one_name_in_two_dirs_are_two_files() {
+        let mut l = LinkSet::default();
+        let a = IndexFile::new("/data/kv-1/tables/7", 10, 1, 5).unwrap();
+        let b = IndexFile::new("/data/kv-1/blobs/7", 10, 1, 5).unwrap();
+        l.record(&a, entry(&a));
+        assert_eq!(l.to_link(&[a.clone(), b.clone()]), vec![&b]);
+        let b_entry = BackupFile {
+            name: "7~1".into(),
+            ..entry(&b)
+        };
+        l.record(&b, b_entry.clone());
+        assert_eq!(l.entry(&b), Some(b_entry));
+        assert_eq!(l.entry(&a), Some(entry(&a)));
+        assert!(l.absent_names(&[a, b]).is_empty());
     }
 }
