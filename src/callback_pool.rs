@@ -6,12 +6,16 @@
 //!   stopping start and of the next start of the store therefore never
 //!   overlap.
 //! - **Isolation**: a blocked callback holds one worker. A call that has
-//!   waited `GROW_AFTER` (2 ms) with every worker busy starts a new one, up
-//!   to `Config::callback_threads`, so blocked stores below the cap delay
-//!   the others by at most that.
-//! - **Few threads**: an idle call wakes the worker that idled last, and a
-//!   worker idle for `IDLE_EXIT` ends (one is kept), so 1024 idle stores
-//!   need a worker or two and the monitor, not 1024 threads.
+//!   waited `GROW_AFTER` (2 ms) with no worker free for it gets an idle
+//!   worker woken by the monitor, or a new one started, up to
+//!   `Config::callback_threads`, so blocked stores below the cap delay the
+//!   others by at most about that.
+//! - **Few threads, few wake-ups**: a call wakes an idle worker only when
+//!   no worker will take it soon (none woken already, none running a call
+//!   that started under `GROW_AFTER` ago), so a burst of due rounds is one
+//!   wake-up, not one per store; the worker that
+//!   idled last is woken, and a worker idle for `IDLE_EXIT` ends (one is
+//!   kept): 1024 idle stores need a worker or two and the monitor.
 //! - **Watchdog**: a call running past `Config::callback_watchdog` is logged
 //!   once, naming the store, and shows in the store's status
 //!   (`callback_running_for`).
@@ -48,7 +52,7 @@ pub(crate) struct CallbackPool {
 
 struct Shared {
     state: Mutex<State>,
-    /// Wakes the monitor: a call found every worker busy.
+    /// Wakes the monitor: a call waits for a worker.
     monitor: Condvar,
     max_workers: usize,
     watchdog: Duration,
@@ -61,6 +65,8 @@ struct State {
     monitor_runs: bool,
     /// No growth before this (a thread could not be started).
     grow_not_before: Option<Instant>,
+    /// `GROW_AFTER` (tests change it).
+    grow_after: Duration,
     /// Calls not started yet, per store.
     queued: HashMap<KvId, VecDeque<Job>>,
     /// Stores with a call running: since when, and whether it was reported.
@@ -75,6 +81,10 @@ struct State {
     idle: Vec<(u64, Arc<Condvar>)>,
     /// Idle workers a call has woken (taken off `idle`).
     claimed: HashSet<u64>,
+    /// Whether the monitor looks at the ready calls within `grow_after`
+    /// (it was told, or polls): a call that wakes no worker tells it
+    /// otherwise.
+    monitor_told: bool,
     next_worker: u64,
     /// The last handle is gone: workers end.
     closed: bool,
@@ -85,7 +95,10 @@ impl CallbackPool {
     /// reports calls running longer than `watchdog`.
     pub fn new(max_workers: usize, watchdog: Duration) -> Arc<CallbackPool> {
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                grow_after: GROW_AFTER,
+                ..State::default()
+            }),
             monitor: Condvar::new(),
             max_workers: max_workers.max(1),
             watchdog,
@@ -112,8 +125,24 @@ impl CallbackPool {
         if queue.len() > 1 || st.running.contains_key(&kv) {
             return; // behind the store's earlier call, which re-queues it
         }
-        st.ready.push_back((kv, Instant::now()));
-        if let Some((id, wake)) = st.idle.pop() {
+        let now = Instant::now();
+        st.ready.push_back((kv, now));
+        // A worker takes the ready calls soon if one was woken already or
+        // runs a call that started under `grow_after` ago (most calls are
+        // that short): then a burst of calls wakes no other worker, and
+        // the monitor wakes one for a call that waits `grow_after`.
+        let soon = !st.claimed.is_empty()
+            || st
+                .running
+                .values()
+                .any(|(since, _)| now.saturating_duration_since(*since) < st.grow_after);
+        let covered = st.monitor_runs && soon;
+        if covered {
+            if !st.monitor_told {
+                st.monitor_told = true;
+                shared.monitor.notify_one();
+            }
+        } else if let Some((id, wake)) = st.idle.pop() {
             st.claimed.insert(id); // that worker takes the next ready store
             wake.notify_one();
         } else if st.workers == 0 || (!st.monitor_runs && st.workers < shared.max_workers) {
@@ -125,7 +154,8 @@ impl CallbackPool {
                 drop(st);
                 drop(dropped);
             }
-        } else {
+        } else if !st.monitor_told {
+            st.monitor_told = true;
             shared.monitor.notify_one(); // grows the pool if this waits
         }
     }
@@ -144,6 +174,12 @@ impl CallbackPool {
     #[cfg(test)]
     pub fn workers(&self) -> usize {
         self.shared.state.lock().workers
+    }
+
+    /// Idle worker threads now.
+    #[cfg(test)]
+    fn idle_workers(&self) -> usize {
+        self.shared.state.lock().idle.len()
     }
 }
 
@@ -224,9 +260,10 @@ impl Shared {
         }
     }
 
-    /// The monitor: starts a worker when a call has waited `GROW_AFTER`
-    /// with every worker busy (up to the cap), and logs each call that runs
-    /// past the watchdog limit, once. Ends when the pool is dropped.
+    /// The monitor: wakes an idle worker, or starts one (up to the cap),
+    /// when a call has waited `grow_after` with no worker free for it, and
+    /// logs each call that runs past the watchdog limit, once. Ends when
+    /// the pool is dropped.
     fn watch(self: Arc<Self>) {
         let every = (self.watchdog / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
         let mut st = self.state.lock();
@@ -248,20 +285,27 @@ impl Shared {
                 }
             }
             let mut wait = next_watch.saturating_duration_since(now);
-            let may_grow = st.idle.is_empty()
-                && st.workers < self.max_workers
-                && st.grow_not_before.is_none_or(|t| now >= t);
-            if let (Some((_, since)), true) = (st.ready.front(), may_grow) {
-                // Polled every GROW_AFTER only while a call waits and the
-                // pool can grow; at the cap, a freed worker takes it.
-                let waited = since.elapsed();
-                if waited >= GROW_AFTER {
-                    Shared::spawn_worker(&self, &mut st);
+            let may_grow = st.workers < self.max_workers && st.grow_not_before.is_none_or(|t| now >= t);
+            if let (Some((_, since)), true) = (st.ready.front(), !st.idle.is_empty() || may_grow) {
+                // Polled every `grow_after` only while a call waits and a
+                // worker could be woken or started for it; at the cap with
+                // none idle, a freed worker takes it.
+                if since.elapsed() >= st.grow_after && st.claimed.is_empty() {
+                    // (With a worker woken already, it takes the oldest.)
+                    if let Some((id, wake)) = st.idle.pop() {
+                        st.claimed.insert(id);
+                        wake.notify_one();
+                    } else {
+                        Shared::spawn_worker(&self, &mut st);
+                    }
                 }
-                wait = wait.min(GROW_AFTER);
+                wait = wait.min(st.grow_after);
             } else if let (Some(_), Some(t)) = (st.ready.front(), st.grow_not_before) {
                 wait = wait.min(t.saturating_duration_since(now));
             }
+            // A call that skips waking a worker tells the monitor unless it
+            // looks again within `grow_after` anyway.
+            st.monitor_told = wait <= st.grow_after;
             self.monitor.wait_for(&mut st, wait);
         }
     }
@@ -417,5 +461,74 @@ mod tests {
             log.lock().contains(&"after end".to_string())
         });
         assert_eq!(pool.workers(), 1);
+    }
+
+    #[test]
+    fn a_burst_of_short_calls_wakes_one_idle_worker() {
+        let pool = CallbackPool::new(8, Duration::from_secs(60));
+        // Four workers (four calls blocked at once), then all idle.
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut releases = Vec::new();
+        for kv in 0..4 {
+            let (release, gate) = mpsc::channel();
+            releases.push(release);
+            pool.submit(KvId(kv), job(&log, &format!("blocked{kv}"), Some(gate)));
+        }
+        wait_for("four blocked calls run", || log.lock().len() == 4);
+        for r in releases {
+            r.send(()).unwrap();
+        }
+        wait_for("four idle workers", || pool.idle_workers() == 4);
+        // The monitor never steps in: only the calls' own wake-ups count.
+        pool.shared.state.lock().grow_after = Duration::from_secs(3600);
+        let threads = Arc::new(Mutex::new(HashSet::new()));
+        let done = Arc::new(AtomicUsize::new(0));
+        for kv in 10..30 {
+            let (threads, done) = (Arc::clone(&threads), Arc::clone(&done));
+            pool.submit(
+                KvId(kv),
+                Box::new(move || {
+                    threads.lock().insert(std::thread::current().id());
+                    done.fetch_add(1, SeqCst);
+                }),
+            );
+        }
+        wait_for("20 calls", || done.load(SeqCst) == 20);
+        assert_eq!(threads.lock().len(), 1, "one worker ran the burst");
+    }
+
+    #[test]
+    fn a_call_behind_a_blocked_one_gets_an_idle_worker() {
+        let pool = CallbackPool::new(8, Duration::from_secs(60));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        // Two workers, then both idle.
+        let mut releases = Vec::new();
+        for kv in 0..2 {
+            let (release, gate) = mpsc::channel();
+            releases.push(release);
+            pool.submit(KvId(kv), job(&log, &format!("warm{kv}"), Some(gate)));
+        }
+        wait_for("two calls run", || log.lock().len() == 2);
+        for r in releases {
+            r.send(()).unwrap();
+        }
+        wait_for("two idle workers", || pool.idle_workers() == 2);
+        // A call that blocks, and behind it another store's call: it wakes
+        // no worker itself (the first call started under `grow_after` ago
+        // and is taken to end soon), so the monitor wakes the idle one
+        // once it has waited that long.
+        pool.shared.state.lock().grow_after = Duration::from_millis(300);
+        let (release, gate) = mpsc::channel();
+        pool.submit(KvId(5), job(&log, "blocked", Some(gate)));
+        wait_for("the blocking call starts", || {
+            log.lock().contains(&"blocked start".to_string())
+        });
+        pool.submit(KvId(6), job(&log, "behind", None));
+        wait_for("the call behind the blocked one ends", || {
+            log.lock().contains(&"behind end".to_string())
+        });
+        assert!(!log.lock().contains(&"blocked end".to_string()));
+        assert_eq!(pool.workers(), 2, "an idle worker was woken, none started");
+        release.send(()).unwrap();
     }
 }
