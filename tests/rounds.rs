@@ -334,6 +334,34 @@ async fn with_empty_rounds_unreported_only_new_files_or_retries_call_back() {
     assert!(last.files.is_empty());
 }
 
+/// With `report_empty_rounds` off, a start of an empty store still calls
+/// its callback (which hands it the metadata writer), and again after a
+/// failed call, until one succeeded; then its empty rounds are quiet.
+/// Regression: an empty store's first round reported nothing, so the
+/// callback was never called (scale_bench --quiet-idle waited for it).
+#[actix_rt::test]
+async fn with_empty_rounds_unreported_an_empty_stores_start_still_calls_back() {
+    let fx = Fixture::new();
+    fx.engine.create_store(KV).unwrap();
+    let (cb, mut rx) = recorder_by_call(|call| match call {
+        0 => Err("downstream not ready".into()),
+        _ => Ok(()),
+    });
+    let backup = fx.start(quiet());
+    backup
+        .start_backup(KV, fx.backup_dir(KV), cb, Some(ms(10)))
+        .await
+        .unwrap();
+    let first = next_round(&mut rx, Duration::from_secs(5)).await;
+    let retried = next_round(&mut rx, Duration::from_secs(5)).await;
+    assert!(first.files.is_empty() && retried.files.is_empty());
+    assert!(
+        no_round_within(&mut rx, ms(150)).await,
+        "once a call succeeded, idle ticks call no callback"
+    );
+    backup.stop_backup(KV, false).await.unwrap();
+}
+
 /// Compaction changes the file list without anything to report in the
 /// quiet mode's terms, yet the link set must learn the new file: the next
 /// tick runs a round, links the compaction output and reports it.

@@ -185,6 +185,10 @@ pub(crate) struct Lifecycle {
     closed: bool,
     /// Whether the callback in flight is a [`Action::CallBackUnchanged`].
     unlinked_call: bool,
+    /// Whether a round of this start called back successfully: until then
+    /// every round calls back (the first call hands the start its
+    /// metadata writer), empty rounds reported or not.
+    called_back: bool,
     session_closed: bool,
     next_prune: Option<Instant>,
 }
@@ -204,6 +208,7 @@ impl Lifecycle {
             stopping: None,
             closed: false,
             unlinked_call: false,
+            called_back: false,
             session_closed: false,
             next_prune: None,
         }
@@ -294,9 +299,14 @@ impl Lifecycle {
                 _ if self.closed => self.job_back_after_close(&mut out),
                 LinkOutcome::Failed(e) => self.finish_round(Err(e), now, &mut out),
                 LinkOutcome::Linked { to_report } => {
-                    if !to_report && !self.cfg.report_empty_rounds && self.stopping.is_none() {
+                    if !to_report
+                        && !self.cfg.report_empty_rounds
+                        && self.stopping.is_none()
+                        && self.called_back
+                    {
                         // Nothing to report and empty rounds are not
-                        // reported (a final round always calls back).
+                        // reported (a final round, and every round until
+                        // one called back, always calls back).
                         self.quiet_round(now, &mut out);
                     } else {
                         self.phase = Phase::Calling;
@@ -317,6 +327,7 @@ impl Lifecycle {
             }
             (Phase::Calling, Event::Called(result)) => {
                 self.unlinked_call = false;
+                self.called_back |= result.is_ok();
                 let prune_due = self.cfg.prune_every.is_some()
                     && !self.closed
                     && self.stopping.is_none()
@@ -709,6 +720,31 @@ mod tests {
             reported.kinds(Event::Tick { unchanged: true }),
             ["call back unchanged"]
         );
+    }
+
+    #[test]
+    fn with_empty_rounds_quiet_a_starts_rounds_call_back_until_one_succeeded() {
+        // Regression: an empty store's first round had nothing to report
+        // and called no callback, so with empty rounds quiet its start
+        // never got its metadata writer (scale_bench --quiet-idle hung).
+        let mut r = Run::new(LifecycleConfig {
+            report_empty_rounds: false,
+            ..cfg()
+        });
+        r.send(Event::Opened);
+        let nothing = || Event::Linked(LinkOutcome::Linked { to_report: false });
+        assert_eq!(r.kinds(nothing()), ["call back"], "the first round");
+        assert_eq!(
+            r.kinds(Event::Called(Err(Error::ComponentStopped)))[0],
+            "round failed"
+        );
+        r.at(60 * SEC);
+        r.send(Event::Tick { unchanged: true });
+        assert_eq!(r.kinds(nothing()), ["call back"], "no call has succeeded yet");
+        assert_eq!(r.kinds(Event::Called(Ok(())))[0], "round ok");
+        r.at(120 * SEC);
+        r.send(Event::Tick { unchanged: false });
+        assert_eq!(r.kinds(nothing())[0], "quiet", "then empty rounds are quiet");
     }
 
     #[test]
