@@ -56,7 +56,8 @@ pub struct Config {
     /// and when the engine gives [`Engine::generation`](crate::Engine::generation)
     /// it costs no thread hop at all: the store's actor compares one number
     /// and re-arms its tick. Explicit rounds (a final round) always call
-    /// the callback.
+    /// the callback, and so does every round of a start until one call
+    /// succeeded (the first hands the start its metadata writer).
     pub report_empty_rounds: bool,
     /// Replication of backup dirs to object storage. Off by default (no
     /// URL): the component then uses no network.

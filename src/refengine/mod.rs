@@ -483,9 +483,11 @@ impl Engine for RefEngine {
     }
 
     /// Two short locks (the store map's, then the store's state, which is
-    /// never held across IO) and a load.
+    /// never held across IO) and a load; the store is not cloned out of
+    /// the map (no reference count touched). No path takes the map's lock
+    /// while holding a store's.
     fn generation(&self, kv: KvId) -> Option<u64> {
-        self.store(kv).ok()?.generation()
+        self.inner.stores.read().get(&kv)?.generation()
     }
 
     /// Marks the store's backup active and records `files` as backed up:
