@@ -366,3 +366,78 @@ async fn a_restore_failing_on_one_store_leaves_nothing_behind() {
     restore_points(&root, &points, &out, &RefFormat, &RefTarget, &mut |_| {}).unwrap_err();
     assert_eq!(names(&out), Vec::<String>::new());
 }
+
+/// A target that writes like the reference engine's, except for one store,
+/// whose write stops halfway: an error (a full disk, say) or a panic.
+struct HalfWritten {
+    kv: KvId,
+    panics: bool,
+}
+
+impl continuous_backup::restore::RestoreTarget for HalfWritten {
+    fn format(&self) -> &'static str {
+        RefTarget.format()
+    }
+
+    fn write_store(
+        &self,
+        out: &std::path::Path,
+        kv: KvId,
+        lowest: u64,
+        seqno: u64,
+        records: &mut dyn Iterator<Item = continuous_backup::Record>,
+    ) -> continuous_backup::Result<std::path::PathBuf> {
+        if kv != self.kv {
+            return RefTarget.write_store(out, kv, lowest, seqno, records);
+        }
+        let dir = self.store_dir(out, kv);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("partial"), b"half").unwrap();
+        if self.panics {
+            panic!("the target of kv {kv} panics halfway");
+        }
+        Err(Error::io(
+            "write",
+            dir.join("partial"),
+            std::io::Error::from_raw_os_error(28), // ENOSPC
+        ))
+    }
+}
+
+/// A store whose write fails halfway, or whose target panics, takes the
+/// restore down with it and leaves nothing in `out`: not the stores
+/// written before it, not its own half-written dir.
+#[actix_rt::test]
+async fn a_restore_whose_write_fails_halfway_leaves_nothing_behind() {
+    let fx = Fixture::new();
+    let stores = 5;
+    let histories = drive(&fx, fx.engine.clone(), stores, 1000, 0x0000_d15c).await;
+    let root = BackupRoot::open(&fx.backup_root()).unwrap();
+    let points: Vec<(KvId, u64)> = histories
+        .iter()
+        .enumerate()
+        .map(|(kv, h)| (KvId(kv as u16), h.last().unwrap().0))
+        .collect();
+    for panics in [false, true] {
+        let out = fx.tmp.path().join(format!("restored-{panics}"));
+        let target = HalfWritten {
+            kv: KvId(stores - 1),
+            panics,
+        };
+        let restored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            restore_points(&root, &points, &out, &RefFormat, &target, &mut |_| {})
+        }));
+        match restored {
+            Ok(result) => {
+                assert!(!panics);
+                assert!(matches!(result, Err(Error::Io { .. })), "{result:?}");
+            }
+            Err(_) => assert!(panics, "the target's panic comes back"),
+        }
+        assert!(
+            !out.exists(),
+            "panics: {panics}: {:?}",
+            out.exists().then(|| names(&out))
+        );
+    }
+}

@@ -39,7 +39,7 @@ impl RestoreTarget for LsmTarget {
             kv,
             source: Box::new(e),
         };
-        let dir = out.join(format!("kv-{}", kv.0));
+        let dir = self.store_dir(out, kv);
         std::fs::create_dir(&dir).map_err(|e| Error::io("create store dir", &dir, e))?;
         // The tree's own version changes take seqnos above the restored ones.
         let counter = SequenceNumberCounter::new(seqno + 1);

@@ -97,6 +97,14 @@ pub trait RestoreTarget: Sync {
         records: &mut dyn Iterator<Item = Record>,
     ) -> Result<PathBuf>;
 
+    /// The dir [`write_store`](Self::write_store) writes store `kv` into
+    /// under `out` (and returns): removed again, with what is in it, when a
+    /// restore of several stores fails. Default: `out/kv-<id>`, as both
+    /// shipped targets lay stores out.
+    fn store_dir(&self, out: &Path, kv: KvId) -> PathBuf {
+        out.join(format!("kv-{}", kv.0))
+    }
+
     /// The seqno-index files [`write_store`](Self::write_store) wrote for
     /// store `kv` into `out`: what a prune that consolidates a base puts
     /// into the backup dir (read back with this format's reader). `None`

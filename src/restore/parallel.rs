@@ -2,8 +2,12 @@
 //! store on its own, so stores run on a few scoped threads, each holding
 //! one store's work at a time.
 
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
+
+use parking_lot::Mutex;
 
 /// Threads for `n` stores' work: one per core (the work reads cached
 /// files and checks them, which is CPU), never more than there are stores.
@@ -12,19 +16,36 @@ pub(super) fn threads_for(n: usize) -> usize {
     cores.min(n).max(1)
 }
 
+/// What [`each_store`] ran: each item's result in item order (`None` for
+/// an item not started), and the first panic of a job, if one panicked
+/// (no item started after it).
+pub(super) struct Ran<R> {
+    pub results: Vec<Option<R>>,
+    pub panic: Option<Box<dyn Any + Send>>,
+}
+
+impl<R> Ran<R> {
+    /// The results, or the job's panic raised again here.
+    pub fn or_resume_panic(self) -> Vec<Option<R>> {
+        if let Some(panic) = self.panic {
+            std::panic::resume_unwind(panic);
+        }
+        self.results
+    }
+}
+
 /// Runs `job` on every item of `items` on [`threads_for`] threads, each
-/// thread taking the next item not yet taken, and returns the results in
-/// item order. Once a result makes `stop` true, no item is started any
-/// more: those give `None`. `job` reports progress through the function it
-/// is handed; this thread passes it on to `progress` as it comes (with one
-/// thread, one store or one core, `job` runs on this thread and calls
-/// `progress` itself).
+/// thread taking the next item not yet taken. Once a result makes `stop`
+/// true, or a job panics, no item is started any more. `job` reports
+/// progress through the function it is handed; this thread passes it on to
+/// `progress` as it comes (with one thread, one store or one core, `job`
+/// runs on this thread and calls `progress` itself).
 pub(super) fn each_store<T, R>(
     items: &[T],
     progress: &mut dyn FnMut(u64),
     stop: impl Fn(&R) -> bool + Sync,
     job: impl Fn(&T, &mut dyn FnMut(u64)) -> R + Sync,
-) -> Vec<Option<R>>
+) -> Ran<R>
 where
     T: Sync,
     R: Send,
@@ -38,35 +59,41 @@ fn each_on<T, R>(
     progress: &mut dyn FnMut(u64),
     stop: impl Fn(&R) -> bool + Sync,
     job: impl Fn(&T, &mut dyn FnMut(u64)) -> R + Sync,
-) -> Vec<Option<R>>
+) -> Ran<R>
 where
     T: Sync,
     R: Send,
 {
+    let mut results: Vec<Option<R>> = std::iter::repeat_with(|| None).take(items.len()).collect();
     if threads <= 1 {
-        // On this thread: `progress` is called as `job` reports, between
-        // the steps it reports.
-        let mut results = Vec::with_capacity(items.len());
-        for item in items {
-            let result = job(item, progress);
-            let stopping = stop(&result);
-            results.push(Some(result));
-            if stopping {
-                break;
+        for (item, slot) in items.iter().zip(results.iter_mut()) {
+            match catch_unwind(AssertUnwindSafe(|| job(item, progress))) {
+                Ok(result) => {
+                    let stopping = stop(&result);
+                    *slot = Some(result);
+                    if stopping {
+                        break;
+                    }
+                }
+                Err(panic) => {
+                    return Ran {
+                        results,
+                        panic: Some(panic),
+                    }
+                }
             }
         }
-        results.resize_with(items.len(), || None);
-        return results;
+        return Ran { results, panic: None };
     }
     let next = AtomicUsize::new(0);
     let stopped = AtomicBool::new(false);
+    let first_panic: Mutex<Option<Box<dyn Any + Send>>> = Mutex::new(None);
     let (tx, rx) = mpsc::channel::<u64>();
-    let mut results: Vec<Option<R>> = std::iter::repeat_with(|| None).take(items.len()).collect();
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 let tx = tx.clone();
-                let (next, stopped, job, stop) = (&next, &stopped, &job, &stop);
+                let (next, stopped, job, stop, first_panic) = (&next, &stopped, &job, &stop, &first_panic);
                 scope.spawn(move || {
                     let mut done = Vec::new();
                     let mut report = |n: u64| {
@@ -76,11 +103,19 @@ where
                     while !stopped.load(Ordering::Acquire) {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(item) = items.get(i) else { break };
-                        let result = job(item, &mut report);
-                        if stop(&result) {
-                            stopped.store(true, Ordering::Release);
+                        match catch_unwind(AssertUnwindSafe(|| job(item, &mut report))) {
+                            Ok(result) => {
+                                if stop(&result) {
+                                    stopped.store(true, Ordering::Release);
+                                }
+                                done.push((i, result));
+                            }
+                            Err(panic) => {
+                                stopped.store(true, Ordering::Release);
+                                first_panic.lock().get_or_insert(panic);
+                                break;
+                            }
                         }
-                        done.push((i, result));
                     }
                     done
                 })
@@ -91,16 +126,19 @@ where
             progress(n);
         }
         for worker in workers {
-            let done = match worker.join() {
-                Ok(done) => done,
-                Err(panic) => std::panic::resume_unwind(panic),
-            };
+            // A job's panic is caught in the worker; this one is its own.
+            let done = worker
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             for (i, result) in done {
                 results[i] = Some(result);
             }
         }
     });
-    results
+    Ran {
+        results,
+        panic: first_panic.into_inner(),
+    }
 }
 
 #[cfg(test)]
@@ -119,7 +157,8 @@ mod tests {
                 progress(1);
                 x * 2
             },
-        );
+        )
+        .or_resume_panic();
         assert_eq!(reported, 500);
         let doubled: Vec<u32> = results.into_iter().map(|r| r.expect("every item ran")).collect();
         assert_eq!(doubled, items.iter().map(|x| x * 2).collect::<Vec<_>>());
@@ -139,7 +178,8 @@ mod tests {
                 started.fetch_add(1, Ordering::Relaxed);
                 *x == 3
             },
-        );
+        )
+        .or_resume_panic();
         assert_eq!(started.load(Ordering::Relaxed), 4);
         assert_eq!(results[3], Some(true));
         assert!(results[4..].iter().all(Option::is_none));
@@ -155,8 +195,32 @@ mod tests {
             &mut |_| {},
             |_: &usize| false,
             |x, _| runs[*x].fetch_add(1, Ordering::Relaxed),
-        );
+        )
+        .or_resume_panic();
         assert!(runs.iter().all(|r| r.load(Ordering::Relaxed) == 1));
         assert!(results.iter().all(|r| *r == Some(0)));
+    }
+
+    #[test]
+    fn a_panicking_job_stops_the_others_and_comes_back_with_the_results() {
+        for threads in [1, 4] {
+            let items: Vec<u32> = (0..10_000).collect();
+            let ran = each_on(
+                threads,
+                &items,
+                &mut |_| {},
+                |_: &u32| false,
+                |x, _| {
+                    assert_ne!(*x, 5, "item 5 panics");
+                    *x
+                },
+            );
+            assert!(ran.panic.is_some(), "{threads} threads");
+            assert!(ran.results[5].is_none());
+            assert!(ran.results[..5].iter().all(Option::is_some) || threads > 1);
+            if threads == 1 {
+                assert!(ran.results[6..].iter().all(Option::is_none), "none after it");
+            }
+        }
     }
 }

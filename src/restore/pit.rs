@@ -281,9 +281,11 @@ pub fn restore(
 /// is written. Then stores are read and written in parallel, a few at a
 /// time (one per core): memory holds the newest versions of those stores
 /// only, never of every store. A store whose files fail to read back (a
-/// checksum, a file a prune removed since) or to be written fails the
-/// restore, and the stores it had written already are removed from `out`
-/// again, so an error never leaves part of a restore behind.
+/// checksum, a file a prune removed since) or to be written, or whose
+/// reader or target panics, fails the restore: no store starts after it,
+/// and every store dir written, whole or in part, is removed from `out`
+/// again, so an error never leaves part of a restore behind (a panic is
+/// raised again once they are gone).
 pub fn restore_points(
     root: &BackupRoot,
     points: &[(KvId, u64)],
@@ -306,30 +308,39 @@ pub fn restore_points(
         plan(root, *kv, *seqno, reader)?;
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io("create dir", out, e))?;
-    let results = each_store(points, progress, Result::is_err, |point, progress| {
+    let ran = each_store(points, progress, Result::is_err, |point, progress| {
         restore_store(root, *point, out, reader, target, progress)
     });
     let mut summaries = Vec::with_capacity(points.len());
     let mut failed = None;
-    for result in results.into_iter().flatten() {
+    for result in ran.results.into_iter().flatten() {
         match result {
             Ok(summary) => summaries.push(summary),
             Err(e) => failed = failed.or(Some(e)),
         }
     }
-    let Some(error) = failed else {
+    if failed.is_none() && ran.panic.is_none() {
         return Ok(summaries);
-    };
-    for written in &summaries {
-        if let Err(e) = std::fs::remove_dir_all(&written.dir) {
-            tracing::warn!(dir = %written.dir.display(), error = %e, "could not remove a store a failed restore wrote");
+    }
+    // `out` was empty: every store dir in it is this restore's, written
+    // whole or in part (a write that failed, a reader that panicked).
+    for (kv, _) in points {
+        let dir = target.store_dir(out, *kv);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove a store a failed restore wrote")
+            }
+            _ => {}
         }
     }
     if !out_existed {
         // Only if nothing else is left in it.
         let _ = std::fs::remove_dir(out);
     }
-    Err(error)
+    if let Some(panic) = ran.panic {
+        std::panic::resume_unwind(panic);
+    }
+    Err(failed.expect("a failure or a panic"))
 }
 
 /// The seqno whose state store `kv` held at `time_ms` (milliseconds since

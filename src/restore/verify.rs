@@ -50,6 +50,7 @@ pub fn verify(root: &BackupRoot, reader: &dyn RecordReader) -> Vec<Problem> {
         |_| false,
         |listed, _| verify_store(listed, reader),
     )
+    .or_resume_panic()
     .into_iter()
     .flatten()
     .flatten()

@@ -41,7 +41,7 @@ impl RestoreTarget for RefTarget {
         records: &mut dyn Iterator<Item = Record>,
     ) -> Result<PathBuf> {
         let records: Vec<Record> = records.collect();
-        let dir = out.join(format!("kv-{}", kv.0));
+        let dir = self.store_dir(out, kv);
         std::fs::create_dir(&dir).map_err(|e| Error::io("create store dir", &dir, e))?;
         format::sync_dir(out)?;
         if records.is_empty() {
