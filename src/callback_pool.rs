@@ -463,22 +463,27 @@ mod tests {
         assert_eq!(pool.workers(), 1);
     }
 
-    #[test]
-    fn a_burst_of_short_calls_wakes_one_idle_worker() {
-        let pool = CallbackPool::new(8, Duration::from_secs(60));
-        // Four workers (four calls blocked at once), then all idle.
+    /// Brings `pool` to `n` workers, all idle: `n` calls blocked at once
+    /// (stores 0..n), then released.
+    fn make_idle_workers(pool: &CallbackPool, n: u16) {
         let log = Arc::new(Mutex::new(Vec::new()));
         let mut releases = Vec::new();
-        for kv in 0..4 {
+        for kv in 0..n {
             let (release, gate) = mpsc::channel();
             releases.push(release);
-            pool.submit(KvId(kv), job(&log, &format!("blocked{kv}"), Some(gate)));
+            pool.submit(KvId(kv), job(&log, &format!("warm{kv}"), Some(gate)));
         }
-        wait_for("four blocked calls run", || log.lock().len() == 4);
+        wait_for("the blocked calls run", || log.lock().len() == usize::from(n));
         for r in releases {
             r.send(()).unwrap();
         }
-        wait_for("four idle workers", || pool.idle_workers() == 4);
+        wait_for("every worker idle", || pool.idle_workers() == usize::from(n));
+    }
+
+    #[test]
+    fn a_burst_of_short_calls_wakes_one_idle_worker() {
+        let pool = CallbackPool::new(8, Duration::from_secs(60));
+        make_idle_workers(&pool, 4);
         // The monitor never steps in: only the calls' own wake-ups count.
         pool.shared.state.lock().grow_after = Duration::from_secs(3600);
         let threads = Arc::new(Mutex::new(HashSet::new()));
@@ -500,19 +505,8 @@ mod tests {
     #[test]
     fn a_call_behind_a_blocked_one_gets_an_idle_worker() {
         let pool = CallbackPool::new(8, Duration::from_secs(60));
+        make_idle_workers(&pool, 2);
         let log = Arc::new(Mutex::new(Vec::new()));
-        // Two workers, then both idle.
-        let mut releases = Vec::new();
-        for kv in 0..2 {
-            let (release, gate) = mpsc::channel();
-            releases.push(release);
-            pool.submit(KvId(kv), job(&log, &format!("warm{kv}"), Some(gate)));
-        }
-        wait_for("two calls run", || log.lock().len() == 2);
-        for r in releases {
-            r.send(()).unwrap();
-        }
-        wait_for("two idle workers", || pool.idle_workers() == 2);
         // A call that blocks, and behind it another store's call: it wakes
         // no worker itself (the first call started under `grow_after` ago
         // and is taken to end soon), so the monitor wakes the idle one

@@ -87,19 +87,17 @@ pub(crate) struct LinkSet {
 
 impl LinkSet {
     /// The hash of what tells one engine file from another (not its dir:
-    /// a store's files share one).
-    fn hash_parts(&self, name: &str, len: u64, low: u64, high: u64, file_id: Option<u64>) -> u64 {
-        self.hasher.hash_one((name, len, low, high, file_id))
-    }
-
+    /// a store's files share one); `hash_linked`
+    /// hashes the same fields of an entry.
     fn hash_of(&self, file: &IndexFile) -> u64 {
-        self.hash_parts(
+        let key = (
             file.name(),
             file.len(),
             file.low_seqno(),
             file.high_seqno(),
             file.file_id(),
-        )
+        );
+        self.hasher.hash_one(key)
     }
 
     fn hash_linked(hasher: &std::hash::RandomState, l: &Linked) -> u64 {

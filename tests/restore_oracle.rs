@@ -96,6 +96,15 @@ async fn drive(fx: &Fixture, engine: RefEngine, stores: u16, ops: usize, seed: u
     histories
 }
 
+/// Each store at the newest seqno of its history (exact with retention).
+fn newest_points(histories: &[History]) -> Vec<(KvId, u64)> {
+    histories
+        .iter()
+        .enumerate()
+        .map(|(kv, h)| (KvId(kv as u16), h.last().unwrap().0))
+        .collect()
+}
+
 /// What [`check`] found.
 struct Checked {
     /// Restore points restored and compared with the oracle.
@@ -297,12 +306,7 @@ async fn restoring_every_store_at_once_gives_each_its_own_history() {
     let stores = 8;
     let histories = drive(&fx, fx.engine.clone(), stores, 4000, 0x5eed_0008).await;
     let root = BackupRoot::open(&fx.backup_root()).unwrap();
-    // Each store at the newest seqno of its history: exact with retention.
-    let points: Vec<(KvId, u64)> = histories
-        .iter()
-        .enumerate()
-        .map(|(kv, h)| (KvId(kv as u16), h.last().unwrap().0))
-        .collect();
+    let points = newest_points(&histories);
     let out = fx.tmp.path().join("restored-all");
     let mut files_seen = 0;
     let summaries = restore_points(&root, &points, &out, &RefFormat, &RefTarget, &mut |n| {
@@ -349,11 +353,7 @@ async fn a_restore_failing_on_one_store_leaves_nothing_behind() {
         bytes[mid] ^= 0xff;
         std::fs::write(path, bytes).unwrap();
     }
-    let points: Vec<(KvId, u64)> = histories
-        .iter()
-        .enumerate()
-        .map(|(kv, h)| (KvId(kv as u16), h.last().unwrap().0))
-        .collect();
+    let points = newest_points(&histories);
     let out = fx.tmp.path().join("restored-all");
     let err = restore_points(&root, &points, &out, &RefFormat, &RefTarget, &mut |_| {}).unwrap_err();
     assert!(matches!(err, Error::Corrupt { .. }), "{err}");
@@ -413,11 +413,7 @@ async fn a_restore_whose_write_fails_halfway_leaves_nothing_behind() {
     let stores = 5;
     let histories = drive(&fx, fx.engine.clone(), stores, 1000, 0x0000_d15c).await;
     let root = BackupRoot::open(&fx.backup_root()).unwrap();
-    let points: Vec<(KvId, u64)> = histories
-        .iter()
-        .enumerate()
-        .map(|(kv, h)| (KvId(kv as u16), h.last().unwrap().0))
-        .collect();
+    let points = newest_points(&histories);
     for panics in [false, true] {
         let out = fx.tmp.path().join(format!("restored-{panics}"));
         let target = HalfWritten {

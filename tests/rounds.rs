@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use common::*;
 use continuous_backup::refengine::read_index_file;
-use continuous_backup::{Config, KvId};
+use continuous_backup::{Config, ContinuousBackup, KvId};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 const KV: KvId = KvId(1);
 
@@ -289,14 +290,12 @@ fn quiet() -> Config {
     }
 }
 
-/// With `report_empty_rounds` off, a tick with nothing new calls no
-/// callback (counted in `quiet_rounds`), new files still come on the next
-/// tick, and a failed round's files are reported again though nothing is
-/// new.
-#[actix_rt::test]
-async fn with_empty_rounds_unreported_only_new_files_or_retries_call_back() {
-    let fx = Fixture::new();
-    fx.flush_some(KV, 3);
+/// Starts `KV` at a 10 ms interval with empty rounds quiet and a callback
+/// whose first call fails; returns its first two rounds (the call that
+/// failed and the retry).
+async fn start_quiet_failing_first_call(
+    fx: &Fixture,
+) -> (ContinuousBackup, UnboundedReceiver<Round>, Round, Round) {
     let (cb, mut rx) = recorder_by_call(|call| match call {
         0 => Err("downstream not ready".into()),
         _ => Ok(()),
@@ -308,6 +307,18 @@ async fn with_empty_rounds_unreported_only_new_files_or_retries_call_back() {
         .unwrap();
     let first = next_round(&mut rx, Duration::from_secs(5)).await;
     let retried = next_round(&mut rx, Duration::from_secs(5)).await;
+    (backup, rx, first, retried)
+}
+
+/// With `report_empty_rounds` off, a tick with nothing new calls no
+/// callback (counted in `quiet_rounds`), new files still come on the next
+/// tick, and a failed round's files are reported again though nothing is
+/// new.
+#[actix_rt::test]
+async fn with_empty_rounds_unreported_only_new_files_or_retries_call_back() {
+    let fx = Fixture::new();
+    fx.flush_some(KV, 3);
+    let (backup, mut rx, first, retried) = start_quiet_failing_first_call(&fx).await;
     assert_eq!(first.files.len(), 1);
     assert_eq!(
         retried.files, first.files,
@@ -343,17 +354,7 @@ async fn with_empty_rounds_unreported_only_new_files_or_retries_call_back() {
 async fn with_empty_rounds_unreported_an_empty_stores_start_still_calls_back() {
     let fx = Fixture::new();
     fx.engine.create_store(KV).unwrap();
-    let (cb, mut rx) = recorder_by_call(|call| match call {
-        0 => Err("downstream not ready".into()),
-        _ => Ok(()),
-    });
-    let backup = fx.start(quiet());
-    backup
-        .start_backup(KV, fx.backup_dir(KV), cb, Some(ms(10)))
-        .await
-        .unwrap();
-    let first = next_round(&mut rx, Duration::from_secs(5)).await;
-    let retried = next_round(&mut rx, Duration::from_secs(5)).await;
+    let (backup, mut rx, first, retried) = start_quiet_failing_first_call(&fx).await;
     assert!(first.files.is_empty() && retried.files.is_empty());
     assert!(
         no_round_within(&mut rx, ms(150)).await,
