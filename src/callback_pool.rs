@@ -488,16 +488,26 @@ mod tests {
         pool.shared.state.lock().grow_after = Duration::from_secs(3600);
         let threads = Arc::new(Mutex::new(HashSet::new()));
         let done = Arc::new(AtomicUsize::new(0));
+        // The first call holds until all are queued, so the burst stays one
+        // burst however the test thread is scheduled (a worker that drained
+        // the queue between two submits would be idle again, rightly woken).
+        let (release, gate) = mpsc::channel::<()>();
+        let mut gate = Some(gate);
         for kv in 10..30 {
             let (threads, done) = (Arc::clone(&threads), Arc::clone(&done));
+            let gate = gate.take();
             pool.submit(
                 KvId(kv),
                 Box::new(move || {
+                    if let Some(gate) = gate {
+                        gate.recv().unwrap();
+                    }
                     threads.lock().insert(std::thread::current().id());
                     done.fetch_add(1, SeqCst);
                 }),
             );
         }
+        release.send(()).unwrap();
         wait_for("20 calls", || done.load(SeqCst) == 20);
         assert_eq!(threads.lock().len(), 1, "one worker ran the burst");
     }

@@ -201,7 +201,7 @@ impl Supervisor {
                     reply_final,
                 } => {
                     let Some(addr) = self.actors.get(&kv) else {
-                        // Resting already (its hook runs): stopped.
+                        // Its actor ended meanwhile: stopped.
                         if let Some(waiter) = waiter {
                             let _ = waiter.send(Ok(()));
                         }

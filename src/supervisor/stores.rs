@@ -12,6 +12,8 @@
 //! - **A store's starts never overlap**: a start that comes while the
 //!   previous one drains (or while the engine's `backup_stopped` hook runs)
 //!   is queued and spawned when it has ended; a stop meanwhile cancels it.
+//! - **A stop of a store whose actor has ended is refused as not running**,
+//!   also while its hook runs (an earlier stop has returned by then).
 //! - **A store that ends on its own after its dir opened is restarted**,
 //!   after a backoff that doubles with each restart in a row; **never after
 //!   an intended stop, a shutdown, or a start whose dir did not open**.
@@ -96,8 +98,11 @@ enum Phase<W> {
     /// Rounds run. `opened` once the dir is open (before that, an end is a
     /// failed start, not a failure to restart from).
     Running { opened: bool },
-    /// Stopping, or its hook runs; `next` starts when it has ended.
+    /// Stopping: its actor still runs; `next` starts when it has ended.
     Draining { next: Option<Queued<W>> },
+    /// Its actor has ended and the engine's hook runs; `next` starts when
+    /// the hook has returned. Stopped, as far as a stop can tell.
+    Resting { next: Option<Queued<W>> },
 }
 
 struct Store<W> {
@@ -152,7 +157,9 @@ impl<W> Stores<W> {
     pub fn holder_of(&self, dir: &Path, except: KvId) -> Option<KvId> {
         self.stores.iter().find_map(|(kv, s)| {
             let next = match &s.phase {
-                Phase::Draining { next: Some(q) } => Some(q.plan.dir.as_path()),
+                Phase::Draining { next: Some(q) } | Phase::Resting { next: Some(q) } => {
+                    Some(q.plan.dir.as_path())
+                }
                 _ => None,
             };
             let uses = s.plan.dir == dir || next == Some(dir);
@@ -164,7 +171,9 @@ impl<W> Stores<W> {
     pub fn vbucket(&self, kv: KvId, active: bool) -> VbucketMove {
         let on = matches!(
             self.stores.get(&kv).map(|s| &s.phase),
-            Some(Phase::Running { .. } | Phase::Draining { next: Some(_) })
+            Some(
+                Phase::Running { .. } | Phase::Draining { next: Some(_) } | Phase::Resting { next: Some(_) }
+            )
         );
         match (active, on) {
             (true, false) => VbucketMove::Start,
@@ -188,11 +197,15 @@ impl<W> Stores<W> {
                     kv,
                     dir: store.plan.dir.clone(),
                 }),
-                Phase::Draining { next: Some(q) } if q.plan.dir != plan.dir => Err(Error::AlreadyRunning {
-                    kv,
-                    dir: q.plan.dir.clone(),
-                }),
-                Phase::Draining { next } => {
+                Phase::Draining { next: Some(q) } | Phase::Resting { next: Some(q) }
+                    if q.plan.dir != plan.dir =>
+                {
+                    Err(Error::AlreadyRunning {
+                        kv,
+                        dir: q.plan.dir.clone(),
+                    })
+                }
+                Phase::Draining { next } | Phase::Resting { next } => {
                     next.get_or_insert_with(|| Queued {
                         plan,
                         waiters: Vec::new(),
@@ -233,6 +246,7 @@ impl<W> Stores<W> {
                 result: Err(Error::NotRunning { kv }),
             }];
         };
+        let actor_runs = !matches!(store.phase, Phase::Resting { .. });
         match &mut store.phase {
             Phase::Running { .. } => {
                 store.phase = Phase::Draining { next: None };
@@ -243,7 +257,7 @@ impl<W> Stores<W> {
                     reply_final: true,
                 }]
             }
-            Phase::Draining { next } => match next.take() {
+            Phase::Draining { next } | Phase::Resting { next } => match next.take() {
                 // The later stop wins over a start that never ran.
                 Some(queued) => vec![
                     Order::Answer {
@@ -258,11 +272,18 @@ impl<W> Stores<W> {
                     },
                 ],
                 // Stopping already: abandon its final round, wait for the end.
-                None => vec![Order::Stop {
+                None if actor_runs => vec![Order::Stop {
                     kv,
                     final_round: false,
                     waiter: Some(waiter),
                     reply_final: false,
+                }],
+                // Its actor has ended (an earlier stop has returned, or its
+                // dir did not open): only the hook runs.
+                None => vec![Order::Answer {
+                    kv,
+                    waiters: vec![waiter],
+                    result: Err(Error::NotRunning { kv }),
                 }],
             },
         }
@@ -308,6 +329,8 @@ impl<W> Stores<W> {
             }
             // A start whose dir did not open, or the end of a shutdown.
             Phase::Running { .. } => self.rest(kv),
+            // Its actor ended already.
+            Phase::Resting { .. } => Vec::new(),
         }
     }
 
@@ -319,7 +342,7 @@ impl<W> Stores<W> {
             return Vec::new();
         };
         let queued = match &mut store.phase {
-            Phase::Draining { next } => next.take(),
+            Phase::Draining { next } | Phase::Resting { next } => next.take(),
             Phase::Running { .. } => None,
         };
         match queued {
@@ -341,8 +364,14 @@ impl<W> Stores<W> {
         kvs.sort();
         for kv in kvs {
             let store = self.stores.get_mut(&kv).expect("listed above");
-            if let Phase::Draining { next } = &mut store.phase {
-                orders.extend(Self::refuse(next.take()));
+            match &mut store.phase {
+                // No actor to stop: the hook's return removes it.
+                Phase::Resting { next } => {
+                    orders.extend(Self::refuse(next.take()));
+                    continue;
+                }
+                Phase::Draining { next } => orders.extend(Self::refuse(next.take())),
+                Phase::Running { .. } => {}
             }
             store.phase = Phase::Draining { next: None };
             orders.push(Order::Stop {
@@ -387,7 +416,7 @@ impl<W> Stores<W> {
         let Some(store) = self.stores.get_mut(&kv) else {
             return Vec::new();
         };
-        store.phase = Phase::Draining { next: None };
+        store.phase = Phase::Resting { next: None };
         vec![Order::Hook {
             kv,
             generation: store.generation,
@@ -603,6 +632,40 @@ mod tests {
         assert_eq!(show(t.ended(KV, 1, true)), ["hook g1"]);
         assert!(t.start(KV, plan("/b/7"), "q").is_empty(), "behind the hook");
         assert_eq!(show(t.rested(KV, 1)), ["spawn g2 /b/7 after 0s"]);
+    }
+
+    #[test]
+    fn a_stop_after_the_store_ended_says_not_running_also_while_its_hook_runs() {
+        let mut t = table();
+        t.start(KV, plan("/b/7"), "a");
+        t.opened(KV, 1, Ok(()));
+        t.stop(KV, false, "s");
+        assert_eq!(show(t.ended(KV, 1, true)), ["hook g1"]);
+        assert!(!t.is_running(KV));
+        assert_eq!(
+            show(t.stop(KV, false, "late")),
+            ["err to late: KV store 7 is not backing up"]
+        );
+        t.start(KV, plan("/b/7"), "q");
+        assert_eq!(
+            show(t.stop(KV, false, "s2")),
+            ["ok to q", "ok to s2"],
+            "a start queued behind the hook is still cancelled"
+        );
+        assert!(show(t.rested(KV, 1)).is_empty(), "nothing starts");
+        assert_eq!(show(t.shutdown()), Vec::<String>::new(), "a rested store is gone");
+    }
+
+    #[test]
+    fn shutdown_leaves_a_store_whose_hook_runs_to_its_hook() {
+        let mut t = table();
+        t.start(KV, plan("/b/7"), "a");
+        t.opened(KV, 1, Ok(()));
+        t.stop(KV, false, "s");
+        t.ended(KV, 1, true);
+        t.start(KV, plan("/b/7"), "q");
+        assert_eq!(show(t.shutdown()), ["refuse q"], "no actor to stop");
+        assert!(show(t.rested(KV, 1)).is_empty());
     }
 
     #[test]
