@@ -46,6 +46,10 @@ pub(super) struct LiveFile {
     /// `get` reads one value, not the file.
     index: HashMap<Vec<u8>, Slot>,
     obsolete: AtomicBool,
+    /// The backup reported it (changed under the store's state lock; a
+    /// flag here instead of a set of descriptions in the store, which cost
+    /// a path and a set entry per file).
+    backed_up: AtomicBool,
     /// Keeps the store's directory (and the `dropped-` marker protecting this
     /// file) until the file is gone.
     dir: Arc<StoreDir>,
@@ -57,6 +61,7 @@ impl LiveFile {
             desc,
             index,
             obsolete: AtomicBool::new(false),
+            backed_up: AtomicBool::new(false),
             dir,
         }
     }
@@ -68,6 +73,16 @@ impl LiveFile {
 
     pub(super) fn path(&self) -> &Path {
         self.desc.path()
+    }
+
+    /// Whether the backup reported this file.
+    pub(super) fn is_backed_up(&self) -> bool {
+        self.backed_up.load(Ordering::Relaxed)
+    }
+
+    /// Records whether the backup has reported this file.
+    pub(super) fn set_backed_up(&self, reported: bool) {
+        self.backed_up.store(reported, Ordering::Relaxed);
     }
 
     /// Marks the file for deletion once nobody holds it.

@@ -153,11 +153,6 @@ struct State {
     /// had not reported them when they were retired: listed by snapshots,
     /// not read by `get`. In retirement order.
     retained: Vec<Arc<LiveFile>>,
-    /// Live files the backup reported: a compaction releases them at once.
-    /// Only ever holds descriptions of files in `files`. A report names a
-    /// file by the description a snapshot gave, whose file id (the inode)
-    /// tells it apart from an earlier file of the same name.
-    backed_up: HashSet<IndexFile>,
     /// What a snapshot lists now; rebuilt by [`Store::relist`] after every
     /// change of `files` or `retained`.
     listed: Arc<Listed>,
@@ -201,7 +196,6 @@ impl Store {
                 flushing: None,
                 files,
                 retained: Vec::new(),
-                backed_up: HashSet::new(),
                 listed,
                 next_seqno,
                 next_file_number,
@@ -483,9 +477,13 @@ impl Store {
             return released;
         }
         let st = &mut *st;
+        // Live files the backup reported are flagged (`LiveFile::is_backed_up`):
+        // a compaction releases them at once. A report names a file by the
+        // description a snapshot gave, whose file id (the inode) tells it
+        // apart from an earlier file of the same name.
         for f in &st.files {
             if reported.remove(f.desc()) {
-                st.backed_up.insert(f.desc().clone());
+                f.set_backed_up(true);
             }
         }
         if !reported.is_empty() {
@@ -505,7 +503,9 @@ impl Store {
     /// retained file, to be let go of with no lock held.
     pub(super) fn backup_stopped(&self) -> Released {
         let mut st = self.state.lock();
-        st.backed_up.clear();
+        for f in &st.files {
+            f.set_backed_up(false);
+        }
         let mut released = Released {
             files: std::mem::take(&mut st.retained),
             listing: None,
@@ -612,7 +612,7 @@ impl Store {
             let replaced = std::mem::replace(&mut st.files, vec![Arc::new(output)]);
             let mut retained = 0;
             for f in &replaced {
-                let reported = st.backed_up.remove(f.desc());
+                let reported = f.is_backed_up();
                 if retain && !reported {
                     st.retained.push(Arc::clone(f));
                     retained += 1;
@@ -727,8 +727,8 @@ impl Store {
         st.memtable = Memtable::default();
         let mut files = std::mem::take(&mut st.files);
         files.append(&mut st.retained);
-        st.backed_up.clear();
         for f in &files {
+            f.set_backed_up(false);
             f.mark_obsolete();
         }
         let old_listing = self.relist(&mut st);
