@@ -11,6 +11,7 @@
 //! `PruneStore` to the pruner thread → the next tick armed with `run_later`.
 
 pub(crate) mod lifecycle;
+pub(crate) mod quiet_ticker;
 pub(crate) mod schedule;
 
 use std::collections::VecDeque;
@@ -20,10 +21,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
+use actix::WeakRecipient;
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
-use crate::callback::{BackupCallback, BackupFile, CallbackOutcome, CallbackRunner};
+use crate::callback::{BackupCallback, CallbackOutcome, CallbackRunner};
 use crate::engine::{Engine, KvId, Snapshot};
 use crate::error::{Error, Result};
 use crate::fs::BackupDir;
@@ -34,9 +36,11 @@ use crate::metadata::{CloseSession, MetadataActor, MetadataWriter, OpenDir, Sess
 use crate::pruner::{PruneSchedule, PruneStore};
 use crate::replication::queue::Replica;
 use crate::restore::PruneReport;
-use crate::round_state::{LinkSet, Unacked};
+use crate::round_state::{LinkSet, Report, Unacked};
 use crate::status::StoreCounters;
 use lifecycle::{Action, Event, Lifecycle, LifecycleConfig, LinkOutcome, Phase};
+use quiet_ticker::{QuietStore, QuietTickChanged, QuietTicker};
+use schedule::TickGrid;
 
 /// Supervisor → backup actor, with `send`. Replies when the actor has
 /// stopped: the final round's error, if one was asked for and failed.
@@ -84,6 +88,10 @@ pub(crate) struct BackupSpec {
     pub engine: Arc<dyn Engine>,
     /// `Config::report_empty_rounds`.
     pub report_empty_rounds: bool,
+    /// The component's tick grid.
+    pub grid: TickGrid,
+    /// The quiet ticks of the arbiter's stores (see [`quiet_ticker`]).
+    pub ticker: QuietTicker,
     /// The store's upload queue, when its backup dir is replicated.
     pub replica: Option<Arc<Replica>>,
     /// The component's retention, if on.
@@ -104,12 +112,16 @@ pub(crate) struct BackupActor {
     links: Option<Box<LinkSet>>,
     /// A linked round's snapshot and what it reports, between the linker's
     /// reply and the callback.
-    to_call: Option<(Box<dyn Snapshot>, Vec<BackupFile>)>,
+    to_call: Option<(Box<dyn Snapshot>, Report)>,
     /// The current round's span.
     round_span: tracing::Span,
     /// Set on a stop without final round: the linker job links nothing more.
     cancel: Arc<AtomicBool>,
     tick: Option<SpawnHandle>,
+    /// The token of the tick handed to the quiet ticker, instead of `tick`.
+    quiet_tick: Option<u64>,
+    /// This actor, for the quiet ticker (set once started).
+    self_addr: Option<WeakRecipient<QuietTickChanged>>,
     /// Bumped by every `ArmTick` and `CancelTick`: a tick fires only if it
     /// is still the one armed last. actix applies `cancel_future` only at
     /// the context's next pending poll, so a tick cancelled while the
@@ -130,6 +142,7 @@ impl BackupActor {
             interval: spec.interval,
             max_backoff: spec.max_backoff,
             report_empty_rounds: spec.report_empty_rounds,
+            grid: spec.grid,
             first_delay: spec.first_delay,
             prune_every: spec.prune.as_ref().map(|p| p.every),
         });
@@ -145,6 +158,8 @@ impl BackupActor {
             round_span: tracing::Span::none(),
             cancel: Arc::new(AtomicBool::new(false)),
             tick: None,
+            quiet_tick: None,
+            self_addr: None,
             tick_token: 0,
             waiters: Vec::new(),
             follow_up: VecDeque::new(),
@@ -154,8 +169,10 @@ impl BackupActor {
     /// Hands `event` to the lifecycle and carries out its actions (and those
     /// of any event they raise). An impossible event is logged and counted.
     fn feed(&mut self, event: Event, ctx: &mut Context<Self>) {
-        self.follow_up.push_back(event);
-        while let Some(event) = self.follow_up.pop_front() {
+        // The event itself is not queued: `follow_up` stays unallocated
+        // unless an action raises one (rare), a few hundred bytes per store.
+        let mut next = Some(event);
+        while let Some(event) = next.take().or_else(|| self.follow_up.pop_front()) {
             match self.life.handle(event, Instant::now()) {
                 Ok(actions) => {
                     for action in actions {
@@ -178,7 +195,10 @@ impl BackupActor {
             Action::CallBack => self.call_back(ctx),
             Action::CallBackUnchanged => self.call_back_unchanged(ctx),
             Action::Prune => self.start_prune(ctx),
-            Action::ArmTick { at } => {
+            Action::ArmTick { at, due, quiet_ok } => {
+                if quiet_ok && self.hand_over_tick(due) {
+                    return;
+                }
                 let wait = at.saturating_duration_since(Instant::now());
                 self.tick_token += 1;
                 let token = self.tick_token;
@@ -195,6 +215,9 @@ impl BackupActor {
                 self.tick_token += 1;
                 if let Some(tick) = self.tick.take() {
                     ctx.cancel_future(tick);
+                }
+                if let Some(token) = self.quiet_tick.take() {
+                    self.spec.ticker.take_back(token);
                 }
             }
             Action::RoundEnded { result, took } => self.count_round(&result, took),
@@ -281,7 +304,7 @@ impl BackupActor {
         let done = self.spec.runner.run(
             Arc::clone(&self.spec.callback),
             snapshot,
-            reported.clone(),
+            Arc::clone(&reported),
             writer,
             span.clone(),
         );
@@ -314,8 +337,8 @@ impl BackupActor {
             .into_actor(self)
             .map(|out, act, ctx| match out {
                 Ok(None) => act.feed(Event::SnapshotChanged, ctx),
-                Ok(Some(outcome)) => act.on_called(Ok(outcome), Vec::new(), ctx),
-                Err(gone) => act.on_called(Err(gone), Vec::new(), ctx),
+                Ok(Some(outcome)) => act.on_called(Ok(outcome), Arc::default(), ctx),
+                Err(gone) => act.on_called(Err(gone), Arc::default(), ctx),
             })
             .spawn(ctx);
     }
@@ -349,7 +372,7 @@ impl BackupActor {
     fn on_called(
         &mut self,
         out: Result<CallbackOutcome, oneshot::error::RecvError>,
-        reported: Vec<BackupFile>,
+        reported: Report,
         ctx: &mut Context<Self>,
     ) {
         let result = match out {
@@ -376,8 +399,13 @@ impl BackupActor {
         let (Some(schedule), Some((dir, _))) = (&self.spec.prune, &self.opened) else {
             return self.follow_up.push_back(Event::PruneNotStarted);
         };
-        let mut keep: std::collections::HashSet<String> =
-            self.spec.unacked.report().into_iter().map(|f| f.name).collect();
+        let mut keep: std::collections::HashSet<String> = self
+            .spec
+            .unacked
+            .report()
+            .iter()
+            .map(|f| f.name.clone())
+            .collect();
         if let Some(replica) = &self.spec.replica {
             match replica.pending_names() {
                 Some(pending) => keep.extend(pending),
@@ -471,6 +499,31 @@ impl BackupActor {
             .is_ok_and(|generation| links.is_up_to_date(generation))
     }
 
+    /// Hands the tick of the round due at `due` to the quiet ticker, if
+    /// nothing is unacknowledged and the link set knows its generation:
+    /// then each tick that finds the engine still there is a quiet round,
+    /// counted without this actor.
+    fn hand_over_tick(&mut self, due: Instant) -> bool {
+        if !self.spec.unacked.is_empty() {
+            return false;
+        }
+        let Some(generation) = self.links.as_ref().and_then(|links| links.generation()) else {
+            return false;
+        };
+        let Some(actor) = self.self_addr.clone() else {
+            return false;
+        };
+        let store = QuietStore {
+            kv: self.spec.kv,
+            engine: Arc::clone(&self.spec.engine),
+            counters: Arc::clone(&self.spec.counters),
+            actor,
+        };
+        let token = self.spec.ticker.hold(store, generation, due, self.spec.interval);
+        self.quiet_tick = Some(token);
+        true
+    }
+
     /// Cancels the store's jobs and closes the metadata session (after every
     /// write queued before it); raises `SessionClosed` once it is closed.
     fn close(&mut self, ctx: &mut Context<Self>) {
@@ -494,6 +547,7 @@ impl Actor for BackupActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.self_addr = Some(ctx.address().downgrade().recipient());
         self.span = tracing::info_span!(
             "backup",
             kv_store = self.spec.kv.0,
@@ -543,6 +597,9 @@ impl Actor for BackupActor {
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         self.cancel.store(true, Ordering::Release);
+        if let Some(token) = self.quiet_tick.take() {
+            self.spec.ticker.take_back(token);
+        }
         if !self.life.is_closed() {
             // Stopped without a close (the system is going down): later
             // writes of this start must still be refused.
@@ -570,6 +627,20 @@ impl Actor for BackupActor {
             opened: self.rounds.is_some(),
             unacked: std::mem::take(&mut self.spec.unacked),
         });
+    }
+}
+
+impl Handler<QuietTickChanged> for BackupActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: QuietTickChanged, ctx: &mut Context<Self>) {
+        if self.quiet_tick != Some(msg.token) {
+            return; // taken back meanwhile (a stop)
+        }
+        self.quiet_tick = None;
+        self.life.quiet_until(msg.due);
+        let unchanged = self.unchanged();
+        self.feed(Event::Tick { unchanged }, ctx);
     }
 }
 

@@ -11,6 +11,7 @@ use crate::callback_pool::{CallbackPool, Job};
 use crate::engine::{Engine, KvId, Snapshot};
 use crate::error::{CallbackError, Error, Result};
 use crate::metadata::MetadataWriter;
+use crate::round_state::Report;
 
 pub use crate::backup_file::BackupFile;
 
@@ -99,7 +100,7 @@ impl CallbackRunner {
         &self,
         cb: Arc<dyn BackupCallback>,
         snapshot: Box<dyn Snapshot>,
-        files: Vec<BackupFile>,
+        files: Report,
         writer: MetadataWriter,
         span: tracing::Span,
     ) -> oneshot::Receiver<CallbackOutcome> {
@@ -107,7 +108,9 @@ impl CallbackRunner {
         let kv = self.kv;
         let job: Job = Box::new(move || {
             let _entered = span.enter();
-            let _ = tx.send(call(kv, &*cb, snapshot, &files, writer));
+            let outcome = call(kv, &*cb, snapshot, &files, writer);
+            drop(files); // before the actor learns the outcome
+            let _ = tx.send(outcome);
         });
         // A job the pool cannot run is dropped with `tx`: the round fails.
         self.pool.submit(kv, job);

@@ -54,8 +54,9 @@ pub struct Config {
     /// (with an empty list), as a heartbeat. Default: true. With false, a
     /// round with nothing new and nothing unacknowledged calls no callback,
     /// and when the engine gives [`Engine::generation`](crate::Engine::generation)
-    /// it costs no thread hop at all: the store's actor compares one number
-    /// and re-arms its tick. Explicit rounds (a final round) always call
+    /// it costs no thread hop at all: one timer of the component for every
+    /// such store compares one number per due store, without waking the
+    /// store's actor, and moves its tick one interval on. Explicit rounds (a final round) always call
     /// the callback, and so does every round of a start until one call
     /// succeeded (the first hands the start its metadata writer).
     pub report_empty_rounds: bool,
@@ -77,6 +78,14 @@ pub struct Config {
     /// window's start into memory on the pruner thread (as a restore
     /// does), so it is opt-in. Default: `Never`.
     pub consolidate: Consolidate,
+    /// The grid the stores' ticks are armed on: each tick lands on the
+    /// next multiple of this from the component's start (at most an eighth
+    /// of the store's interval), so the stores due within one slot are
+    /// handled in one wake-up of the component's threads instead of one
+    /// each. A tick is at most one slot late; the period stays the
+    /// interval. Zero: each tick at its own due time. Default: 10 ms; at
+    /// most 1 s.
+    pub tick_slot: Duration,
 }
 
 impl Default for Config {
@@ -96,6 +105,7 @@ impl Default for Config {
             retention: Retention::default(),
             prune_every: Duration::from_secs(600),
             consolidate: Consolidate::Never,
+            tick_slot: Duration::from_millis(10),
         }
     }
 }
@@ -126,6 +136,12 @@ impl Config {
             return Err(Error::Config {
                 field: "callback_threads",
                 reason: "must be between 1 and 4096",
+            });
+        }
+        if self.tick_slot > Duration::from_secs(1) {
+            return Err(Error::Config {
+                field: "tick_slot",
+                reason: "must be at most 1 s",
             });
         }
         if self.callback_watchdog.is_zero() {

@@ -12,6 +12,7 @@
 use std::collections::HashSet;
 use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use hashbrown::HashTable;
 
@@ -230,11 +231,17 @@ impl LinkSet {
     }
 }
 
+/// What a round reports: the unacknowledged files, the list itself shared
+/// between the store and its callback (never copied per round).
+pub(crate) type Report = Arc<Vec<BackupFile>>;
+
 /// Linked files that no successful round has reported yet, in link order,
 /// and the backup dir they are in.
 #[derive(Debug, Default)]
 pub(crate) struct Unacked {
-    files: Vec<BackupFile>,
+    /// Shared with the round that reports them (the callback reads the
+    /// same list): a round's report is never a copy.
+    files: Report,
     /// The names in `files`, once files of more than one round are (empty
     /// while they are one round's).
     names: HashSet<String>,
@@ -273,32 +280,47 @@ impl Unacked {
         if self.files.is_empty() && distinct_names(&linked) {
             // No set of names is kept until a second round's files join
             // these (after a failed round).
-            self.files = linked;
+            self.files = Arc::new(linked);
             return;
         }
         if self.names.is_empty() {
             self.names = self.files.iter().map(|f| f.name.clone()).collect();
         }
+        // Copies the list only if a report of it is still out (its round's
+        // callback has not returned), which a round's order rules out.
+        let files = Arc::make_mut(&mut self.files);
         for f in linked {
             if self.names.insert(f.name.clone()) {
-                self.files.push(f);
+                files.push(f);
             }
         }
     }
 
-    /// What the round reports: every linked, unacknowledged file.
-    pub fn report(&self) -> Vec<BackupFile> {
-        self.files.clone()
+    /// What the round reports: every linked, unacknowledged file (the list
+    /// itself, shared).
+    pub fn report(&self) -> Report {
+        Arc::clone(&self.files)
     }
 
     /// A round that reported `reported` succeeded.
-    pub fn acknowledge(&mut self, reported: &[BackupFile]) {
+    pub fn acknowledge(&mut self, reported: &Report) {
+        if Arc::ptr_eq(reported, &self.files) {
+            // Nothing was added since the report (rounds never overlap).
+            *self = Unacked {
+                dir: self.dir,
+                ..Unacked::default()
+            };
+            return;
+        }
+        if reported.is_empty() {
+            return;
+        }
         let done: HashSet<&str> = reported.iter().map(|f| f.name.as_str()).collect();
-        self.files.retain(|f| !done.contains(f.name.as_str()));
+        Arc::make_mut(&mut self.files).retain(|f| !done.contains(f.name.as_str()));
         self.names.retain(|n| !done.contains(n.as_str()));
         if self.files.is_empty() {
             // A first round's thousands of entries are not kept allocated.
-            self.files = Vec::new();
+            self.files = Arc::default();
             self.names = HashSet::new();
         }
     }
@@ -350,7 +372,7 @@ mod tests {
         if ok {
             unacked.acknowledge(&report);
         }
-        report
+        report.to_vec()
     }
 
     const DIR: DirId = DirId { dev: 1, ino: 1 };
@@ -472,7 +494,7 @@ mod tests {
         let mut u = Unacked::default();
         let e = entry(&file(1));
         u.add(vec![e.clone(), e.clone()], DIR);
-        assert_eq!(u.report(), vec![e]);
+        assert_eq!(*u.report(), vec![e]);
     }
 
     #[test]

@@ -15,11 +15,13 @@ use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Component, Path};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
+use crate::backup::quiet_ticker::QuietTicker;
+use crate::backup::schedule::TickGrid;
 use crate::backup::{BackupActor, BackupEnded, BackupSpec, StopStore};
 use crate::callback::{CallbackFactory, CallbackRunner};
 use crate::callback_pool::CallbackPool;
@@ -67,6 +69,10 @@ pub struct Supervisor {
     uploader: Uploader,
     /// The component's retention (`Config::retention`), if on.
     prune: Option<PruneSchedule>,
+    /// The grid every store's ticks are armed on (`Config::tick_slot`).
+    grid: TickGrid,
+    /// The quiet ticks of every store (their actors run on this thread).
+    ticker: QuietTicker,
 }
 
 /// The other actors and shared state a supervisor is started with.
@@ -115,6 +121,8 @@ impl Supervisor {
             callbacks,
         } = parts;
         Supervisor {
+            grid: TickGrid::new(Instant::now(), config.tick_slot),
+            ticker: QuietTicker::new(TickGrid::new(Instant::now(), config.tick_slot)),
             table: Stores::new(config.max_backoff),
             prune,
             engine,
@@ -274,6 +282,8 @@ impl Supervisor {
             first_delay,
             engine: Arc::clone(&self.engine),
             report_empty_rounds: self.config.report_empty_rounds,
+            grid: self.grid,
+            ticker: self.ticker.clone(),
             replica,
             prune: self.prune.clone(),
         };

@@ -162,6 +162,10 @@ async fn bad_input_gets_a_typed_error_and_writes_nothing() {
             ..Config::default()
         },
         Config {
+            tick_slot: Duration::from_millis(1001),
+            ..Config::default()
+        },
+        Config {
             backup_root: Some("rel".into()),
             ..Config::default()
         },

@@ -49,7 +49,9 @@
 //!    of thread wake-ups is that large on a small VM). Share of one core at
 //!    a 1 s interval = µs per store-round × stores / 1 s (a percentage; in
 //!    JSON too). `--quiet-idle` runs the component with
-//!    `Config::report_empty_rounds` off.
+//!    `Config::report_empty_rounds` off (its quiet ticks then go to the
+//!    component's quiet ticker); `--tick-slot-ms` sets `Config::tick_slot`
+//!    (0: every tick at its own due time).
 //! 3. **Round latency.** For `--latency-rounds` rounds: every store gets one
 //!    `put` + `flush` (a plain thread, one store after the other); the
 //!    `Instant` the flush returned is compared with the `Instant` the
@@ -154,6 +156,10 @@ struct Args {
     /// Threads of the component's linker pool.
     #[arg(long, default_value_t = Config::default().linker_threads)]
     linker_threads: usize,
+    /// The component's tick grid (`Config::tick_slot`), in ms; 0: every
+    /// tick at its own due time.
+    #[arg(long, default_value_t = Config::default().tick_slot.as_millis() as u64)]
+    tick_slot_ms: u64,
     /// Threads that create the engine files during set-up.
     #[arg(long, default_value_t = 8)]
     setup_threads: usize,
@@ -775,6 +781,7 @@ async fn measure(plan: &Plan) -> Res<Measured> {
 
     let config = Config {
         linker_threads: args.linker_threads,
+        tick_slot: Duration::from_millis(args.tick_slot_ms),
         interval: link_interval,
         report_empty_rounds: Config::default().report_empty_rounds && !args.quiet_idle,
         ..Config::default()
@@ -1281,6 +1288,7 @@ fn run() -> Res<bool> {
             "idle_rounds_per_store_per_s": m.idle_full.rounds_per_store_per_s,
             "idle_interval_ms": interval_ms,
             "report_empty_rounds": Config::default().report_empty_rounds && !args.quiet_idle,
+            "tick_slot_ms": args.tick_slot_ms,
             "latency_ms_p50": m.latency[0],
             "latency_ms_p99": m.latency[1],
             "latency_ms_max": m.latency[2],
@@ -1338,9 +1346,10 @@ fn run() -> Res<bool> {
             loadavg.join(" "),
         );
         println!(
-            "component: {} linker threads; interval {} s while linking, {} ms idle and latency; \
-             empty rounds {}; log level warn",
+            "component: {} linker threads; ticks on a {} ms grid; interval {} s while linking, {} ms idle \
+             and latency; empty rounds {}; log level warn",
             args.linker_threads,
+            args.tick_slot_ms,
             args.link_interval_s,
             args.idle_interval_ms,
             if Config::default().report_empty_rounds && !args.quiet_idle {

@@ -27,7 +27,7 @@
 use std::time::{Duration, Instant};
 
 use crate::backoff::backoff;
-use crate::backup::schedule;
+use crate::backup::schedule::{self, TickGrid};
 use crate::engine::KvId;
 use crate::error::Error;
 
@@ -43,6 +43,8 @@ pub(crate) struct LifecycleConfig {
     pub first_delay: Duration,
     /// How often the store is pruned, with retention on.
     pub prune_every: Option<Duration>,
+    /// Where ticks are armed: the component's grid.
+    pub grid: TickGrid,
 }
 
 /// Where the store is.
@@ -130,8 +132,17 @@ pub(crate) enum Action {
     CallBackUnchanged,
     /// Send the dir to the pruner (answer with `Pruned` or `PruneNotStarted`).
     Prune,
-    /// Arm the tick at `at` (no tick is armed now).
-    ArmTick { at: Instant },
+    /// Arm the tick at `at` (no tick is armed now), for the round due at
+    /// `due`. With `quiet_ok`, a tick that finds nothing new is a quiet
+    /// round followed by the tick one interval on (empty rounds are quiet,
+    /// the last round succeeded, this start called back, no stop, no spread
+    /// step pending): the shell may hand such ticks to its quiet ticker and
+    /// tell [`Lifecycle::quiet_until`] when one finds a change.
+    ArmTick {
+        at: Instant,
+        due: Instant,
+        quiet_ok: bool,
+    },
     /// Cancel the armed tick.
     CancelTick,
     /// A round ended: count it (and log a failure). `took` from its start.
@@ -390,9 +401,31 @@ impl Lifecycle {
         Ok(out)
     }
 
+    /// Arms the tick of a round due at `at`, on the grid (`next_due` keeps
+    /// `at` itself, so the grid never changes the period).
     fn arm(&mut self, at: Instant, out: &mut Vec<Action>) {
         self.tick_armed = true;
-        out.push(Action::ArmTick { at });
+        let quiet_ok = !self.cfg.report_empty_rounds
+            && self.may_skip_linker()
+            && self.called_back
+            && self.stopping.is_none()
+            && !self.closed
+            && !self.spread_pending;
+        out.push(Action::ArmTick {
+            at: self.cfg.grid.arm_at(at, self.cfg.interval),
+            due: at,
+            quiet_ok,
+        });
+    }
+
+    /// The ticks of an `ArmTick` with `quiet_ok` were handed over, and each
+    /// was a quiet round up to the one due at `due`, which found a change:
+    /// the schedule continues from `due` (the tick itself comes next, as
+    /// `Tick`). Ignored unless that tick is still armed.
+    pub fn quiet_until(&mut self, due: Instant) {
+        if self.phase == Phase::Idle && self.tick_armed {
+            self.next_due = Some(due);
+        }
     }
 
     fn end(&mut self, out: &mut Vec<Action>) {
@@ -524,6 +557,7 @@ mod tests {
             report_empty_rounds: true,
             first_delay: Duration::ZERO,
             prune_every: None,
+            grid: TickGrid::new(Instant::now(), Duration::ZERO),
         }
     }
 
@@ -564,7 +598,7 @@ mod tests {
                     Action::CallBack => "call back".into(),
                     Action::CallBackUnchanged => "call back unchanged".into(),
                     Action::Prune => "prune".into(),
-                    Action::ArmTick { at } => format!("tick at {:.1}", (*at - t0).as_secs_f64()),
+                    Action::ArmTick { at, .. } => format!("tick at {:.1}", (*at - t0).as_secs_f64()),
                     Action::CancelTick => "cancel tick".into(),
                     Action::RoundEnded { result: Ok(()), .. } => "round ok".into(),
                     Action::RoundEnded { result: Err(_), .. } => "round failed".into(),
@@ -604,6 +638,101 @@ mod tests {
         assert_eq!(r.kinds(Event::Opened), ["link 1"]);
         let offset = schedule::first_offset(KvId(3), 10 * SEC).as_secs_f64();
         assert_eq!(r.round_ok(), ["round ok", &format!("tick at {offset:.1}")]);
+    }
+
+    #[test]
+    fn ticks_are_armed_on_the_components_grid_and_keep_the_interval() {
+        let epoch = Instant::now();
+        let slot = Duration::from_millis(10);
+        let mut r = Run::new(LifecycleConfig {
+            interval: SEC,
+            grid: TickGrid::new(epoch, slot),
+            ..cfg()
+        });
+        let armed = |actions: Vec<Action>| match actions.last() {
+            Some(Action::ArmTick { at, .. }) => *at,
+            other => panic!("no tick armed: {other:?}"),
+        };
+        r.send(Event::Opened);
+        r.send(linked());
+        let ended = r.now;
+        let first = armed(r.send(Event::Called(Ok(()))));
+        let due = ended + schedule::first_offset(KvId(3), SEC);
+        assert_eq!((first - epoch).as_nanos() % slot.as_nanos(), 0, "on the grid");
+        assert!(first >= due && first - due < slot, "at most one slot late");
+        r.now = first;
+        r.send(Event::Tick { unchanged: false });
+        r.send(linked());
+        r.now = first + Duration::from_millis(7);
+        let second = armed(r.send(Event::Called(Ok(()))));
+        assert_eq!(second - first, SEC, "the period is the interval");
+    }
+
+    /// The last action's `ArmTick` fields: (fires at, due, quiet_ok).
+    fn armed(actions: &[Action]) -> (Instant, Instant, bool) {
+        match actions.last() {
+            Some(Action::ArmTick { at, due, quiet_ok }) => (*at, *due, *quiet_ok),
+            other => panic!("no tick armed: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_tick_may_be_handed_over_only_where_a_quiet_round_would_follow_it() {
+        let quiet = LifecycleConfig {
+            report_empty_rounds: false,
+            ..cfg()
+        };
+        let mut r = Run::new(quiet.clone());
+        r.send(Event::Opened);
+        r.send(linked());
+        assert!(
+            armed(&r.send(Event::Called(Ok(())))).2,
+            "quiet, succeeded, called back"
+        );
+
+        let mut reported = Run::new(cfg());
+        reported.send(Event::Opened);
+        reported.send(linked());
+        assert!(
+            !armed(&reported.send(Event::Called(Ok(())))).2,
+            "empty rounds reported"
+        );
+
+        let mut failing = Run::new(quiet.clone());
+        failing.send(Event::Opened);
+        failing.send(linked());
+        let acts = failing.send(Event::Called(Err(Error::ComponentStopped)));
+        assert!(!armed(&acts).2, "a failed round is retried by the store itself");
+
+        let mut delayed = Run::new(LifecycleConfig {
+            first_delay: SEC,
+            ..quiet
+        });
+        assert!(!armed(&delayed.send(Event::Opened)).2, "no round ran yet");
+    }
+
+    #[test]
+    fn a_handed_over_tick_that_finds_a_change_continues_the_schedule_from_its_due_time() {
+        let mut r = Run::new(LifecycleConfig {
+            report_empty_rounds: false,
+            ..cfg()
+        });
+        r.send(Event::Opened);
+        r.send(linked());
+        let (_, first_due, _) = armed(&r.send(Event::Called(Ok(()))));
+        // Five quiet ticks passed at the ticker; the sixth found a flush.
+        let due = first_due + 5 * 10 * SEC;
+        r.now = due + Duration::from_millis(3);
+        r.lc.quiet_until(due);
+        assert_eq!(r.kinds(Event::Tick { unchanged: false }), ["link 2"]);
+        r.send(linked());
+        r.now += SEC;
+        let (_, next_due, _) = armed(&r.send(Event::Called(Ok(()))));
+        assert_eq!(
+            next_due,
+            due + 10 * SEC,
+            "one interval after the tick, not after the first due"
+        );
     }
 
     #[test]
@@ -663,7 +792,7 @@ mod tests {
         let mut t = Duration::ZERO;
         for _ in 0..5 {
             let acts = r.send(failed());
-            let Some(Action::ArmTick { at }) = acts.last() else {
+            let Some(Action::ArmTick { at, .. }) = acts.last() else {
                 panic!("{acts:?}")
             };
             waits.push((*at - (r.t0 + t)).as_secs());
