@@ -482,10 +482,9 @@ impl Engine for RefEngine {
         Some(1)
     }
 
-    /// Two short locks (the store map's, then the store's state, which is
-    /// never held across IO) and a load; the store is not cloned out of
-    /// the map (no reference count touched). No path takes the map's lock
-    /// while holding a store's.
+    /// The store map's read lock and one atomic load (the store publishes
+    /// its listing's generation under its state lock); the store is not
+    /// cloned out of the map (no reference count touched).
     fn generation(&self, kv: KvId) -> Option<u64> {
         self.inner.stores.read().get(&kv)?.generation()
     }

@@ -171,6 +171,11 @@ pub(super) struct Store {
     io: Mutex<()>,
     state: Mutex<State>,
     shared: StoreShared,
+    /// `state.listed.generation`, or 0 once dropped (generations start at
+    /// 1): written under the state lock whenever the listing changes, read
+    /// without it, so `Engine::generation` (the idle tick's one question)
+    /// takes no lock of the store.
+    generation: AtomicU64,
 }
 
 impl Store {
@@ -188,6 +193,7 @@ impl Store {
         });
         Store {
             kv: dir.kv(),
+            generation: AtomicU64::new(listed.generation),
             dir,
             io: Mutex::new(()),
             shared,
@@ -216,6 +222,8 @@ impl Store {
             files: held.iter().map(|f| f.desc().clone()).collect(),
             _held: held,
         });
+        let published = if st.dropped { 0 } else { listed.generation };
+        self.generation.store(published, Ordering::Release);
         std::mem::replace(&mut st.listed, listed)
     }
 
@@ -439,8 +447,8 @@ impl Store {
 
     /// The generation of what a snapshot lists now; `None` once dropped.
     pub(super) fn generation(&self) -> Option<u64> {
-        let st = self.state.lock();
-        (!st.dropped).then_some(st.listed.generation)
+        let generation = self.generation.load(Ordering::Acquire);
+        (generation != 0).then_some(generation)
     }
 
     /// What a snapshot lists now (shared, not copied).

@@ -1042,7 +1042,12 @@ fn with_retention_every_covered_seqno_restores_exactly_and_without_it_not() {
 fn a_snapshot_generation_changes_exactly_when_the_listed_files_do() {
     let tmp = tempfile::tempdir().unwrap();
     let e = open(&tmp);
-    let generation = |e: &RefEngine| e.snapshot(KV).unwrap().generation().unwrap();
+    let generation = |e: &RefEngine| {
+        let listed = e.snapshot(KV).unwrap().generation().unwrap();
+        let asked = crate::engine::Engine::generation(e, KV);
+        assert_eq!(asked, Some(listed), "Engine::generation is the snapshot's");
+        listed
+    };
     e.create_store(KV).unwrap();
     let g0 = generation(&e);
     e.put(KV, b"a", b"1").unwrap();
@@ -1063,6 +1068,7 @@ fn a_snapshot_generation_changes_exactly_when_the_listed_files_do() {
     let g3 = generation(&e);
     assert_ne!(g3, g2, "a released retained file leaves the listing");
     e.drop_store(KV).unwrap();
+    assert_eq!(crate::engine::Engine::generation(&e, KV), None, "dropped");
     e.create_store(KV).unwrap();
     let g4 = generation(&e);
     assert!(
