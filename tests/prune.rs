@@ -406,10 +406,40 @@ async fn bad_prune_input_gets_a_clear_error_and_deletes_nothing() {
 async fn a_prune_killed_at_any_step_leaves_every_restore_point_of_its_window() {
     use continuous_backup::faults::PRUNE_CRASH_POINTS;
     let tmp = tempfile::tempdir().unwrap();
-    let engine = continuous_backup::refengine::RefEngine::open(tmp.path().join("data")).unwrap();
-    engine.create_store(KV).unwrap();
-    let root = tmp.path().join("backup");
-    let history = drive(Arc::new(engine.clone()), &root, 800, 0x5eed_0099).await;
+    let consolidating = |root: &Path| {
+        prune_with(
+            &BackupRoot::open(root).unwrap(),
+            &Retention {
+                keep_for: None,
+                keep_rounds: Some(3),
+            },
+            true,
+            Consolidate::Always,
+        )
+        .unwrap()
+        .remove(0)
+    };
+    // Whether a consolidated base frees a file beyond the plain prune
+    // depends on where the window starts, which depends on how the rounds
+    // fell: histories are driven until one needs a base (the crash points
+    // of writing it are tried below), a few at most.
+    let mut attempts = 0;
+    let (engine, root, history, dry_consolidating) = loop {
+        attempts += 1;
+        let at = tmp.path().join(format!("history-{attempts}"));
+        let engine = continuous_backup::refengine::RefEngine::open(at.join("data")).unwrap();
+        engine.create_store(KV).unwrap();
+        let root = at.join("backup");
+        let history = drive(Arc::new(engine.clone()), &root, 800, 0x5eed_0099 + attempts).await;
+        let dry_consolidating = consolidating(&root);
+        if dry_consolidating.consolidated.is_some() {
+            break (engine, root, history, dry_consolidating);
+        }
+        assert!(
+            attempts < 8,
+            "no history of {attempts} needed a consolidated base"
+        );
+    };
     let format = Store::format(&engine);
     let (reader, target) = (format.reader.as_ref(), format.target.as_ref());
     let policy = ["--keep-rounds", "3"];
@@ -450,18 +480,6 @@ async fn a_prune_killed_at_any_step_leaves_every_restore_point_of_its_window() {
             std::fs::remove_dir_all(&out).unwrap();
         }
     };
-    let dry_consolidating = prune_with(
-        &BackupRoot::open(&root).unwrap(),
-        &Retention {
-            keep_for: None,
-            keep_rounds: Some(3),
-        },
-        true,
-        Consolidate::Always,
-    )
-    .unwrap()
-    .remove(0);
-    assert!(dry_consolidating.consolidated.is_some());
     let mut crashes = 0;
     let [consolidated, recorded, unlinked] = PRUNE_CRASH_POINTS else {
         panic!("the prune's crash points changed: {PRUNE_CRASH_POINTS:?}")
