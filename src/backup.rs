@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix::WeakRecipient;
@@ -38,8 +38,8 @@ use crate::replication::queue::Replica;
 use crate::restore::PruneReport;
 use crate::round_state::{LinkSet, Report, Unacked};
 use crate::status::StoreCounters;
-use lifecycle::{Action, Event, Lifecycle, LifecycleConfig, LinkOutcome, Phase};
-use quiet_ticker::{QuietStore, QuietTickChanged, QuietTicker};
+use lifecycle::{Action, Event, HandOver, Lifecycle, LifecycleConfig, LinkOutcome, Phase};
+use quiet_ticker::{HandedCall, QuietStore, QuietTickChanged, QuietTicker};
 use schedule::TickGrid;
 
 /// Supervisor → backup actor, with `send`. Replies when the actor has
@@ -73,6 +73,8 @@ pub(crate) struct BackupSpec {
     pub callback: Arc<dyn BackupCallback>,
     pub linker: Addr<LinkerActor>,
     pub metadata: Addr<MetadataActor>,
+    /// Which of the component's metadata threads `metadata` is.
+    pub metadata_shard: usize,
     pub supervisor: Recipient<BackupEnded>,
     pub counters: Arc<StoreCounters>,
     /// The store's queue on the callback pool, the same for every start of
@@ -195,8 +197,8 @@ impl BackupActor {
             Action::CallBack => self.call_back(ctx),
             Action::CallBackUnchanged => self.call_back_unchanged(ctx),
             Action::Prune => self.start_prune(ctx),
-            Action::ArmTick { at, due, quiet_ok } => {
-                if quiet_ok && self.hand_over_tick(due) {
+            Action::ArmTick { at, due, hand_over } => {
+                if hand_over.is_some_and(|h| self.hand_over_tick(due, h)) {
                     return;
                 }
                 let wait = at.saturating_duration_since(Instant::now());
@@ -377,12 +379,7 @@ impl BackupActor {
     ) {
         let result = match out {
             Ok(CallbackOutcome { result, took }) => {
-                let c = &self.spec.counters;
-                StoreCounters::add(&c.callbacks, 1);
-                StoreCounters::add(
-                    &c.callback_nanos,
-                    u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
-                );
+                self.spec.counters.count_callback(took);
                 result
             }
             Err(_) => Err(Error::ComponentStopped),
@@ -464,20 +461,11 @@ impl BackupActor {
     }
 
     fn count_round(&self, result: &Result<()>, took: Duration) {
-        let c = &self.spec.counters;
-        StoreCounters::add(&c.rounds, 1);
-        let mut last = c.last.lock();
-        last.finished = Some(SystemTime::now());
-        last.duration = Some(took);
-        match result {
-            Ok(()) => last.error = None,
-            Err(e) => {
-                StoreCounters::add(&c.failed_rounds, 1);
-                self.round_span.in_scope(|| {
-                    tracing::error!(error = %e, round = self.life.round(), "backup round failed; a later round retries");
-                });
-                last.error = Some(e.to_string());
-            }
+        self.spec.counters.count_round(result, took);
+        if let Err(e) = result {
+            self.round_span.in_scope(|| {
+                tracing::error!(error = %e, round = self.life.round(), "backup round failed; a later round retries");
+            });
         }
     }
 
@@ -501,25 +489,34 @@ impl BackupActor {
 
     /// Hands the tick of the round due at `due` to the quiet ticker, if
     /// nothing is unacknowledged and the link set knows its generation:
-    /// then each tick that finds the engine still there is a quiet round,
-    /// counted without this actor.
-    fn hand_over_tick(&mut self, due: Instant) -> bool {
+    /// then each tick that finds the engine still there is a round the
+    /// ticker runs (quiet, or calling back with nothing new), without this
+    /// actor.
+    fn hand_over_tick(&mut self, due: Instant, hand_over: HandOver) -> bool {
         if !self.spec.unacked.is_empty() {
             return false;
         }
         let Some(generation) = self.links.as_ref().and_then(|links| links.generation()) else {
             return false;
         };
-        let Some(actor) = self.self_addr.clone() else {
+        let (Some(actor), Some((_, session))) = (self.self_addr.clone(), self.opened.as_ref()) else {
             return false;
         };
+        let call_back = hand_over.call_back.then(|| HandedCall {
+            callback: Arc::clone(&self.spec.callback),
+            session: *session,
+            metadata_shard: self.spec.metadata_shard,
+        });
         let store = QuietStore {
             kv: self.spec.kv,
-            engine: Arc::clone(&self.spec.engine),
             counters: Arc::clone(&self.spec.counters),
             actor,
+            call_back,
         };
-        let token = self.spec.ticker.hold(store, generation, due, self.spec.interval);
+        let token = self
+            .spec
+            .ticker
+            .hold(store, generation, due, self.spec.interval, hand_over.until);
         self.quiet_tick = Some(token);
         true
     }
@@ -635,12 +632,24 @@ impl Handler<QuietTickChanged> for BackupActor {
 
     fn handle(&mut self, msg: QuietTickChanged, ctx: &mut Context<Self>) {
         if self.quiet_tick != Some(msg.token) {
-            return; // taken back meanwhile (a stop)
+            // Taken back meanwhile (a stop, or the tick already came back):
+            // a failed call is still a failed round of the store's.
+            if let Some((error, took)) = msg.failed {
+                self.count_round(&Err(error), took);
+            }
+            return;
         }
         self.quiet_tick = None;
+        // A call's report comes while the ticker still holds the tick.
+        self.spec.ticker.take_back(msg.token);
         self.life.quiet_until(msg.due);
-        let unchanged = self.unchanged();
-        self.feed(Event::Tick { unchanged }, ctx);
+        match msg.failed {
+            Some((error, took)) => self.feed(Event::HandedOverFailed { error, took }, ctx),
+            None => {
+                let unchanged = self.unchanged();
+                self.feed(Event::Tick { unchanged }, ctx);
+            }
+        }
     }
 }
 

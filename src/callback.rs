@@ -133,6 +133,24 @@ impl CallbackRunner {
         span: tracing::Span,
     ) -> oneshot::Receiver<Option<CallbackOutcome>> {
         let (tx, rx) = oneshot::channel();
+        self.run_unchanged_with(cb, engine, generation, writer, span, move |outcome| {
+            let _ = tx.send(outcome);
+        });
+        rx
+    }
+
+    /// [`run_unchanged`](Self::run_unchanged), handing the outcome to
+    /// `then` on the pool's thread (not dropped: a job the pool cannot run
+    /// never calls it).
+    pub fn run_unchanged_with(
+        &self,
+        cb: Arc<dyn BackupCallback>,
+        engine: Arc<dyn Engine>,
+        generation: u64,
+        writer: MetadataWriter,
+        span: tracing::Span,
+        then: impl FnOnce(Option<CallbackOutcome>) + Send + 'static,
+    ) {
         let kv = self.kv;
         let job: Job = Box::new(move || {
             let _entered = span.enter();
@@ -145,10 +163,9 @@ impl CallbackRunner {
                 // wrong.
                 _ => None,
             };
-            let _ = tx.send(outcome);
+            then(outcome);
         });
         self.pool.submit(kv, job);
-        rx
     }
 }
 

@@ -139,6 +139,9 @@ pub(crate) struct StoreCounters {
     /// Lifecycle events that could not come when they came (a bug).
     pub impossible_events: AtomicU64,
     pub cross_device: AtomicBool,
+    /// Set while a call the quiet ticker queued for the store runs or
+    /// waits on the pool (kept across starts, as that call is).
+    pub handed_call_out: AtomicBool,
     pub last: Mutex<LastRound>,
 }
 
@@ -156,6 +159,30 @@ pub(crate) struct LastRound {
 impl StoreCounters {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
+    }
+
+    /// One callback call that ran for `took`.
+    pub fn count_callback(&self, took: Duration) {
+        Self::add(&self.callbacks, 1);
+        Self::add(
+            &self.callback_nanos,
+            u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
+        );
+    }
+
+    /// One round that ended with `result` after `took`.
+    pub fn count_round(&self, result: &crate::error::Result<()>, took: Duration) {
+        Self::add(&self.rounds, 1);
+        let mut last = self.last.lock();
+        last.finished = Some(SystemTime::now());
+        last.duration = Some(took);
+        match result {
+            Ok(()) => last.error = None,
+            Err(e) => {
+                Self::add(&self.failed_rounds, 1);
+                last.error = Some(e.to_string());
+            }
+        }
     }
 
     pub fn snapshot(&self, kv: KvId, running: bool) -> StoreStatus {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use crate::backup::quiet_ticker::QuietTicker;
+use crate::backup::quiet_ticker::{Common, QuietTicker};
 use crate::backup::schedule::TickGrid;
 use crate::backup::{BackupActor, BackupEnded, BackupSpec, StopStore};
 use crate::callback::{CallbackFactory, CallbackRunner};
@@ -99,11 +99,11 @@ async fn outcome(rx: oneshot::Receiver<Result<()>>) -> Result<()> {
 impl Supervisor {
     /// The metadata thread of a backup dir: always the same for one path, so
     /// one log numbers its files.
-    fn metadata_for(&self, dir: &std::path::Path) -> Addr<MetadataActor> {
+    fn metadata_shard(&self, dir: &std::path::Path) -> usize {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         dir.hash(&mut h);
-        self.metadata[(h.finish() % self.metadata.len() as u64) as usize].clone()
+        (h.finish() % self.metadata.len() as u64) as usize
     }
 
     pub(crate) fn new(
@@ -122,7 +122,14 @@ impl Supervisor {
         } = parts;
         Supervisor {
             grid: TickGrid::new(Instant::now(), config.tick_slot),
-            ticker: QuietTicker::new(TickGrid::new(Instant::now(), config.tick_slot)),
+            ticker: QuietTicker::new(
+                TickGrid::new(Instant::now(), config.tick_slot),
+                Common {
+                    engine: Arc::clone(&engine),
+                    pool: Arc::clone(&callbacks),
+                    metadata: metadata.clone(),
+                },
+            ),
             table: Stores::new(config.max_backoff),
             prune,
             engine,
@@ -266,6 +273,7 @@ impl Supervisor {
             .as_ref()
             .and_then(|remote| self.replica(kv, &plan.dir, remote));
         let runner = CallbackRunner::new(kv, Arc::clone(&self.callbacks));
+        let metadata_shard = self.metadata_shard(&plan.dir);
         let spec = BackupSpec {
             kv,
             generation,
@@ -274,7 +282,8 @@ impl Supervisor {
             max_backoff: self.config.max_backoff,
             callback: Arc::clone(&plan.callback),
             linker: self.linker.clone(),
-            metadata: self.metadata_for(&plan.dir),
+            metadata: self.metadata[metadata_shard].clone(),
+            metadata_shard,
             supervisor: ctx.address().recipient(),
             counters: self.board.counters(kv),
             runner,

@@ -139,6 +139,42 @@ async fn a_failed_callback_gets_its_files_again_next_round() {
     assert_eq!(s.files_linked, 1, "linked once, reported three times");
 }
 
+/// With empty rounds reported, an idle store's rounds run without its
+/// actor (the quiet ticker calls back on the pool): they still count as
+/// rounds, a call that fails there is the store's failed round (counted,
+/// shown, and the next round links and reports again), and a flush after
+/// them is reported by the next round.
+#[actix_rt::test]
+async fn an_idle_stores_empty_rounds_count_and_one_that_fails_is_the_stores_failed_round() {
+    let fx = Fixture::new();
+    fx.flush_some(KV, 3);
+    let (cb, mut rx) = recorder_by_call(|call| match call {
+        3 => Err("downstream not ready".into()),
+        _ => Ok(()),
+    });
+    let backup = fx.start(Config::default());
+    backup
+        .start_backup(KV, fx.backup_dir(KV), cb, Some(ms(10)))
+        .await
+        .unwrap();
+    let first = next_round(&mut rx, Duration::from_secs(5)).await;
+    assert_eq!(first.files.len(), 1);
+    for _ in 0..5 {
+        let idle = next_round(&mut rx, Duration::from_secs(5)).await;
+        assert!(idle.files.is_empty(), "nothing new");
+    }
+    let s = store_status(&backup, KV).await;
+    assert_eq!(s.failed_rounds, 1, "the failed empty call is a failed round");
+    assert!(s.rounds >= 6, "{} rounds for 6 calls", s.rounds);
+    assert!(s.callbacks >= 6, "{} callbacks counted", s.callbacks);
+    assert_eq!(s.last_error, None, "a later round succeeded");
+    let flushed = fx.flush_some(KV, 1);
+    let round = next_nonempty_round(&mut rx, Duration::from_secs(5)).await;
+    assert_eq!(round.files.len(), 1);
+    assert_eq!(round.files[0].name, flushed.name());
+    backup.stop_backup(KV, false).await.unwrap();
+}
+
 #[actix_rt::test]
 async fn rounds_never_overlap_and_missed_ticks_do_not_burst() {
     let fx = Fixture::new();

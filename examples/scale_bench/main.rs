@@ -48,9 +48,11 @@
 //!    not met above 50 % + 5 µs more, and `?` between (the run-to-run noise
 //!    of thread wake-ups is that large on a small VM). Share of one core at
 //!    a 1 s interval = µs per store-round × stores / 1 s (a percentage; in
-//!    JSON too). `--quiet-idle` runs the component with
-//!    `Config::report_empty_rounds` off (its quiet ticks then go to the
-//!    component's quiet ticker); `--tick-slot-ms` sets `Config::tick_slot`
+//!    JSON too). Idle ticks go to the component's quiet ticker, which
+//!    queues the empty calls of the stores due in a wake-up on the callback
+//!    pool; `--quiet-idle` runs the component with
+//!    `Config::report_empty_rounds` off (the ticker then only counts quiet
+//!    rounds); `--tick-slot-ms` sets `Config::tick_slot`
 //!    (0: every tick at its own due time).
 //! 3. **Round latency.** For `--latency-rounds` rounds: every store gets one
 //!    `put` + `flush` (a plain thread, one store after the other); the

@@ -96,6 +96,11 @@ pub(crate) enum Event {
     PruneNotStarted,
     /// The prune came back; `Err` if it left the dir unusable.
     Pruned(Result<(), Error>),
+    /// A round the quiet ticker ran for a handed-over tick (the callback
+    /// with nothing new, see [`HandOver::call_back`]) failed in its callback
+    /// after `took`. Comes instead of the tick; the shell told
+    /// [`Lifecycle::quiet_until`] the round's due time first.
+    HandedOverFailed { error: Error, took: Duration },
     /// A stop, with or without a final round.
     Stop { final_round: bool },
     /// The metadata session is closed.
@@ -113,6 +118,7 @@ impl Event {
             Event::Called(_) => "called back",
             Event::PruneNotStarted => "prune not started",
             Event::Pruned(_) => "pruned",
+            Event::HandedOverFailed { .. } => "handed-over round failed",
             Event::Stop { .. } => "stop",
             Event::SessionClosed => "session closed",
         }
@@ -133,15 +139,13 @@ pub(crate) enum Action {
     /// Send the dir to the pruner (answer with `Pruned` or `PruneNotStarted`).
     Prune,
     /// Arm the tick at `at` (no tick is armed now), for the round due at
-    /// `due`. With `quiet_ok`, a tick that finds nothing new is a quiet
-    /// round followed by the tick one interval on (empty rounds are quiet,
-    /// the last round succeeded, this start called back, no stop, no spread
-    /// step pending): the shell may hand such ticks to its quiet ticker and
-    /// tell [`Lifecycle::quiet_until`] when one finds a change.
+    /// `due`. With `hand_over`, the shell may hand this tick and the ones
+    /// after it to its quiet ticker (see [`HandOver`]) and tell
+    /// [`Lifecycle::quiet_until`] when one comes back.
     ArmTick {
         at: Instant,
         due: Instant,
-        quiet_ok: bool,
+        hand_over: Option<HandOver>,
     },
     /// Cancel the armed tick.
     CancelTick,
@@ -157,6 +161,22 @@ pub(crate) enum Action {
     Close,
     /// Stop the actor.
     StopActor,
+}
+
+/// When a tick may be handed over: a tick that finds nothing new is then a
+/// round followed by the tick one interval on, nothing else (the last round
+/// succeeded, this start called back, no stop, no spread step pending), so
+/// the quiet ticker can run it without the store's actor: a quiet round, or
+/// with `call_back` the callback with nothing new. A handed-over tick comes
+/// back to the store when it finds a change, when its callback failed
+/// ([`Event::HandedOverFailed`]), or once `until` has passed (a prune is
+/// due then, which only the store runs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HandOver {
+    /// Empty rounds are reported: each round calls back with nothing new.
+    pub call_back: bool,
+    /// The first time a tick must come back to the store.
+    pub until: Option<Instant>,
 }
 
 /// An event that cannot come in the phase the store is in.
@@ -366,6 +386,12 @@ impl Lifecycle {
                     self.finish_round(result, now, &mut out);
                 }
             }
+            (Phase::Idle, Event::HandedOverFailed { error, took }) if self.tick_armed => {
+                self.tick_armed = false;
+                self.rounds_started += 1;
+                self.round_started = now.checked_sub(took);
+                self.finish_round(Err(error), now, &mut out);
+            }
             (phase, Event::Stop { final_round }) => {
                 if self.tick_armed {
                     self.tick_armed = false;
@@ -405,23 +431,39 @@ impl Lifecycle {
     /// `at` itself, so the grid never changes the period).
     fn arm(&mut self, at: Instant, out: &mut Vec<Action>) {
         self.tick_armed = true;
-        let quiet_ok = !self.cfg.report_empty_rounds
-            && self.may_skip_linker()
+        out.push(Action::ArmTick {
+            at: self.cfg.grid.arm_at(at, self.cfg.interval),
+            due: at,
+            hand_over: self.hand_over(),
+        });
+    }
+
+    /// Whether the tick armed now may be handed over (see [`HandOver`]).
+    fn hand_over(&self) -> Option<HandOver> {
+        let plain = self.may_skip_linker()
             && self.called_back
             && self.stopping.is_none()
             && !self.closed
             && !self.spread_pending;
-        out.push(Action::ArmTick {
-            at: self.cfg.grid.arm_at(at, self.cfg.interval),
-            due: at,
-            quiet_ok,
-        });
+        if !plain {
+            return None;
+        }
+        let call_back = self.cfg.report_empty_rounds;
+        // A round that calls back prunes after it when one is due (a quiet
+        // round never does): such a tick comes back by the next prune, and
+        // is not handed over if one is due at the next round.
+        let until = match (call_back, self.cfg.prune_every) {
+            (true, Some(_)) => Some(self.next_prune?),
+            _ => None,
+        };
+        Some(HandOver { call_back, until })
     }
 
-    /// The ticks of an `ArmTick` with `quiet_ok` were handed over, and each
-    /// was a quiet round up to the one due at `due`, which found a change:
-    /// the schedule continues from `due` (the tick itself comes next, as
-    /// `Tick`). Ignored unless that tick is still armed.
+    /// The ticks of an `ArmTick` with `hand_over` were handed over, and each
+    /// was a round the ticker ran up to the one due at `due`, which comes
+    /// back (a change, a failed callback, a prune due): the schedule
+    /// continues from `due` (the tick itself comes next, as `Tick` or
+    /// `HandedOverFailed`). Ignored unless that tick is still armed.
     pub fn quiet_until(&mut self, due: Instant) {
         if self.phase == Phase::Idle && self.tick_armed {
             self.next_due = Some(due);
@@ -668,16 +710,16 @@ mod tests {
         assert_eq!(second - first, SEC, "the period is the interval");
     }
 
-    /// The last action's `ArmTick` fields: (fires at, due, quiet_ok).
-    fn armed(actions: &[Action]) -> (Instant, Instant, bool) {
+    /// The last action's `ArmTick` fields: (fires at, due, hand_over).
+    fn armed(actions: &[Action]) -> (Instant, Instant, Option<HandOver>) {
         match actions.last() {
-            Some(Action::ArmTick { at, due, quiet_ok }) => (*at, *due, *quiet_ok),
+            Some(Action::ArmTick { at, due, hand_over }) => (*at, *due, *hand_over),
             other => panic!("no tick armed: {other:?}"),
         }
     }
 
     #[test]
-    fn a_tick_may_be_handed_over_only_where_a_quiet_round_would_follow_it() {
+    fn a_tick_may_be_handed_over_only_where_a_plain_round_would_follow_it() {
         let quiet = LifecycleConfig {
             report_empty_rounds: false,
             ..cfg()
@@ -685,34 +727,122 @@ mod tests {
         let mut r = Run::new(quiet.clone());
         r.send(Event::Opened);
         r.send(linked());
-        assert!(
+        assert_eq!(
             armed(&r.send(Event::Called(Ok(())))).2,
+            Some(HandOver {
+                call_back: false,
+                until: None
+            }),
             "quiet, succeeded, called back"
         );
 
         let mut reported = Run::new(cfg());
         reported.send(Event::Opened);
         reported.send(linked());
-        assert!(
-            !armed(&reported.send(Event::Called(Ok(())))).2,
-            "empty rounds reported"
+        assert_eq!(
+            armed(&reported.send(Event::Called(Ok(())))).2,
+            Some(HandOver {
+                call_back: true,
+                until: None
+            }),
+            "empty rounds reported: the ticker calls back"
         );
 
         let mut failing = Run::new(quiet.clone());
         failing.send(Event::Opened);
         failing.send(linked());
         let acts = failing.send(Event::Called(Err(Error::ComponentStopped)));
-        assert!(!armed(&acts).2, "a failed round is retried by the store itself");
+        assert_eq!(
+            armed(&acts).2,
+            None,
+            "a failed round is retried by the store itself"
+        );
 
         let mut delayed = Run::new(LifecycleConfig {
             first_delay: SEC,
             ..quiet
         });
-        assert!(!armed(&delayed.send(Event::Opened)).2, "no round ran yet");
+        assert_eq!(armed(&delayed.send(Event::Opened)).2, None, "no round ran yet");
     }
 
     #[test]
-    fn a_handed_over_tick_that_finds_a_change_continues_the_schedule_from_its_due_time() {
+    fn a_reported_tick_is_handed_over_only_up_to_the_next_prune() {
+        let mut r = Run::new(LifecycleConfig {
+            prune_every: Some(60 * SEC),
+            ..cfg()
+        });
+        r.send(Event::Opened);
+        r.send(linked());
+        assert_eq!(r.kinds(Event::Called(Ok(()))), ["prune"]);
+        let (_, _, hand_over) = armed(&r.send(Event::Pruned(Ok(()))));
+        assert_eq!(
+            hand_over,
+            Some(HandOver {
+                call_back: true,
+                until: Some(r.t0 + 60 * SEC)
+            }),
+            "back to the store when the next prune is due"
+        );
+
+        // A prune that could not start is due at the next round: that round
+        // is the store's own.
+        let mut busy = Run::new(LifecycleConfig {
+            prune_every: Some(60 * SEC),
+            ..cfg()
+        });
+        busy.send(Event::Opened);
+        busy.send(linked());
+        busy.send(Event::Called(Ok(())));
+        assert_eq!(armed(&busy.send(Event::PruneNotStarted)).2, None);
+
+        // Quiet rounds never prune: no limit.
+        let mut quiet = Run::new(LifecycleConfig {
+            prune_every: Some(60 * SEC),
+            report_empty_rounds: false,
+            ..cfg()
+        });
+        quiet.send(Event::Opened);
+        quiet.send(linked());
+        quiet.send(Event::Called(Ok(())));
+        let (_, _, hand_over) = armed(&quiet.send(Event::Pruned(Ok(()))));
+        assert_eq!(hand_over.map(|h| h.until), Some(None));
+    }
+
+    #[test]
+    fn a_handed_over_round_whose_callback_failed_backs_off_and_links_next() {
+        let mut r = Run::new(cfg());
+        r.send(Event::Opened);
+        r.send(linked());
+        let (_, first_due, _) = armed(&r.send(Event::Called(Ok(()))));
+        // Two rounds passed at the ticker; the third's callback failed.
+        let due = first_due + 2 * 10 * SEC;
+        r.now = due + Duration::from_millis(40);
+        r.lc.quiet_until(due);
+        let acts = r.send(Event::HandedOverFailed {
+            error: Error::ComponentStopped,
+            took: Duration::from_millis(30),
+        });
+        match &acts[0] {
+            Action::RoundEnded { result: Err(_), took } => {
+                assert_eq!(*took, Duration::from_millis(30), "counted as the store's round")
+            }
+            other => panic!("not a failed round: {other:?}"),
+        }
+        let (_, next_due, hand_over) = armed(&acts);
+        assert_eq!(
+            next_due,
+            due + backoff(10 * SEC, 60 * SEC, 1),
+            "backs off from the round's due time"
+        );
+        assert_eq!(hand_over, None, "a failing store runs its own rounds");
+        assert_eq!(r.lc.failures_in_a_row(), 1);
+        assert!(!r.lc.may_skip_linker(), "its next round links and reports again");
+        r.now = next_due;
+        assert_eq!(r.kinds(Event::Tick { unchanged: true }), ["link 3"]);
+    }
+
+    #[test]
+    fn a_handed_over_tick_that_comes_back_continues_the_schedule_from_its_due_time() {
         let mut r = Run::new(LifecycleConfig {
             report_empty_rounds: false,
             ..cfg()
