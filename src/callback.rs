@@ -151,22 +151,36 @@ impl CallbackRunner {
         span: tracing::Span,
         then: impl FnOnce(Option<CallbackOutcome>) + Send + 'static,
     ) {
-        let kv = self.kv;
-        let job: Job = Box::new(move || {
-            let _entered = span.enter();
-            let outcome = match catch_unwind(AssertUnwindSafe(|| engine.snapshot(kv))) {
-                Ok(Ok(snapshot)) if snapshot.kv_id() == kv && snapshot.generation() == Some(generation) => {
-                    Some(call(kv, &*cb, snapshot, &[], writer))
-                }
-                // Changed, an error or a panic: no callback ran (none is
-                // counted); the linker's round retries it and says what is
-                // wrong.
-                _ => None,
-            };
-            then(outcome);
-        });
-        self.pool.submit(kv, job);
+        let job = unchanged_job(self.kv, cb, engine, generation, writer, span, then);
+        self.pool.submit(self.kv, job);
     }
+}
+
+/// The job of [`CallbackRunner::run_unchanged_with`], for the caller to
+/// queue as `kv`'s next call (with [`CallbackPool::submit_all`], in a
+/// burst).
+pub(crate) fn unchanged_job(
+    kv: KvId,
+    cb: Arc<dyn BackupCallback>,
+    engine: Arc<dyn Engine>,
+    generation: u64,
+    writer: MetadataWriter,
+    span: tracing::Span,
+    then: impl FnOnce(Option<CallbackOutcome>) + Send + 'static,
+) -> Job {
+    Box::new(move || {
+        let _entered = span.enter();
+        let outcome = match catch_unwind(AssertUnwindSafe(|| engine.snapshot(kv))) {
+            Ok(Ok(snapshot)) if snapshot.kv_id() == kv && snapshot.generation() == Some(generation) => {
+                Some(call(kv, &*cb, snapshot, &[], writer))
+            }
+            // Changed, an error or a panic: no callback ran (none is
+            // counted); the linker's round retries it and says what is
+            // wrong.
+            _ => None,
+        };
+        then(outcome);
+    })
 }
 
 /// One call of `cb` under `catch_unwind`, the snapshot dropped after it

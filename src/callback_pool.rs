@@ -118,15 +118,29 @@ impl CallbackPool {
 
     /// Queues `job` as `kv`'s next call.
     pub fn submit(&self, kv: KvId, job: Job) {
+        self.submit_all([(kv, job)]);
+    }
+
+    /// Queues each job as its store's next call, in order, under one lock
+    /// and with at most one worker woken: a burst of due rounds (the quiet
+    /// ticker's) costs one wake-up, not one per store.
+    pub fn submit_all(&self, jobs: impl IntoIterator<Item = (KvId, Job)>) {
         let shared = &self.shared;
         let mut st = shared.state.lock();
-        let queue = st.queued.entry(kv).or_default();
-        queue.push_back(job);
-        if queue.len() > 1 || st.running.contains_key(&kv) {
-            return; // behind the store's earlier call, which re-queues it
-        }
         let now = Instant::now();
-        st.ready.push_back((kv, now));
+        let mut any_ready = false;
+        for (kv, job) in jobs {
+            let queue = st.queued.entry(kv).or_default();
+            queue.push_back(job);
+            if queue.len() > 1 || st.running.contains_key(&kv) {
+                continue; // behind the store's earlier call, which re-queues it
+            }
+            st.ready.push_back((kv, now));
+            any_ready = true;
+        }
+        if !any_ready {
+            return;
+        }
         // A worker takes the ready calls soon if one was woken already or
         // runs a call that started under `grow_after` ago (most calls are
         // that short): then a burst of calls wakes no other worker, and
@@ -147,10 +161,11 @@ impl CallbackPool {
             wake.notify_one();
         } else if st.workers == 0 || (!st.monitor_runs && st.workers < shared.max_workers) {
             if !Shared::spawn_worker(shared, &mut st) && st.workers == 0 {
-                // Nobody would ever run it: drop it (after the lock: its
-                // drop runs user code), which fails its round.
-                let dropped = st.queued.remove(&kv);
-                st.ready.retain(|(k, _)| *k != kv);
+                // Nobody would ever run them (no call runs either): drop
+                // every ready call (after the lock: their drop runs user
+                // code), which fails their rounds.
+                let ready: Vec<KvId> = st.ready.drain(..).map(|(kv, _)| kv).collect();
+                let dropped: Vec<_> = ready.iter().filter_map(|kv| st.queued.remove(kv)).collect();
                 drop(st);
                 drop(dropped);
             }
@@ -223,36 +238,36 @@ impl Shared {
 
     fn work(self: Arc<Self>, id: u64) {
         let wake = Arc::new(Condvar::new());
+        let mut st = self.state.lock();
         loop {
-            let (kv, job) = {
-                let mut st = self.state.lock();
-                loop {
-                    if st.closed {
-                        st.workers -= 1;
-                        return;
-                    }
-                    if let Some(next) = take_ready(&mut st) {
-                        break next;
-                    }
-                    st.idle.push((id, Arc::clone(&wake)));
-                    let timed_out = wake.wait_for(&mut st, IDLE_EXIT).timed_out();
-                    if st.claimed.remove(&id) {
-                        continue; // woken by a call (already off `idle`)
-                    }
-                    st.idle.retain(|(i, _)| *i != id);
-                    if timed_out && st.ready.is_empty() && st.workers > MIN_WORKERS {
-                        st.workers -= 1;
-                        return;
-                    }
+            // The call done and the next one taken under one lock.
+            let (kv, job) = loop {
+                if st.closed {
+                    st.workers -= 1;
+                    return;
+                }
+                if let Some(next) = take_ready(&mut st) {
+                    break next;
+                }
+                st.idle.push((id, Arc::clone(&wake)));
+                let timed_out = wake.wait_for(&mut st, IDLE_EXIT).timed_out();
+                if st.claimed.remove(&id) {
+                    continue; // woken by a call (already off `idle`)
+                }
+                st.idle.retain(|(i, _)| *i != id);
+                if timed_out && st.ready.is_empty() && st.workers > MIN_WORKERS {
+                    st.workers -= 1;
+                    return;
                 }
             };
+            drop(st);
             // The job catches its callback's panics; this keeps the worker
             // (and the store's queue) alive should anything else panic.
             if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)) {
                 // Dropping a payload can panic again, outside any guard.
                 std::mem::forget(payload);
             }
-            let mut st = self.state.lock();
+            st = self.state.lock();
             st.running.remove(&kv);
             if st.queued.contains_key(&kv) {
                 st.ready.push_back((kv, Instant::now()));
@@ -385,6 +400,32 @@ mod tests {
             order,
             ["a start", "a end", "b start", "b end", "c start", "c end"]
         );
+    }
+
+    #[test]
+    fn a_burst_runs_every_call_in_its_stores_order_and_behind_a_running_one() {
+        let pool = CallbackPool::new(4, Duration::from_secs(60));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (release, gate) = mpsc::channel();
+        pool.submit(KvId(0), job(&log, "0a", Some(gate)));
+        wait_for("0a starts", || log.lock().len() == 1);
+        pool.submit_all([
+            (KvId(0), job(&log, "0b", None)),
+            (KvId(1), job(&log, "1a", None)),
+            (KvId(2), job(&log, "2a", None)),
+            (KvId(1), job(&log, "1b", None)),
+        ]);
+        let ended = |name: &str| log.lock().contains(&format!("{name} end"));
+        wait_for("the other stores' calls end", || ended("1b") && ended("2a"));
+        assert!(!log.lock().contains(&"0b start".to_string()), "0b ran beside 0a");
+        release.send(()).unwrap();
+        wait_for("0b ends", || ended("0b"));
+        let of = |store: char| -> Vec<String> {
+            let log = log.lock();
+            log.iter().filter(|l| l.starts_with(store)).cloned().collect()
+        };
+        assert_eq!(of('0'), ["0a start", "0a end", "0b start", "0b end"]);
+        assert_eq!(of('1'), ["1a start", "1a end", "1b start", "1b end"]);
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //!
 //! - **quiet**: the round is counted, on the arbiter thread;
 //! - **calling back**: the call goes to the store's queue on the callback
-//!   pool (every due store of a wake-up in one burst) and the worker counts
+//!   pool (every due store of a wake-up in one burst, under one lock and
+//!   with one worker woken at most) and the worker counts
 //!   the round when it succeeds; nothing comes back to the arbiter. A
 //!   store has one such call out at a time (`handed_call_out`). The
 //!   worker takes the snapshot and calls back only if it is still at `g`,
@@ -51,8 +52,8 @@ use actix::WeakRecipient;
 use tokio::sync::Notify;
 
 use super::schedule::{self, TickGrid};
-use crate::callback::{BackupCallback, CallbackRunner};
-use crate::callback_pool::CallbackPool;
+use crate::callback::{self, BackupCallback};
+use crate::callback_pool::{CallbackPool, Job};
 use crate::engine::{Engine, KvId};
 use crate::error::Error;
 use crate::metadata::{MetadataActor, MetadataWriter, SessionId};
@@ -271,9 +272,17 @@ impl QuietStore {
     }
 
     /// Runs the round of the tick `token` due at `due`: counts the quiet
-    /// round, or queues the call with nothing new on the store's queue
-    /// (its worker counts the round, or hands a failure back).
-    fn run_round(&self, component: &Common, token: u64, generation: u64, due: Instant) {
+    /// round, or adds the call with nothing new to `calls`, for the store's
+    /// queue on the pool (its worker counts the round, or hands a failure
+    /// back).
+    fn run_round(
+        &self,
+        component: &Common,
+        token: u64,
+        generation: u64,
+        due: Instant,
+        calls: &mut Vec<(KvId, Job)>,
+    ) {
         let Some(call) = &self.call_back else {
             return StoreCounters::add(&self.counters.quiet_rounds, 1);
         };
@@ -293,7 +302,8 @@ impl QuietStore {
         let counters = Arc::clone(&self.counters);
         let actor = self.actor.clone();
         let kv = self.kv;
-        CallbackRunner::new(kv, Arc::clone(&component.pool)).run_unchanged_with(
+        let job = callback::unchanged_job(
+            kv,
             Arc::clone(&call.callback),
             Arc::clone(&component.engine),
             generation,
@@ -321,6 +331,7 @@ impl QuietStore {
                 }
             },
         );
+        calls.push((kv, job));
     }
 }
 
@@ -410,11 +421,14 @@ async fn run(shared: Rc<Shared>) {
             }
         }
         let component = &shared.component;
+        let mut calls = Vec::new();
         let changed = shared.schedule.borrow_mut().fire(
             Instant::now(),
             |store, generation| store.at_generation(component, generation),
-            |store, token, generation, due| store.run_round(component, token, generation, due),
+            |store, token, generation, due| store.run_round(component, token, generation, due, &mut calls),
         );
+        // Every due store's call in one burst: one lock, one wake-up.
+        component.pool.submit_all(calls);
         for (token, due, store) in changed {
             if let Some(actor) = store.actor.upgrade() {
                 actor.do_send(QuietTickChanged {
