@@ -116,6 +116,7 @@
 //! files they release with no lock held.
 
 pub mod format;
+mod generations;
 mod live_file;
 mod store;
 mod store_dir;
@@ -126,7 +127,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -137,6 +137,7 @@ use crate::error::{Error, Result};
 
 pub use format::{read_footer, read_index_file, write_index_file_durably, Footer, Record};
 
+use generations::Generations;
 use store::{ActiveBackups, Listed, Store, StoreShared};
 use store_dir::StoreDir;
 
@@ -183,7 +184,7 @@ struct Inner {
     /// The stores whose backup is active (see `StoreShared::retains`).
     active_backups: ActiveBackups,
     /// The last snapshot generation handed out (see `StoreShared`).
-    generations: Arc<AtomicU64>,
+    generations: Arc<Generations>,
     /// Serializes creating and dropping stores with the cleanup of dropped
     /// stores' dirs. Never held while a file handle or store is released.
     dirs_lock: Arc<Mutex<()>>,
@@ -231,7 +232,7 @@ impl RefEngine {
         }
         let dirs_lock = Arc::new(Mutex::new(()));
         let active_backups: ActiveBackups = Arc::new(Mutex::new(HashSet::new()));
-        let generations = Arc::new(AtomicU64::new(0));
+        let generations = Arc::new(Generations::new());
         let shared = StoreShared {
             enabled: options.retain_for_backup,
             active: Arc::clone(&active_backups),
@@ -482,11 +483,11 @@ impl Engine for RefEngine {
         Some(1)
     }
 
-    /// The store map's read lock and one atomic load (the store publishes
-    /// its listing's generation under its state lock); the store is not
-    /// cloned out of the map (no reference count touched).
+    /// One load from the engine's table of generations (each store
+    /// publishes its listing's there under its state lock): no lock, no
+    /// map, no store touched.
     fn generation(&self, kv: KvId) -> Option<u64> {
-        self.inner.stores.read().get(&kv)?.generation()
+        self.inner.generations.of(kv)
     }
 
     /// Marks the store's backup active and records `files` as backed up:

@@ -2,11 +2,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use super::generations::Generations;
 use crate::engine::{check_seqno, Holds, IndexFile, KvId};
 use crate::error::{Error, Result};
 
@@ -99,15 +99,14 @@ pub(super) struct StoreShared {
     pub enabled: bool,
     /// The engine's set of stores whose backup is active.
     pub active: ActiveBackups,
-    /// The last generation handed out, engine-wide, so a store dropped and
-    /// created again never repeats one.
-    pub generations: Arc<AtomicU64>,
+    /// The engine's generations: handed out, and published per store.
+    pub generations: Arc<Generations>,
 }
 
 impl StoreShared {
     /// A generation no listing of this engine had before.
     fn next_generation(&self) -> u64 {
-        self.generations.fetch_add(1, Ordering::Relaxed) + 1
+        self.generations.next()
     }
 
     /// Whether compaction keeps the inputs the backup has not reported.
@@ -170,12 +169,12 @@ pub(super) struct Store {
     /// changes under it and file IO happens outside `state`.
     io: Mutex<()>,
     state: Mutex<State>,
+    /// Publishes `state.listed.generation` in `shared.generations`, under
+    /// the state lock whenever the listing changes (0 once dropped, and
+    /// nothing after that: the id may be a new store's), so
+    /// `Engine::generation` (the idle tick's one question) takes no lock and
+    /// touches no store.
     shared: StoreShared,
-    /// `state.listed.generation`, or 0 once dropped (generations start at
-    /// 1): written under the state lock whenever the listing changes, read
-    /// without it, so `Engine::generation` (the idle tick's one question)
-    /// takes no lock of the store.
-    generation: AtomicU64,
 }
 
 impl Store {
@@ -191,9 +190,9 @@ impl Store {
             files: files.iter().map(|f| f.desc().clone()).collect(),
             _held: files.clone(),
         });
+        shared.generations.publish(dir.kv(), listed.generation);
         Store {
             kv: dir.kv(),
-            generation: AtomicU64::new(listed.generation),
             dir,
             io: Mutex::new(()),
             shared,
@@ -222,8 +221,9 @@ impl Store {
             files: held.iter().map(|f| f.desc().clone()).collect(),
             _held: held,
         });
-        let published = if st.dropped { 0 } else { listed.generation };
-        self.generation.store(published, Ordering::Release);
+        if !st.dropped {
+            self.shared.generations.publish(self.kv, listed.generation);
+        }
         std::mem::replace(&mut st.listed, listed)
     }
 
@@ -443,12 +443,6 @@ impl Store {
             }
         }
         Ok(None)
-    }
-
-    /// The generation of what a snapshot lists now; `None` once dropped.
-    pub(super) fn generation(&self) -> Option<u64> {
-        let generation = self.generation.load(Ordering::Acquire);
-        (generation != 0).then_some(generation)
     }
 
     /// What a snapshot lists now (shared, not copied).
@@ -740,6 +734,8 @@ impl Store {
             f.mark_obsolete();
         }
         let old_listing = self.relist(&mut st);
+        // Under the dirs lock, before the id can be a new store's.
+        self.shared.generations.publish(self.kv, 0);
         Ok(Released {
             files,
             listing: Some(old_listing),
