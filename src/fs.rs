@@ -10,6 +10,7 @@
 use std::fs::{DirBuilder, File};
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -506,8 +507,18 @@ impl BackupDir {
     ///
     /// Links where it can; copies (temp, fsync, rename) when the dir is on
     /// another file system. The caller fsyncs the dir before reporting.
+    #[cfg(test)]
     pub fn place(&self, src: &IndexFile) -> Result<Placed> {
+        self.place_from(src, None)
+    }
+
+    /// [`place`](Self::place), the link made relative to `src_dir` (the
+    /// source's dir, open) when `src` is directly in it: the kernel then
+    /// looks up one name for the source, not its whole path (at 1024
+    /// stores the path walk was the link phase's top kernel cost).
+    pub fn place_from(&self, src: &IndexFile, src_dir: Option<&SourceDir>) -> Result<Placed> {
         self.check_usable()?;
+        let relative = src_dir.and_then(|d| Some((d.fd.as_fd(), d.name_of(src.path())?)));
         let mut src_id = None;
         for k in 0..MAX_CLASH_TRIES {
             let name = if k == 0 {
@@ -516,8 +527,11 @@ impl BackupDir {
                 format!("{}~{k}", src.name())
             };
             if !self.is_cross_device() {
-                let linked = self.injected(FsOp::Link).and_then(|()| {
-                    rustix::fs::linkat(CWD, src.path(), self.fd(), name.as_str(), AtFlags::empty())
+                let linked = self.injected(FsOp::Link).and_then(|()| match relative {
+                    Some((dir, file)) => {
+                        rustix::fs::linkat(dir, file, self.fd(), name.as_str(), AtFlags::empty())
+                    }
+                    None => rustix::fs::linkat(CWD, src.path(), self.fd(), name.as_str(), AtFlags::empty()),
                 });
                 match linked {
                     Ok(()) => {
@@ -802,6 +816,40 @@ fn libc_enotdir() -> i32 {
     Errno::NOTDIR.raw_os_error()
 }
 
+/// The dir an engine's files are linked from, open for a round's links
+/// (see [`BackupDir::place_from`]).
+pub(crate) struct SourceDir {
+    fd: OwnedFd,
+    /// Its path, as the snapshot's files name it, with a trailing `/`.
+    prefix: Vec<u8>,
+}
+
+impl SourceDir {
+    /// Opens `dir` (`O_PATH`: nothing is read through it); `None` if it
+    /// cannot be opened (the links then name whole paths).
+    pub fn open(dir: &Path) -> Option<SourceDir> {
+        let fd = rustix::fs::openat(
+            CWD,
+            dir,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        let mut prefix = dir.as_os_str().as_bytes().to_vec();
+        if prefix.last() != Some(&b'/') {
+            prefix.push(b'/');
+        }
+        Some(SourceDir { fd, prefix })
+    }
+
+    /// The name of `path` in this dir, if it is directly in it.
+    fn name_of<'p>(&self, path: &'p Path) -> Option<&'p std::ffi::OsStr> {
+        let name = path.as_os_str().as_bytes().strip_prefix(self.prefix.as_slice())?;
+        (!name.is_empty() && !name.contains(&b'/') && name != b"." && name != b"..")
+            .then(|| std::ffi::OsStr::from_bytes(name))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -824,6 +872,28 @@ mod tests {
         );
         let again = dir.place(&src).unwrap();
         assert_eq!((again.name.as_str(), again.created), ("1.sqi", false));
+    }
+
+    #[test]
+    fn place_from_the_source_dir_links_the_same_inode_and_names_only_its_own_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = index_file(tmp.path(), "1.sqi", b"abc");
+        let src_dir = SourceDir::open(tmp.path()).unwrap();
+        let dir = BackupDir::open(&tmp.path().join("backup")).unwrap();
+        let placed = dir.place_from(&src, Some(&src_dir)).unwrap();
+        assert!(placed.created);
+        let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+        assert_eq!(ino(&tmp.path().join("backup/1.sqi")), ino(src.path()));
+        assert_eq!(src_dir.name_of(src.path()), Some(std::ffi::OsStr::new("1.sqi")));
+        let below = tmp.path().join("sub/1.sqi");
+        assert_eq!(src_dir.name_of(&below), None, "not directly in it");
+        let beside = PathBuf::from(format!("{}x/1.sqi", tmp.path().display()));
+        assert_eq!(src_dir.name_of(&beside), None, "a dir whose name starts the same");
+        // A file elsewhere is linked by its whole path.
+        let other = tempfile::tempdir().unwrap();
+        let elsewhere = index_file(other.path(), "2.sqi", b"def");
+        assert!(dir.place_from(&elsewhere, Some(&src_dir)).unwrap().created);
+        assert_eq!(ino(&tmp.path().join("backup/2.sqi")), ino(elsewhere.path()));
     }
 
     #[test]

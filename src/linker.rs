@@ -13,7 +13,7 @@ use crate::engine::{Engine, IndexFile, KvId, Snapshot};
 use crate::error::panic_message;
 use crate::error::{Error, Result};
 use crate::faults;
-use crate::fs::BackupDir;
+use crate::fs::{BackupDir, SourceDir};
 use crate::manifest::{DeclaredFile, RoundFacts, RoundLog};
 use crate::round_state::LinkSet;
 
@@ -136,6 +136,11 @@ fn check_cancel(kv: KvId, cancel: &AtomicBool) -> Result<()> {
     Ok(())
 }
 
+/// From how many files to link a round opens their dir, to link each by
+/// its name there: the open and close cost about what walking the whole
+/// path of a file or two does.
+const LINK_FROM_DIR_AT: usize = 4;
+
 /// The linker's half of a round: snapshot, link what is new, fsync the dir.
 /// `recorded` collects the files added to `links`, for a roll-back.
 fn link_round(
@@ -170,9 +175,15 @@ fn link_round(
     let mut placed_files = Vec::new();
     let mut declared = Vec::new();
     let was_cross_device = dir.is_cross_device();
-    for file in links.to_link(snapshot.files()) {
+    let to_link = links.to_link(snapshot.files());
+    // Many files (a first round): linked relative to their dir, opened once.
+    let src_dir = match to_link.first().and_then(|f| f.path().parent()) {
+        Some(parent) if to_link.len() >= LINK_FROM_DIR_AT => SourceDir::open(parent),
+        _ => None,
+    };
+    for file in to_link {
         check_cancel(kv, &msg.cancel)?;
-        let placed = dir.place(file)?;
+        let placed = dir.place_from(file, src_dir.as_ref())?;
         faults::crash_point("round.linking");
         if placed.created && placed.copied {
             files_copied += 1;
