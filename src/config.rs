@@ -28,7 +28,10 @@ pub struct Config {
     /// this (never below `interval`). Default: 10 min.
     pub max_backoff: Duration,
     /// Threads of the `LinkerActor` pool that do every link and fsync of a
-    /// round. Default: 2.
+    /// round. Their work waits on the disk's flushes more than on a core,
+    /// so more threads than cores overlap those flushes. Default: 4 (at
+    /// 1024 stores on 2 cores: 1.3x the initial link rate of 2 threads, and
+    /// half the p99 latency excess; see BENCHMARKS.md).
     pub linker_threads: usize,
     /// Threads that write metadata files. Each backup dir always goes to the
     /// same one, which keeps its writes in call order and its numbering
@@ -94,7 +97,7 @@ impl Default for Config {
             backup_root: None,
             interval: Duration::from_secs(120),
             max_backoff: Duration::from_secs(600),
-            linker_threads: 2,
+            linker_threads: 4,
             metadata_threads: 4,
             callback_threads: 64,
             callback_watchdog: Duration::from_secs(60),
@@ -222,7 +225,7 @@ mod tests {
         let c = Config::default();
         c.validate().unwrap();
         assert_eq!(c.interval, Duration::from_secs(120));
-        assert_eq!(c.linker_threads, 2);
+        assert_eq!(c.linker_threads, 4);
     }
 
     #[test]
