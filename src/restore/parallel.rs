@@ -9,11 +9,24 @@ use std::sync::mpsc;
 
 use parking_lot::Mutex;
 
-/// Threads for `n` stores' work: one per core (the work reads cached
-/// files and checks them, which is CPU), never more than there are stores.
-pub(super) fn threads_for(n: usize) -> usize {
+/// How a store's work spends its time, which sets how many run at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Work {
+    /// Reads cached files and checks them (verify): CPU, one per core.
+    Reads,
+    /// Reads, then writes and fsyncs (restore): two per core, so one
+    /// store's work runs while another waits on the disk's flush.
+    Writes,
+}
+
+/// Threads for `n` stores' `work`, never more than there are stores.
+pub(super) fn threads_for(n: usize, work: Work) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    cores.min(n).max(1)
+    let per_core = match work {
+        Work::Reads => 1,
+        Work::Writes => 2,
+    };
+    (cores * per_core).min(n).max(1)
 }
 
 /// What [`each_store`] ran: each item's result in item order (`None` for
@@ -34,13 +47,15 @@ impl<R> Ran<R> {
     }
 }
 
-/// Runs `job` on every item of `items` on [`threads_for`] threads, each
+/// Runs `job` on every item of `items` on [`threads_for`] threads for
+/// `work`, each
 /// thread taking the next item not yet taken. Once a result makes `stop`
 /// true, or a job panics, no item is started any more. `job` reports
 /// progress through the function it is handed; this thread passes it on to
 /// `progress` as it comes (with one thread, one store or one core, `job`
 /// runs on this thread and calls `progress` itself).
 pub(super) fn each_store<T, R>(
+    work: Work,
     items: &[T],
     progress: &mut dyn FnMut(u64),
     stop: impl Fn(&R) -> bool + Sync,
@@ -50,7 +65,7 @@ where
     T: Sync,
     R: Send,
 {
-    each_on(threads_for(items.len()), items, progress, stop, job)
+    each_on(threads_for(items.len(), work), items, progress, stop, job)
 }
 
 fn each_on<T, R>(
@@ -150,6 +165,7 @@ mod tests {
         let items: Vec<u32> = (0..500).collect();
         let mut reported = 0;
         let results = each_store(
+            Work::Writes,
             &items,
             &mut |n| reported += n,
             |_: &u32| false,
@@ -162,6 +178,15 @@ mod tests {
         assert_eq!(reported, 500);
         let doubled: Vec<u32> = results.into_iter().map(|r| r.expect("every item ran")).collect();
         assert_eq!(doubled, items.iter().map(|x| x * 2).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn writes_run_two_stores_per_core_reads_one_never_more_than_there_are_stores() {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(threads_for(1000, Work::Reads), cores);
+        assert_eq!(threads_for(1000, Work::Writes), 2 * cores);
+        assert_eq!(threads_for(1, Work::Writes), 1);
+        assert_eq!(threads_for(0, Work::Reads), 1);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::coverage::list;
-use super::parallel::each_store;
+use super::parallel::{each_store, Work};
 use super::{history_conflict, BackupRoot, Coverage, RecordReader, RestoreTarget, StoreBackup, Unrestorable};
 use crate::engine::KvId;
 use crate::error::{Error, Result};
@@ -279,8 +279,9 @@ pub fn restore(
 /// Every store's plan is made first (from its round manifests), so a
 /// store the backup cannot prove at its seqno is refused before anything
 /// is written. Then stores are read and written in parallel, a few at a
-/// time (one per core): memory holds the newest versions of those stores
-/// only, never of every store. A store whose files fail to read back (a
+/// time (two per core: each store's write ends in fsyncs, which another
+/// store's reads overlap): memory holds the newest versions of those
+/// stores only, never of every store. A store whose files fail to read back (a
 /// checksum, a file a prune removed since) or to be written, or whose
 /// reader or target panics, fails the restore: no store starts after it,
 /// and every store dir written, whole or in part, is removed from `out`
@@ -308,9 +309,13 @@ pub fn restore_points(
         plan(root, *kv, *seqno, reader)?;
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io("create dir", out, e))?;
-    let ran = each_store(points, progress, Result::is_err, |point, progress| {
-        restore_store(root, *point, out, reader, target, progress)
-    });
+    let ran = each_store(
+        Work::Writes,
+        points,
+        progress,
+        Result::is_err,
+        |point, progress| restore_store(root, *point, out, reader, target, progress),
+    );
     let mut summaries = Vec::with_capacity(points.len());
     let mut failed = None;
     for result in ran.results.into_iter().flatten() {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::parallel::each_store;
+use super::parallel::{each_store, Work};
 use super::{history_conflict, BackupRoot, DeclaredCoverage, RecordReader, StoreBackup};
 use crate::engine::KvId;
 use crate::metadata::metadata_file_name;
@@ -45,6 +45,7 @@ pub fn verify(root: &BackupRoot, reader: &dyn RecordReader) -> Vec<Problem> {
     // Stores are checked in parallel, one per core; problems keep the
     // stores' order.
     each_store(
+        Work::Reads,
         root.stores(),
         &mut |_| {},
         |_| false,
