@@ -106,7 +106,7 @@ enum Command {
     /// Rebuild stores as they were at a seqno (for each key the newest
     /// version at or below it, deletes honoured) into a fresh data dir that
     /// their engine (the reference engine, or the lsm-tree adapter) opens
-    /// normally. Stores are restored in parallel, one per core; a failure
+    /// normally. Stores are restored in parallel, two per core; a failure
     /// removes the stores already written.
     Restore(RestoreArgs),
 }
