@@ -325,9 +325,12 @@ impl QuietStore {
                     None => Some(None),
                 };
                 counters.handed_call_out.store(false, Ordering::Release);
-                if let (Some(failed), Some(actor)) = (back, actor.upgrade()) {
-                    tracing::debug!(kv_store = kv.0, "handed-over round goes back to the store");
-                    actor.do_send(QuietTickChanged { token, due, failed });
+                // Upgraded only to hand back (it boxes a sender).
+                if let Some(failed) = back {
+                    if let Some(actor) = actor.upgrade() {
+                        tracing::debug!(kv_store = kv.0, "handed-over round goes back to the store");
+                        actor.do_send(QuietTickChanged { token, due, failed });
+                    }
                 }
             },
         );
