@@ -183,7 +183,8 @@ struct Inner {
     options: RefOptions,
     /// The stores whose backup is active (see `StoreShared::retains`).
     active_backups: ActiveBackups,
-    /// The last snapshot generation handed out (see `StoreShared`).
+    /// The generations handed out, and each store's current one (see
+    /// `StoreShared`).
     generations: Arc<Generations>,
     /// Serializes creating and dropping stores with the cleanup of dropped
     /// stores' dirs. Never held while a file handle or store is released.
