@@ -133,32 +133,18 @@ impl CallbackRunner {
         span: tracing::Span,
     ) -> oneshot::Receiver<Option<CallbackOutcome>> {
         let (tx, rx) = oneshot::channel();
-        self.run_unchanged_with(cb, engine, generation, writer, span, move |outcome| {
+        let job = unchanged_job(self.kv, cb, engine, generation, writer, span, move |outcome| {
             let _ = tx.send(outcome);
         });
-        rx
-    }
-
-    /// [`run_unchanged`](Self::run_unchanged), handing the outcome to
-    /// `then` on the pool's thread (not dropped: a job the pool cannot run
-    /// never calls it).
-    pub fn run_unchanged_with(
-        &self,
-        cb: Arc<dyn BackupCallback>,
-        engine: Arc<dyn Engine>,
-        generation: u64,
-        writer: MetadataWriter,
-        span: tracing::Span,
-        then: impl FnOnce(Option<CallbackOutcome>) + Send + 'static,
-    ) {
-        let job = unchanged_job(self.kv, cb, engine, generation, writer, span, then);
         self.pool.submit(self.kv, job);
+        rx
     }
 }
 
-/// The job of [`CallbackRunner::run_unchanged_with`], for the caller to
-/// queue as `kv`'s next call (with [`CallbackPool::submit_all`], in a
-/// burst).
+/// The job of [`CallbackRunner::run_unchanged`], its outcome handed to
+/// `then` on the pool's thread (not called if the pool drops the job), for
+/// the caller to queue as `kv`'s next call (the quiet ticker: with
+/// [`CallbackPool::submit_all`], in a burst).
 pub(crate) fn unchanged_job(
     kv: KvId,
     cb: Arc<dyn BackupCallback>,
