@@ -30,8 +30,9 @@ pub struct Config {
     /// Threads of the `LinkerActor` pool that do every link and fsync of a
     /// round. Their work waits on the disk's flushes more than on a core,
     /// so more threads than cores overlap those flushes. Default: 4 (at
-    /// 1024 stores on 2 cores: 1.3x the initial link rate of 2 threads, and
-    /// half the p99 latency excess; see BENCHMARKS.md).
+    /// 1024 stores on 2 cores: about 1.25x the initial link rate of 2
+    /// threads, and a lower p99 latency excess in most runs, for about 150
+    /// bytes more RSS per idle store; see BENCHMARKS.md).
     pub linker_threads: usize,
     /// Threads that write metadata files. Each backup dir always goes to the
     /// same one, which keeps its writes in call order and its numbering
