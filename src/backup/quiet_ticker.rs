@@ -430,8 +430,11 @@ async fn run(shared: Rc<Shared>) {
             |store, generation| store.at_generation(component, generation),
             |store, token, generation, due| store.run_round(component, token, generation, due, &mut calls),
         );
-        // Every due store's call in one burst: one lock, one wake-up.
-        component.pool.submit_all(calls);
+        // Every due store's call in one burst: one lock, one wake-up (none
+        // for a wake-up of quiet rounds only).
+        if !calls.is_empty() {
+            component.pool.submit_all(calls);
+        }
         for (token, due, store) in changed {
             if let Some(actor) = store.actor.upgrade() {
                 actor.do_send(QuietTickChanged {
