@@ -40,10 +40,8 @@ async fn start_links_all_files_and_calls_back_once() {
     }
     assert!(no_round_within(&mut rx, ms(300)).await, "exactly one callback");
     // The worker counts the round after the callback returns: wait for it.
-    let b = &backup;
-    let s = eventually(Duration::from_secs(5), "the first round counted", || async move {
-        let s = store_status(b, KV).await;
-        (s.rounds >= 1 && s.callbacks >= 1).then_some(s)
+    let s = status_when(&backup, KV, "the first round counted", |s| {
+        s.rounds >= 1 && s.callbacks >= 1
     })
     .await;
     assert!(s.running);
@@ -170,15 +168,9 @@ async fn an_idle_stores_empty_rounds_count_and_one_that_fails_is_the_stores_fail
         assert!(idle.files.is_empty(), "nothing new");
     }
     // The sixth call is counted once it returned, after it was recorded.
-    let b = &backup;
-    let s = eventually(
-        Duration::from_secs(5),
-        "6 rounds and 6 callbacks counted",
-        || async move {
-            let s = store_status(b, KV).await;
-            (s.rounds >= 6 && s.callbacks >= 6).then_some(s)
-        },
-    )
+    let s = status_when(&backup, KV, "6 rounds and 6 callbacks counted", |s| {
+        s.rounds >= 6 && s.callbacks >= 6
+    })
     .await;
     assert_eq!(s.failed_rounds, 1, "the failed empty call is a failed round");
     assert_eq!(s.last_error, None, "a later round succeeded");
@@ -375,13 +367,11 @@ async fn with_empty_rounds_unreported_only_new_files_or_retries_call_back() {
         "nothing new, but unacknowledged: called"
     );
     // Quiet ticks come only after the retried round was counted.
-    let b = &backup;
-    let s = eventually(Duration::from_secs(5), "5 quiet ticks counted", || async move {
-        let s = store_status(b, KV).await;
-        (s.quiet_rounds >= 5).then_some(s)
-    })
-    .await;
-    assert!(rx.try_recv().is_err(), "idle ticks call no callback");
+    let s = status_when(&backup, KV, "5 quiet ticks counted", |s| s.quiet_rounds >= 5).await;
+    assert!(
+        no_round_within(&mut rx, ms(150)).await,
+        "idle ticks call no callback"
+    );
     assert_eq!(s.rounds, 2);
     let flushed = fx.flush_some(KV, 1);
     let round = next_round(&mut rx, Duration::from_secs(5)).await;

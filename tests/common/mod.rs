@@ -194,6 +194,23 @@ where
     }
 }
 
+/// The status of store `kv` once `counted` holds for it (polled, see
+/// [`eventually`], for at most 5 s): counters a worker updates after the
+/// callback returns are read after that event, not after a guessed wait.
+pub async fn status_when(
+    backup: &ContinuousBackup,
+    kv: KvId,
+    what: &str,
+    counted: impl Fn(&continuous_backup::StoreStatus) -> bool,
+) -> continuous_backup::StoreStatus {
+    let counted = &counted;
+    eventually(Duration::from_secs(5), what, || async move {
+        let s = store_status(backup, kv).await;
+        counted(&s).then_some(s)
+    })
+    .await
+}
+
 /// Runs a blocking closure off the actor threads.
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     actix_rt::task::spawn_blocking(f).await.unwrap()
