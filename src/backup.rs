@@ -16,6 +16,7 @@ pub(crate) mod schedule;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,19 +64,37 @@ pub(crate) struct BackupEnded {
     pub unacked: Unacked,
 }
 
+/// What every backup actor of a component shares: the other actors, the
+/// engine and the component-wide settings, behind one `Rc` (every backup
+/// actor runs on the supervisor's arbiter). A store's own clone of an
+/// actor's address would cost two allocations: at 1024 stores, the clones
+/// of three addresses were a twentieth of a store's memory.
+pub(crate) struct Shared {
+    pub engine: Arc<dyn Engine>,
+    pub linker: Addr<LinkerActor>,
+    /// One per metadata thread; a store uses `BackupSpec::metadata_shard`.
+    pub metadata: Vec<Addr<MetadataActor>>,
+    pub supervisor: Recipient<BackupEnded>,
+    pub max_backoff: Duration,
+    /// `Config::report_empty_rounds`.
+    pub report_empty_rounds: bool,
+    /// The component's tick grid.
+    pub grid: TickGrid,
+    /// The quiet ticks of the arbiter's stores (see [`quiet_ticker`]).
+    pub ticker: QuietTicker,
+    /// The component's retention, if on.
+    pub prune: Option<PruneSchedule>,
+}
+
 /// Everything a backup actor is started with.
 pub(crate) struct BackupSpec {
     pub kv: KvId,
     pub generation: u64,
     pub dir: PathBuf,
     pub interval: Duration,
-    pub max_backoff: Duration,
     pub callback: Arc<dyn BackupCallback>,
-    pub linker: Addr<LinkerActor>,
-    pub metadata: Addr<MetadataActor>,
-    /// Which of the component's metadata threads `metadata` is.
+    /// Which of the component's metadata threads the store's dir is on.
     pub metadata_shard: usize,
-    pub supervisor: Recipient<BackupEnded>,
     pub counters: Arc<StoreCounters>,
     /// The store's queue on the callback pool, the same for every start of
     /// the store, so callbacks of a stopping start and the next one never
@@ -85,19 +104,16 @@ pub(crate) struct BackupSpec {
     pub unacked: Unacked,
     /// Wait before the first round (a restart's backoff); zero: at once.
     pub first_delay: Duration,
-    /// The engine, asked for its generation on a tick when empty rounds are
-    /// not reported.
-    pub engine: Arc<dyn Engine>,
-    /// `Config::report_empty_rounds`.
-    pub report_empty_rounds: bool,
-    /// The component's tick grid.
-    pub grid: TickGrid,
-    /// The quiet ticks of the arbiter's stores (see [`quiet_ticker`]).
-    pub ticker: QuietTicker,
     /// The store's upload queue, when its backup dir is replicated.
     pub replica: Option<Arc<Replica>>,
-    /// The component's retention, if on.
-    pub prune: Option<PruneSchedule>,
+    pub shared: Rc<Shared>,
+}
+
+impl BackupSpec {
+    /// The metadata thread of the store's dir.
+    fn metadata(&self) -> &Addr<MetadataActor> {
+        &self.shared.metadata[self.metadata_shard]
+    }
 }
 
 /// Runs the rounds of one KV store: carries out what its [`Lifecycle`]
@@ -142,11 +158,11 @@ impl BackupActor {
         let life = Lifecycle::new(LifecycleConfig {
             kv: spec.kv,
             interval: spec.interval,
-            max_backoff: spec.max_backoff,
-            report_empty_rounds: spec.report_empty_rounds,
-            grid: spec.grid,
+            max_backoff: spec.shared.max_backoff,
+            report_empty_rounds: spec.shared.report_empty_rounds,
+            grid: spec.shared.grid,
             first_delay: spec.first_delay,
-            prune_every: spec.prune.as_ref().map(|p| p.every),
+            prune_every: spec.shared.prune.as_ref().map(|p| p.every),
         });
         BackupActor {
             spec,
@@ -219,7 +235,7 @@ impl BackupActor {
                     ctx.cancel_future(tick);
                 }
                 if let Some(token) = self.quiet_tick.take() {
-                    self.spec.ticker.take_back(token);
+                    self.spec.shared.ticker.take_back(token);
                 }
             }
             Action::RoundEnded { result, took } => self.count_round(&result, took),
@@ -247,6 +263,7 @@ impl BackupActor {
             span: span.clone(),
         };
         self.spec
+            .shared
             .linker
             .send(msg)
             .instrument(span)
@@ -301,7 +318,7 @@ impl BackupActor {
         let (Some(session), Some((snapshot, reported))) = (session, self.to_call.take()) else {
             return self.shell_broken("a callback without a linked round");
         };
-        let writer = MetadataWriter::new(self.spec.kv, session, self.spec.metadata.clone());
+        let writer = MetadataWriter::new(self.spec.kv, session, self.spec.metadata().clone());
         let span = self.round_span.clone();
         let done = self.spec.runner.run(
             Arc::clone(&self.spec.callback),
@@ -326,11 +343,11 @@ impl BackupActor {
             return self.shell_broken("an unchanged round without an open dir or a linked generation");
         };
         self.round_span = tracing::info_span!(parent: &self.span, "round", round = self.life.round());
-        let writer = MetadataWriter::new(self.spec.kv, session, self.spec.metadata.clone());
+        let writer = MetadataWriter::new(self.spec.kv, session, self.spec.metadata().clone());
         let span = self.round_span.clone();
         let done = self.spec.runner.run_unchanged(
             Arc::clone(&self.spec.callback),
-            Arc::clone(&self.spec.engine),
+            Arc::clone(&self.spec.shared.engine),
             generation,
             writer,
             span.clone(),
@@ -393,7 +410,7 @@ impl BackupActor {
     /// Sends the store's dir to the pruner thread, keeping every file not
     /// yet reported or uploaded; raises `PruneNotStarted` if it cannot.
     fn start_prune(&mut self, ctx: &mut Context<Self>) {
-        let (Some(schedule), Some((dir, _))) = (&self.spec.prune, &self.opened) else {
+        let (Some(schedule), Some((dir, _))) = (&self.spec.shared.prune, &self.opened) else {
             return self.follow_up.push_back(Event::PruneNotStarted);
         };
         let mut keep: std::collections::HashSet<String> = self
@@ -482,7 +499,7 @@ impl BackupActor {
         let Some(links) = &self.links else {
             return false;
         };
-        let (engine, kv) = (&self.spec.engine, self.spec.kv);
+        let (engine, kv) = (&self.spec.shared.engine, self.spec.kv);
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.generation(kv)))
             .is_ok_and(|generation| links.is_up_to_date(generation))
     }
@@ -515,6 +532,7 @@ impl BackupActor {
         };
         let token = self
             .spec
+            .shared
             .ticker
             .hold(store, generation, due, self.spec.interval, hand_over.until);
         self.quiet_tick = Some(token);
@@ -529,7 +547,7 @@ impl BackupActor {
             return self.follow_up.push_back(Event::SessionClosed);
         };
         let (done, closed) = oneshot::channel();
-        self.spec.metadata.do_send(CloseSession {
+        self.spec.metadata().do_send(CloseSession {
             session,
             done: Some(done),
         });
@@ -553,13 +571,13 @@ impl Actor for BackupActor {
         let open = OpenDir {
             kv: self.spec.kv,
             path: self.spec.dir.clone(),
-            data_dir: self.spec.engine.data_dir().map(Path::to_path_buf),
+            data_dir: self.spec.shared.engine.data_dir().map(Path::to_path_buf),
             counters: Arc::clone(&self.spec.counters),
             replica: self.spec.replica.clone(),
         };
         // `wait`: no message (a stop) is handled before the dir is open.
         self.spec
-            .metadata
+            .metadata()
             .send(open)
             .instrument(self.span.clone())
             .into_actor(self)
@@ -595,13 +613,13 @@ impl Actor for BackupActor {
     fn stopped(&mut self, _: &mut Context<Self>) {
         self.cancel.store(true, Ordering::Release);
         if let Some(token) = self.quiet_tick.take() {
-            self.spec.ticker.take_back(token);
+            self.spec.shared.ticker.take_back(token);
         }
         if !self.life.is_closed() {
             // Stopped without a close (the system is going down): later
             // writes of this start must still be refused.
             if let Some((_, session)) = self.opened {
-                self.spec.metadata.do_send(CloseSession { session, done: None });
+                self.spec.metadata().do_send(CloseSession { session, done: None });
             }
         }
         self.span.in_scope(|| tracing::info!("backup stopped"));
@@ -618,7 +636,7 @@ impl Actor for BackupActor {
                 }),
             });
         }
-        self.spec.supervisor.do_send(BackupEnded {
+        self.spec.shared.supervisor.do_send(BackupEnded {
             kv: self.spec.kv,
             generation: self.spec.generation,
             opened: self.rounds.is_some(),
@@ -641,7 +659,7 @@ impl Handler<QuietTickChanged> for BackupActor {
         }
         self.quiet_tick = None;
         // A call's report comes while the ticker still holds the tick.
-        self.spec.ticker.take_back(msg.token);
+        self.spec.shared.ticker.take_back(msg.token);
         self.life.quiet_until(msg.due);
         match msg.failed {
             Some((error, took)) => self.feed(Event::HandedOverFailed { error, took }, ctx),

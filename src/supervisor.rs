@@ -14,6 +14,7 @@ mod stores;
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Component, Path};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +23,7 @@ use tokio::sync::oneshot;
 
 use crate::backup::quiet_ticker::{Common, QuietTicker};
 use crate::backup::schedule::TickGrid;
-use crate::backup::{BackupActor, BackupEnded, BackupSpec, StopStore};
+use crate::backup::{BackupActor, BackupEnded, BackupSpec, Shared, StopStore};
 use crate::callback::{CallbackFactory, CallbackRunner};
 use crate::callback_pool::CallbackPool;
 use crate::config::{check_interval, Config};
@@ -73,6 +74,9 @@ pub struct Supervisor {
     grid: TickGrid,
     /// The quiet ticks of every store (their actors run on this thread).
     ticker: QuietTicker,
+    /// What the running stores' actors share; weak, so that it (and its
+    /// address of this supervisor) lives only while a store does.
+    shared: std::rc::Weak<Shared>,
 }
 
 /// The other actors and shared state a supervisor is started with.
@@ -104,6 +108,27 @@ impl Supervisor {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         dir.hash(&mut h);
         (h.finish() % self.metadata.len() as u64) as usize
+    }
+
+    /// What every store's actor shares: the running stores' one, or a new
+    /// one when none runs.
+    fn shared(&mut self, ctx: &mut Context<Self>) -> Rc<Shared> {
+        if let Some(shared) = self.shared.upgrade() {
+            return shared;
+        }
+        let shared = Rc::new(Shared {
+            engine: Arc::clone(&self.engine),
+            linker: self.linker.clone(),
+            metadata: self.metadata.clone(),
+            supervisor: ctx.address().recipient(),
+            max_backoff: self.config.max_backoff,
+            report_empty_rounds: self.config.report_empty_rounds,
+            grid: self.grid,
+            ticker: self.ticker.clone(),
+            prune: self.prune.clone(),
+        });
+        self.shared = Rc::downgrade(&shared);
+        shared
     }
 
     pub(crate) fn new(
@@ -142,6 +167,7 @@ impl Supervisor {
             unacked: HashMap::new(),
             board,
             uploader,
+            shared: std::rc::Weak::new(),
         }
     }
 
@@ -279,22 +305,14 @@ impl Supervisor {
             generation,
             dir: plan.dir.clone(),
             interval: plan.interval,
-            max_backoff: self.config.max_backoff,
             callback: Arc::clone(&plan.callback),
-            linker: self.linker.clone(),
-            metadata: self.metadata[metadata_shard].clone(),
             metadata_shard,
-            supervisor: ctx.address().recipient(),
             counters: self.board.counters(kv),
             runner,
             unacked: self.unacked.remove(&kv).unwrap_or_default(),
             first_delay,
-            engine: Arc::clone(&self.engine),
-            report_empty_rounds: self.config.report_empty_rounds,
-            grid: self.grid,
-            ticker: self.ticker.clone(),
             replica,
-            prune: self.prune.clone(),
+            shared: self.shared(ctx),
         };
         self.actors.insert(kv, BackupActor::new(spec, on_started).start());
         outcome(started)

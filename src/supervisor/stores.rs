@@ -115,7 +115,9 @@ struct Store<W> {
 
 /// Every store that runs or drains. See the module docs.
 pub(crate) struct Stores<W> {
-    stores: HashMap<KvId, Store<W>>,
+    /// Boxed: a store's entry is near 180 bytes, and a table sized to twice
+    /// its stores would hold as many empty ones.
+    stores: HashMap<KvId, Box<Store<W>>>,
     /// Waiters of spawned starts, by generation, until their dir opens.
     starting: HashMap<u64, (KvId, Vec<W>)>,
     next_generation: u64,
@@ -396,12 +398,12 @@ impl<W> Stores<W> {
         self.next_generation += 1;
         self.stores.insert(
             kv,
-            Store {
+            Box::new(Store {
                 generation,
                 plan: plan.clone(),
                 phase: Phase::Running { opened: false },
                 restarts_in_a_row: restarts,
-            },
+            }),
         );
         self.starting.insert(generation, (kv, waiters));
         vec![Order::Spawn {
