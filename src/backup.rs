@@ -33,7 +33,7 @@ use crate::fs::BackupDir;
 use crate::linker::LinkerActor;
 use crate::linker::{LinkRound, Linked, RoundLinked};
 use crate::manifest::RoundLog;
-use crate::metadata::{CloseSession, MetadataActor, MetadataWriter, OpenDir, SessionId};
+use crate::metadata::{CloseSession, MetadataAddr, MetadataWriter, OpenDir, SessionId};
 use crate::pruner::{PruneSchedule, PruneStore};
 use crate::replication::queue::Replica;
 use crate::restore::PruneReport;
@@ -73,7 +73,7 @@ pub(crate) struct Shared {
     pub engine: Arc<dyn Engine>,
     pub linker: Addr<LinkerActor>,
     /// One per metadata thread; a store uses `BackupSpec::metadata_shard`.
-    pub metadata: Vec<Addr<MetadataActor>>,
+    pub metadata: Vec<MetadataAddr>,
     pub supervisor: Recipient<BackupEnded>,
     pub max_backoff: Duration,
     /// `Config::report_empty_rounds`.
@@ -111,7 +111,7 @@ pub(crate) struct BackupSpec {
 
 impl BackupSpec {
     /// The metadata thread of the store's dir.
-    fn metadata(&self) -> &Addr<MetadataActor> {
+    fn metadata(&self) -> &MetadataAddr {
         &self.shared.metadata[self.metadata_shard]
     }
 }
@@ -138,8 +138,9 @@ pub(crate) struct BackupActor {
     tick: Option<SpawnHandle>,
     /// The token of the tick handed to the quiet ticker, instead of `tick`.
     quiet_tick: Option<u64>,
-    /// This actor, for the quiet ticker (set once started).
-    self_addr: Option<WeakRecipient<QuietTickChanged>>,
+    /// This actor, for the quiet ticker (set once started); shared with
+    /// its calls, as a clone of the recipient itself allocates.
+    self_addr: Option<Arc<WeakRecipient<QuietTickChanged>>>,
     /// Bumped by every `ArmTick` and `CancelTick`: a tick fires only if it
     /// is still the one armed last. actix applies `cancel_future` only at
     /// the context's next pending poll, so a tick cancelled while the
@@ -562,7 +563,7 @@ impl Actor for BackupActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.self_addr = Some(ctx.address().downgrade().recipient());
+        self.self_addr = Some(Arc::new(ctx.address().downgrade().recipient()));
         self.span = tracing::info_span!(
             "backup",
             kv_store = self.spec.kv.0,

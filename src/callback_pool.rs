@@ -22,6 +22,7 @@
 //! - Workers are detached: shutdown and process exit never join a blocked
 //!   callback.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,6 +59,13 @@ struct Shared {
     watchdog: Duration,
 }
 
+/// A store's calls not started yet, oldest first. Almost always one, kept
+/// without an allocation of its own.
+struct Waiting {
+    next: Job,
+    later: VecDeque<Job>,
+}
+
 #[derive(Default)]
 struct State {
     /// Whether the monitor thread runs (without it, calls grow the pool
@@ -68,7 +76,7 @@ struct State {
     /// `GROW_AFTER` (tests change it).
     grow_after: Duration,
     /// Calls not started yet, per store.
-    queued: HashMap<KvId, VecDeque<Job>>,
+    queued: HashMap<KvId, Waiting>,
     /// Stores with a call running: since when, and whether it was reported.
     running: HashMap<KvId, (Instant, bool)>,
     /// Stores with queued calls and none running, each once, oldest first,
@@ -130,10 +138,20 @@ impl CallbackPool {
         let now = Instant::now();
         let mut any_ready = false;
         for (kv, job) in jobs {
-            let queue = st.queued.entry(kv).or_default();
-            queue.push_back(job);
-            if queue.len() > 1 || st.running.contains_key(&kv) {
-                continue; // behind the store's earlier call, which re-queues it
+            match st.queued.entry(kv) {
+                Entry::Occupied(mut waiting) => {
+                    waiting.get_mut().later.push_back(job);
+                    continue; // behind the store's earlier call
+                }
+                Entry::Vacant(none) => {
+                    none.insert(Waiting {
+                        next: job,
+                        later: VecDeque::new(),
+                    });
+                }
+            }
+            if st.running.contains_key(&kv) {
+                continue; // its running call re-queues it when done
             }
             st.ready.push_back((kv, now));
             any_ready = true;
@@ -329,16 +347,14 @@ impl Shared {
 /// The next ready store's next call, marked running.
 fn take_ready(st: &mut State) -> Option<(KvId, Job)> {
     while let Some((kv, _)) = st.ready.pop_front() {
-        let Some(queue) = st.queued.get_mut(&kv) else {
+        let Entry::Occupied(mut waiting) = st.queued.entry(kv) else {
             debug_assert!(false, "a ready store without queued calls");
             continue;
         };
-        let Some(job) = queue.pop_front() else {
-            continue;
+        let job = match waiting.get_mut().later.pop_front() {
+            Some(after) => std::mem::replace(&mut waiting.get_mut().next, after),
+            None => waiting.remove().next,
         };
-        if queue.is_empty() {
-            st.queued.remove(&kv);
-        }
         st.running.insert(kv, (Instant::now(), false));
         return Some((kv, job));
     }

@@ -48,7 +48,9 @@ impl ContinuousBackup {
         let metadata = (0..config.metadata_threads)
             .map(|_| {
                 let parents = parents.clone();
-                SyncArbiter::start(1, move || MetadataActor::new(modes, parents.clone()))
+                Arc::new(SyncArbiter::start(1, move || {
+                    MetadataActor::new(modes, parents.clone())
+                }))
             })
             .collect();
         let uploader = Uploader::new(config.replication.clone());

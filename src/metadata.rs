@@ -229,6 +229,10 @@ struct Session {
     replica: Option<Arc<Replica>>,
 }
 
+/// A metadata thread's address, shared: a writer's copy (one per round) is
+/// a count, where a clone of the address itself allocates twice.
+pub(crate) type MetadataAddr = Arc<Addr<MetadataActor>>;
+
 /// Serialises the metadata writes of its sessions on one thread (a
 /// `SyncArbiter` of size 1), in mailbox order. A dir's log is shared by
 /// every session of the dir (under a mutex), whichever thread it is on.
@@ -420,7 +424,7 @@ impl Handler<CloseSession> for MetadataActor {
 pub struct MetadataWriter {
     kv: KvId,
     session: SessionId,
-    addr: Addr<MetadataActor>,
+    addr: MetadataAddr,
 }
 
 impl std::fmt::Debug for MetadataWriter {
@@ -432,7 +436,7 @@ impl std::fmt::Debug for MetadataWriter {
 }
 
 impl MetadataWriter {
-    pub(crate) fn new(kv: KvId, session: SessionId, addr: Addr<MetadataActor>) -> Self {
+    pub(crate) fn new(kv: KvId, session: SessionId, addr: MetadataAddr) -> Self {
         MetadataWriter { kv, session, addr }
     }
 

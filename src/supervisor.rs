@@ -32,7 +32,7 @@ use crate::error::panic_message;
 use crate::error::{Error, Result};
 use crate::linker::{BackupStoppedHook, LinkerActor};
 use crate::messages::{GetStatus, SetVbucketState, Shutdown, StartBackup, StopBackup, VbucketState};
-use crate::metadata::MetadataActor;
+use crate::metadata::MetadataAddr;
 use crate::pruner::PruneSchedule;
 use crate::replication::queue::Replica;
 use crate::replication::RemoteUrl;
@@ -52,7 +52,7 @@ pub struct Supervisor {
     factory: Option<CallbackFactory>,
     linker: Addr<LinkerActor>,
     /// One thread each; a backup dir always goes to the same one.
-    metadata: Vec<Addr<MetadataActor>>,
+    metadata: Vec<MetadataAddr>,
     /// Which stores run or drain, and what comes next for each.
     table: Stores<Waiter>,
     /// The actor of each store in the table.
@@ -82,7 +82,7 @@ pub struct Supervisor {
 /// The other actors and shared state a supervisor is started with.
 pub(crate) struct Parts {
     pub linker: Addr<LinkerActor>,
-    pub metadata: Vec<Addr<MetadataActor>>,
+    pub metadata: Vec<MetadataAddr>,
     pub uploader: Uploader,
     pub prune: Option<PruneSchedule>,
     pub board: Board,

@@ -56,7 +56,7 @@ use crate::callback::{self, BackupCallback};
 use crate::callback_pool::{CallbackPool, Job};
 use crate::engine::{Engine, KvId};
 use crate::error::Error;
-use crate::metadata::{MetadataActor, MetadataWriter, SessionId};
+use crate::metadata::{MetadataAddr, MetadataWriter, SessionId};
 use crate::status::StoreCounters;
 
 /// Ticker (or a call it made) → backup actor, with `do_send`: the tick
@@ -235,7 +235,7 @@ impl<S> QuietSchedule<S> {
 pub(crate) struct QuietStore {
     pub kv: KvId,
     pub counters: Arc<StoreCounters>,
-    pub actor: WeakRecipient<QuietTickChanged>,
+    pub actor: Arc<WeakRecipient<QuietTickChanged>>,
     /// With empty rounds reported: how to call back.
     pub call_back: Option<HandedCall>,
 }
@@ -254,7 +254,7 @@ pub(crate) struct HandedCall {
 pub(crate) struct Common {
     pub engine: Arc<dyn Engine>,
     pub pool: Arc<CallbackPool>,
-    pub metadata: Vec<Addr<MetadataActor>>,
+    pub metadata: Vec<MetadataAddr>,
 }
 
 impl QuietStore {
@@ -300,7 +300,7 @@ impl QuietStore {
         };
         self.counters.handed_call_out.store(true, Ordering::Release);
         let counters = Arc::clone(&self.counters);
-        let actor = self.actor.clone();
+        let actor = Arc::clone(&self.actor);
         let kv = self.kv;
         let job = callback::unchanged_job(
             kv,
