@@ -302,12 +302,14 @@ impl RefEngine {
     }
 
     fn store(&self, kv: KvId) -> Result<Arc<Store>> {
-        self.inner
-            .stores
-            .read()
-            .get(kv)
-            .cloned()
-            .ok_or(Error::UnknownKvStore { kv })
+        self.with_store(kv, |store| Ok(Arc::clone(store)))
+    }
+
+    /// Runs `f` on store `kv` under the table's read lock, with no count of
+    /// the store taken (`f` must not call back into the table).
+    fn with_store<R>(&self, kv: KvId, f: impl FnOnce(&Arc<Store>) -> Result<R>) -> Result<R> {
+        let stores = self.inner.stores.read();
+        f(stores.get(kv).ok_or(Error::UnknownKvStore { kv })?)
     }
 
     /// Creates an empty store, its dir made durable (no-op if it exists).
@@ -472,11 +474,7 @@ impl Engine for RefEngine {
         // Under the table's read lock, not with a clone of the store's `Arc`:
         // at 1024 stores that count's cold cache line was 90 % of finding
         // the store (`perf annotate`), and a reported idle round asks this.
-        let listed = {
-            let stores = self.inner.stores.read();
-            let store = stores.get(kv).ok_or(Error::UnknownKvStore { kv })?;
-            store.listed()?
-        };
+        let listed = self.with_store(kv, |store| store.listed())?;
         Ok(Box::new(RefSnapshot { kv, listed }))
     }
 
