@@ -89,6 +89,10 @@ struct State {
     idle: Vec<(u64, Arc<Condvar>)>,
     /// Idle workers a call has woken (taken off `idle`).
     claimed: HashSet<u64>,
+    /// Workers started and not yet looking for work: each takes a ready
+    /// call soon, so none is started beside it for the same call (a thread
+    /// can take longer than `grow_after` to start on a loaded machine).
+    starting: usize,
     /// Whether the monitor looks at the ready calls within `grow_after`
     /// (it was told, or polls): a call that wakes no worker tells it
     /// otherwise.
@@ -164,6 +168,7 @@ impl CallbackPool {
         // that short): then a burst of calls wakes no other worker, and
         // the monitor wakes one for a call that waits `grow_after`.
         let soon = !st.claimed.is_empty()
+            || st.starting > 0
             || st
                 .running
                 .values()
@@ -244,6 +249,7 @@ impl Shared {
         match spawned {
             Ok(_) => {
                 st.workers += 1;
+                st.starting += 1;
                 true
             }
             Err(e) => {
@@ -257,6 +263,7 @@ impl Shared {
     fn work(self: Arc<Self>, id: u64) {
         let wake = Arc::new(Condvar::new());
         let mut st = self.state.lock();
+        st.starting -= 1;
         loop {
             // The call done and the next one taken under one lock.
             let (kv, job) = loop {
@@ -319,12 +326,11 @@ impl Shared {
             }
             let mut wait = next_watch.saturating_duration_since(now);
             let may_grow = st.workers < self.max_workers && st.grow_not_before.is_none_or(|t| now >= t);
-            if let (Some((_, since)), true) = (st.ready.front(), !st.idle.is_empty() || may_grow) {
+            if st.ready.front().is_some() && (!st.idle.is_empty() || may_grow) {
                 // Polled every `grow_after` only while a call waits and a
                 // worker could be woken or started for it; at the cap with
                 // none idle, a freed worker takes it.
-                if since.elapsed() >= st.grow_after && st.claimed.is_empty() {
-                    // (With a worker woken already, it takes the oldest.)
+                if wants_worker(&st, Instant::now()) {
                     if let Some((id, wake)) = st.idle.pop() {
                         st.claimed.insert(id);
                         wake.notify_one();
@@ -342,6 +348,15 @@ impl Shared {
             self.monitor.wait_for(&mut st, wait);
         }
     }
+}
+
+/// Whether the oldest ready call has waited `grow_after` with no worker on
+/// its way to it: none woken already and none just started (either takes
+/// the oldest call first).
+fn wants_worker(st: &State, now: Instant) -> bool {
+    st.ready.front().is_some_and(|(_, since)| {
+        now.saturating_duration_since(*since) >= st.grow_after && st.claimed.is_empty() && st.starting == 0
+    })
 }
 
 /// The next ready store's next call, marked running.
@@ -591,5 +606,30 @@ mod tests {
         assert!(!log.lock().contains(&"blocked end".to_string()));
         assert_eq!(pool.workers(), 2, "an idle worker was woken, none started");
         release.send(()).unwrap();
+    }
+
+    #[test]
+    fn a_worker_on_its_way_to_a_waiting_call_keeps_the_monitor_from_starting_another() {
+        let now = Instant::now();
+        let mut st = State {
+            grow_after: GROW_AFTER,
+            ..State::default()
+        };
+        st.queued.insert(
+            KvId(1),
+            Waiting {
+                next: Box::new(|| {}),
+                later: VecDeque::new(),
+            },
+        );
+        st.ready.push_back((KvId(1), now));
+        assert!(!wants_worker(&st, now), "the call has not waited yet");
+        let waited = now + GROW_AFTER;
+        assert!(wants_worker(&st, waited), "it waited with no worker on its way");
+        st.starting = 1;
+        assert!(!wants_worker(&st, waited), "a started worker takes it first");
+        st.starting = 0;
+        st.claimed.insert(7);
+        assert!(!wants_worker(&st, waited), "a woken worker takes it first");
     }
 }
