@@ -396,6 +396,9 @@ struct Shared {
     /// What the task sleeps until (`None`: no tick held, or not started).
     sleeping_until: Cell<Option<Instant>>,
     started: Cell<bool>,
+    /// A wake-up's calls for the pool (kept for reuse: about a hundred at
+    /// 1024 stores, grown anew each wake-up otherwise).
+    calls: Cell<Vec<(KvId, Job)>>,
 }
 
 /// The quiet ticks of the stores of one arbiter thread (the supervisor's,
@@ -418,6 +421,7 @@ impl QuietTicker {
                 rearm: Notify::new(),
                 sleeping_until: Cell::new(None),
                 started: Cell::new(false),
+                calls: Cell::new(Vec::new()),
             }),
         }
     }
@@ -474,7 +478,7 @@ async fn run(shared: Rc<Shared>) {
             }
         }
         let component = &shared.component;
-        let mut calls = Vec::new();
+        let mut calls = shared.calls.take();
         let changed = shared.schedule.borrow_mut().fire(
             Instant::now(),
             |store, generation| store.at_generation(component, generation),
@@ -483,8 +487,9 @@ async fn run(shared: Rc<Shared>) {
         // Every due store's call in one burst: one lock, one wake-up (none
         // for a wake-up of quiet rounds only).
         if !calls.is_empty() {
-            component.pool.submit_all(calls);
+            component.pool.submit_all(calls.drain(..));
         }
+        shared.calls.set(calls);
         for (token, due, store) in changed {
             if let Some(actor) = store.actor.upgrade() {
                 actor.do_send(QuietTickChanged {
