@@ -167,8 +167,7 @@ impl CallbackPool {
         // runs a call that started under `grow_after` ago (most calls are
         // that short): then a burst of calls wakes no other worker, and
         // the monitor wakes one for a call that waits `grow_after`.
-        let soon = !st.claimed.is_empty()
-            || st.starting > 0
+        let soon = worker_on_its_way(&st)
             || st
                 .running
                 .values()
@@ -330,7 +329,7 @@ impl Shared {
                 // Polled every `grow_after` only while a call waits and a
                 // worker could be woken or started for it; at the cap with
                 // none idle, a freed worker takes it.
-                if wants_worker(&st, Instant::now()) {
+                if wants_worker(&st, now) {
                     if let Some((id, wake)) = st.idle.pop() {
                         st.claimed.insert(id);
                         wake.notify_one();
@@ -355,8 +354,15 @@ impl Shared {
 /// the oldest call first).
 fn wants_worker(st: &State, now: Instant) -> bool {
     st.ready.front().is_some_and(|(_, since)| {
-        now.saturating_duration_since(*since) >= st.grow_after && st.claimed.is_empty() && st.starting == 0
+        now.saturating_duration_since(*since) >= st.grow_after && !worker_on_its_way(st)
     })
+}
+
+/// Whether a worker will take the oldest ready call without being woken or
+/// started for it: one was woken already, or one was started and is not
+/// yet looking for work.
+fn worker_on_its_way(st: &State) -> bool {
+    !st.claimed.is_empty() || st.starting > 0
 }
 
 /// The next ready store's next call, marked running.

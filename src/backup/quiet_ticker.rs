@@ -185,16 +185,14 @@ impl<S> QuietSchedule<S> {
         (token, at)
     }
 
-    /// Adds `token` to the ticks that fire at `at`.
-    fn arm(&mut self, at: Instant, token: u64) {
-        match self.fires.entry(at) {
-            Entry::Occupied(list) => list.into_mut().push(token),
-            Entry::Vacant(none) => {
-                let mut list = self.spare.pop().unwrap_or_default();
-                list.push(token);
-                none.insert(list);
-            }
-        }
+    /// Adds `token` to the ticks that fire at `at`; their list.
+    fn arm(&mut self, at: Instant, token: u64) -> &mut Vec<u64> {
+        let list = match self.fires.entry(at) {
+            Entry::Occupied(list) => list.into_mut(),
+            Entry::Vacant(none) => none.insert(self.spare.pop().unwrap_or_default()),
+        };
+        list.push(token);
+        list
     }
 
     /// Keeps an emptied list for reuse.
@@ -263,8 +261,7 @@ impl<S> QuietSchedule<S> {
         // lookup of the map per run of them.
         let mut next = rearmed.drain(..).peekable();
         while let Some((at, token)) = next.next() {
-            self.arm(at, token);
-            let list = self.fires.get_mut(&at).expect("just armed");
+            let list = self.arm(at, token);
             while let Some((_, token)) = next.next_if(|(next_at, _)| *next_at == at) {
                 list.push(token);
             }
