@@ -25,7 +25,11 @@
 //!    `std::fs::hard_link` loop over every engine file into a fresh tree, one
 //!    `mkdir` per store (the plain loop); (b) the same loop plus the fsyncs a
 //!    durable round needs (the parent after each `mkdir`, each store dir
-//!    after its links); (c) `cp -al DIR/data <fresh dir>`, spawned and timed.
+//!    after its links); (b') that loop plus the round's manifest, the one
+//!    more fsync the component's round makes: the same JSON record written
+//!    to a temp file, fsynced and renamed into place before the dir fsync
+//!    (the component's own durable round, on one thread); (c) `cp -al
+//!    DIR/data <fresh dir>`, spawned and timed.
 //!    Then the component, inside an actix `System`: a `StartBackup` for every
 //!    store sent at once, from the first send until the last store's first
 //!    callback reported its files (the callback records an `Instant`). The
@@ -104,6 +108,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use continuous_backup::manifest::{round_file_name, DeclaredFile, RoundRecord, MANIFEST_FORMAT};
 use continuous_backup::refengine::RefEngine;
 use continuous_backup::{
     callback, BackupCallback, Config, ContinuousBackup, Engine, IndexFile, KvId, MetadataWriter, Snapshot,
@@ -579,21 +584,72 @@ fn sync_dir(path: &Path) -> std::io::Result<()> {
     File::open(path)?.sync_all()
 }
 
-/// Links every source file into `root/<kv>/` (created), one thread. With
-/// `durable`, the fsyncs a durable round makes too: the parent after each
-/// new dir, the dir after its links.
-fn raw_link_loop(sources: &[Vec<IndexFile>], root: &Path, durable: bool) -> std::io::Result<Duration> {
+/// How much of a durable round the plain link loop does besides its links.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LoopDurability {
+    /// No fsync (the plain loop).
+    None,
+    /// The fsyncs of the links: the parent after each new dir, the dir
+    /// after its links.
+    Links,
+    /// Those, plus what the component's round adds before its dir fsync:
+    /// the round's manifest (the same JSON record the component writes for
+    /// a store's first round) as a temp file, written, fsynced and renamed
+    /// into place. The same fsyncs as the component's round, one thread.
+    Round,
+}
+
+/// Links every source file into `root/<kv>/` (created), one thread, with
+/// the fsyncs (and manifest) `durable` says.
+fn raw_link_loop(
+    engine: &RefEngine,
+    sources: &[Vec<IndexFile>],
+    root: &Path,
+    durable: LoopDurability,
+) -> std::io::Result<Duration> {
     let t = Instant::now();
     for (kv, files) in sources.iter().enumerate() {
         let dir = root.join(kv.to_string());
         fs::create_dir(&dir)?;
-        if durable {
+        if durable != LoopDurability::None {
             sync_dir(root)?;
         }
         for f in files {
             fs::hard_link(f.path(), dir.join(f.name()))?;
         }
-        if durable {
+        if durable == LoopDurability::Round {
+            let kv = KvId(kv as u16);
+            let record = RoundRecord {
+                format: MANIFEST_FORMAT,
+                round: 1,
+                time_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                engine_format: engine.file_format().to_owned(),
+                complete: true,
+                first_seqno: engine.first_seqno(kv),
+                full: true,
+                added: files
+                    .iter()
+                    .map(|f| DeclaredFile {
+                        name: f.name().to_owned(),
+                        len: f.len(),
+                        low_seqno: f.low_seqno(),
+                        high_seqno: f.high_seqno(),
+                        holds: f.holds(),
+                    })
+                    .collect(),
+                removed: Vec::new(),
+            };
+            let bytes = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
+            let temp = dir.join(".tmp.round.1.json");
+            let mut file = File::options().write(true).create_new(true).open(&temp)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            drop(file);
+            fs::rename(&temp, dir.join(round_file_name(1)))?;
+        }
+        if durable != LoopDurability::None {
             sync_dir(&dir)?;
         }
     }
@@ -832,10 +888,11 @@ async fn measure(plan: &Plan) -> Res<Measured> {
     eprintln!("phase: plain link loop after the component");
     let sources = Arc::clone(&plan.sources);
     let dst = plan.run.join("raw-loop-after");
+    let ref_engine = plan.engine.clone();
     let loop_after_secs = blocking(move || -> std::io::Result<f64> {
         fs::create_dir(&dst)?;
         rustix::fs::sync();
-        Ok(raw_link_loop(&sources, &dst, false)?.as_secs_f64())
+        Ok(raw_link_loop(&ref_engine, &sources, &dst, LoopDurability::None)?.as_secs_f64())
     })
     .await??;
 
@@ -1177,7 +1234,7 @@ fn run() -> Res<bool> {
         return Err("the engine does not hold the expected files".into());
     }
     let run_dir = root.join(format!("run-{}", std::process::id()));
-    for sub in ["", "raw-loop-before", "raw-loop-fsync"] {
+    for sub in ["", "raw-loop-before", "raw-loop-fsync", "raw-loop-round"] {
         fs::create_dir(run_dir.join(sub))?;
     }
     fs::create_dir(run_dir.join("backup"))?;
@@ -1198,9 +1255,29 @@ fn run() -> Res<bool> {
     // 1. Baselines before the component.
     eprintln!("phase: raw baselines");
     rustix::fs::sync();
-    let loop_before = raw_link_loop(&sources, &run_dir.join("raw-loop-before"), false)?.as_secs_f64();
+    let loop_before = raw_link_loop(
+        &engine,
+        &sources,
+        &run_dir.join("raw-loop-before"),
+        LoopDurability::None,
+    )?
+    .as_secs_f64();
     rustix::fs::sync();
-    let loop_fsync = raw_link_loop(&sources, &run_dir.join("raw-loop-fsync"), true)?.as_secs_f64();
+    let loop_fsync = raw_link_loop(
+        &engine,
+        &sources,
+        &run_dir.join("raw-loop-fsync"),
+        LoopDurability::Links,
+    )?
+    .as_secs_f64();
+    rustix::fs::sync();
+    let loop_round = raw_link_loop(
+        &engine,
+        &sources,
+        &run_dir.join("raw-loop-round"),
+        LoopDurability::Round,
+    )?
+    .as_secs_f64();
     rustix::fs::sync();
     let cp_secs = cp_al(engine.data_dir(), &run_dir.join("cp-al"))?.as_secs_f64();
     rustix::fs::sync();
@@ -1225,6 +1302,7 @@ fn run() -> Res<bool> {
     let loop_rate = files as f64 / loop_secs;
     let cp_rate = files as f64 / cp_secs;
     let fsync_rate = files as f64 / loop_fsync;
+    let round_rate = files as f64 / loop_round;
     let interval_ms = args.idle_interval_ms as f64;
     let idle_us = m.idle_full.us_per_round;
     let idle_empty_us = m.idle_empty.us_per_round;
@@ -1283,6 +1361,8 @@ fn run() -> Res<bool> {
             "link_loop_fsync_files_per_s": fsync_rate,
             "link_cp_files_per_s": cp_rate,
             "link_ratio_vs_loop_fsync": link_rate / fsync_rate,
+            "link_loop_round_files_per_s": round_rate,
+            "link_ratio_vs_loop_round": link_rate / round_rate,
             "link_all_dirs_open_s": m.link_opened_secs,
             "restart_files_per_s": files as f64 / m.restart_secs,
             "idle_us_per_store_round_empty": idle_empty_us,
@@ -1399,6 +1479,14 @@ fn run() -> Res<bool> {
             "",
         );
         row(
+            "  vs the loop of a whole round (a)",
+            grouped(link_rate),
+            format!("loop + round {}", grouped(round_rate)),
+            r(link_rate / round_rate),
+            "",
+            "",
+        );
+        row(
             "2 idle round, CPU µs per store-round (b)",
             format!("{idle_us:.1}"),
             format!("empty stores {idle_empty_us:.1}"),
@@ -1483,7 +1571,9 @@ fn run() -> Res<bool> {
         println!(
             "(a) loop runs: {} files/s before the component, {} after (the faster is the baseline); \
              all {stores} dirs open {:.3} s after the first start was sent, last first callback at {:.3} s; \
-             a restart over the existing backup (every file already there) reports {} files/s",
+             a restart over the existing backup (every file already there) reports {} files/s; \
+             the loop of a whole round is the loop with fsyncs plus the round's manifest \
+             (temp file, write, fsync, rename) before each dir fsync",
             grouped(files as f64 / loop_before),
             grouped(files as f64 / m.loop_after_secs),
             m.link_opened_secs,
