@@ -642,12 +642,7 @@ fn raw_link_loop(
                 removed: Vec::new(),
             };
             let bytes = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
-            let temp = dir.join(".tmp.round.1.json");
-            let mut file = File::options().write(true).create_new(true).open(&temp)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-            drop(file);
-            fs::rename(&temp, dir.join(round_file_name(1)))?;
+            write_renamed(&dir, &round_file_name(1), &bytes)?;
         }
         if durable != LoopDurability::None {
             sync_dir(&dir)?;
@@ -666,6 +661,30 @@ fn cp_al(src: &Path, dst: &Path) -> Res<Duration> {
     Ok(took)
 }
 
+/// Writes `bytes` to a new temp file in `dir`, fsyncs it and renames it to
+/// `name` (the dir's fsync is the caller's).
+fn write_renamed(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let temp = dir.join(format!(".tmp.{name}"));
+    let mut file = File::options().write(true).create_new(true).open(&temp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&temp, dir.join(name))
+}
+
+/// [`raw_link_loop`] into the fresh dir `root` (created, then a `sync(2)`:
+/// no pass pays for the dirty metadata of the one before), in seconds.
+fn fresh_link_loop(
+    engine: &RefEngine,
+    sources: &[Vec<IndexFile>],
+    root: &Path,
+    durable: LoopDurability,
+) -> std::io::Result<f64> {
+    fs::create_dir(root)?;
+    rustix::fs::sync();
+    Ok(raw_link_loop(engine, sources, root, durable)?.as_secs_f64())
+}
+
 /// One durable write per store dir in turn, `per_store` times: temp file,
 /// write, fsync, rename, dir fsync.
 fn raw_metadata_loop(root: &Path, stores: usize, per_store: u32, data: &[u8]) -> std::io::Result<Duration> {
@@ -673,12 +692,7 @@ fn raw_metadata_loop(root: &Path, stores: usize, per_store: u32, data: &[u8]) ->
     let t = Instant::now();
     for n in 1..=per_store {
         for dir in &dirs {
-            let tmp = dir.join(format!(".tmp.metadata.{n}.dat"));
-            let mut f = File::create(&tmp)?;
-            f.write_all(data)?;
-            f.sync_all()?;
-            drop(f);
-            fs::rename(&tmp, dir.join(format!("metadata.{n}.dat")))?;
+            write_renamed(dir, &format!("metadata.{n}.dat"), data)?;
             sync_dir(dir)?;
         }
     }
@@ -889,12 +903,8 @@ async fn measure(plan: &Plan) -> Res<Measured> {
     let sources = Arc::clone(&plan.sources);
     let dst = plan.run.join("raw-loop-after");
     let ref_engine = plan.engine.clone();
-    let loop_after_secs = blocking(move || -> std::io::Result<f64> {
-        fs::create_dir(&dst)?;
-        rustix::fs::sync();
-        Ok(raw_link_loop(&ref_engine, &sources, &dst, LoopDurability::None)?.as_secs_f64())
-    })
-    .await??;
+    let loop_after_secs =
+        blocking(move || fresh_link_loop(&ref_engine, &sources, &dst, LoopDurability::None)).await??;
 
     // 5 and 2 on empty stores: memory of a running store, cost of an empty round.
     eprintln!(
@@ -1234,9 +1244,7 @@ fn run() -> Res<bool> {
         return Err("the engine does not hold the expected files".into());
     }
     let run_dir = root.join(format!("run-{}", std::process::id()));
-    for sub in ["", "raw-loop-before", "raw-loop-fsync", "raw-loop-round"] {
-        fs::create_dir(run_dir.join(sub))?;
-    }
+    fs::create_dir(&run_dir)?;
     fs::create_dir(run_dir.join("backup"))?;
     fs::create_dir(run_dir.join("backup-empty"))?;
 
@@ -1254,30 +1262,10 @@ fn run() -> Res<bool> {
 
     // 1. Baselines before the component.
     eprintln!("phase: raw baselines");
-    rustix::fs::sync();
-    let loop_before = raw_link_loop(
-        &engine,
-        &sources,
-        &run_dir.join("raw-loop-before"),
-        LoopDurability::None,
-    )?
-    .as_secs_f64();
-    rustix::fs::sync();
-    let loop_fsync = raw_link_loop(
-        &engine,
-        &sources,
-        &run_dir.join("raw-loop-fsync"),
-        LoopDurability::Links,
-    )?
-    .as_secs_f64();
-    rustix::fs::sync();
-    let loop_round = raw_link_loop(
-        &engine,
-        &sources,
-        &run_dir.join("raw-loop-round"),
-        LoopDurability::Round,
-    )?
-    .as_secs_f64();
+    let run_loop = |name: &str, durable| fresh_link_loop(&engine, &sources, &run_dir.join(name), durable);
+    let loop_before = run_loop("raw-loop-before", LoopDurability::None)?;
+    let loop_fsync = run_loop("raw-loop-fsync", LoopDurability::Links)?;
+    let loop_round = run_loop("raw-loop-round", LoopDurability::Round)?;
     rustix::fs::sync();
     let cp_secs = cp_al(engine.data_dir(), &run_dir.join("cp-al"))?.as_secs_f64();
     rustix::fs::sync();
